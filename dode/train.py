@@ -216,7 +216,7 @@ def _git_state() -> dict:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "dode"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "dode"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -238,6 +238,10 @@ def _atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp creates the file private (0600); give it the permissions of a normally created file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -268,23 +272,41 @@ def _round(x: float, digits: int = 5) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def _checkpoint_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / f"{name}.ckpt.pt"
+
+
+def _recipe(cfg: TrainConfig) -> dict:
+    # everything but the length of the run: a run may be resumed with a different number of steps, and
+    # because the learning rate is constant after warm-up, the first N steps of any run are the same
+    d = cfg.to_dict()
+    d.pop("steps")
+    return d
+
+
 def train(
     cfg: TrainConfig,
     out_dir: Path | str | None = MODELS_DIR,
     *,
     threads: int | None = 1,
     progress: bool = True,
-    snapshot_every: int | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> tuple[torch.nn.Module, dict]:
     """Train ``cfg`` on the train split of the digits; return the EMA module (eval mode) and its card.
 
     The card and weights are written to ``out_dir`` unless it is ``None``. ``threads`` fixes
     ``torch.set_num_threads`` for the run (recorded: float results depend on it); ``None`` leaves it.
-    ``snapshot_every`` writes the EMA weights so far to ``<out_dir>/<name>.snapshot.pt`` every that many
-    steps, so a long run can be inspected while it goes on (the file is not a finished model: no card).
+
+    ``checkpoint_every`` writes the full training state (weights, EMA, optimizer, random states, loss
+    curve) to ``<out_dir>/<name>.ckpt.pt`` every that many steps; ``resume=True`` continues from that
+    file if it exists. A resumed run gives bit-for-bit the weights of an uninterrupted one (same threads),
+    also when ``cfg.steps`` changed in between (the recipe otherwise must be the same).
     """
     if threads is not None:
         torch.set_num_threads(int(threads))
+    if (checkpoint_every or resume) and out_dir is None:
+        raise ValueError("checkpoint_every and resume need an out_dir")
     git = _git_state()
     digits = load_digits("train")
     data = digits.images.to(torch.float32)
@@ -298,13 +320,39 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     alphas_cumprod = vp_schedule(cfg).alphas_cumprod.to(torch.float32) if cfg.kind == "eps" else None
 
-    curve: list[float] = []
+    curve: list[float] = []  # mean loss of each full window of log_every steps
     window: list[float] = []
-    start = time.perf_counter()
     # epochs of seeded permutations: every image is seen once per epoch
     order = torch.randperm(len(data), generator=generator)
-    pos = 0
-    bar = tqdm(range(cfg.steps), desc=cfg.name, disable=not progress, mininterval=2.0, file=sys.stderr)
+    pos, first_step, elapsed_before, resumed_at = 0, 0, 0.0, []
+    ckpt_path = _checkpoint_path(out_dir, cfg.name) if out_dir is not None else None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["recipe"] != _recipe(cfg):
+            raise ValueError(f"checkpoint {ckpt_path} was written by another recipe; delete it to restart")
+        if ckpt["step"] > cfg.steps:
+            raise ValueError(f"checkpoint {ckpt_path} is at step {ckpt['step']}, beyond steps={cfg.steps}")
+        model.load_state_dict(ckpt["model"])
+        ema.shadow.load_state_dict(ckpt["ema"])
+        ema.num_updates = ckpt["ema_updates"]
+        opt.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        curve, window, order, pos = ckpt["curve"], ckpt["window"], ckpt["order"], ckpt["pos"]
+        first_step, elapsed_before = ckpt["step"], ckpt["elapsed_s"]
+        resumed_at = [*ckpt["resumed_at"], first_step]
+        git = ckpt["git"]  # the code that started the run
+
+    start = time.perf_counter()
+    bar = tqdm(
+        range(first_step, cfg.steps),
+        initial=first_step,
+        total=cfg.steps,
+        desc=cfg.name,
+        disable=not progress,
+        mininterval=2.0,
+        file=sys.stderr,
+    )
     for step in bar:
         if pos + cfg.batch_size > len(order):
             order = torch.randperm(len(data), generator=generator)
@@ -327,14 +375,33 @@ def train(
         if not math.isfinite(value):
             raise FloatingPointError(f"{cfg.name}: loss became {value} at step {step}")
         window.append(value)
-        if len(window) == cfg.log_every or step == cfg.steps - 1:
+        if len(window) == cfg.log_every:
             curve.append(_round(float(np.mean(window))))
             window = []
             bar.set_postfix(loss=f"{curve[-1]:.4f}", refresh=False)
-        if snapshot_every and out_dir is not None and (step + 1) % snapshot_every == 0:
-            snapshot = {"step": step + 1, "state_dict": ema.shadow.state_dict(), "loss_curve": curve}
-            _atomic_write_bytes(Path(out_dir) / f"{cfg.name}.snapshot.pt", partial(torch.save, snapshot))
-    wall = time.perf_counter() - start
+        if checkpoint_every and (step + 1) % checkpoint_every == 0:
+            ckpt = {
+                "step": step + 1,
+                "recipe": _recipe(cfg),
+                "model": model.state_dict(),
+                "ema": ema.shadow.state_dict(),
+                "ema_updates": ema.num_updates,
+                "optimizer": opt.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "curve": curve,
+                "window": window,
+                "order": order,
+                "pos": pos,
+                "elapsed_s": elapsed_before + time.perf_counter() - start,
+                "resumed_at": resumed_at,
+                "git": git,
+            }
+            _atomic_write_bytes(ckpt_path, partial(torch.save, ckpt))
+    bar.close()
+    wall = elapsed_before + time.perf_counter() - start
+    if window:  # a last, shorter window
+        curve = [*curve, _round(float(np.mean(window)))]
 
     tail = max(1, len(curve) // 10)
     card = {
@@ -382,6 +449,7 @@ def train(
             else "EDM: lognormal sigma, weight (sigma^2 + sd^2) / (sigma sd)^2",
             "threads": torch.get_num_threads(),
             "wall_time_s": round(wall, 1),
+            "resumed_at_steps": resumed_at,
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -414,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1, recorded in the card)"
     )
-    parser.add_argument("--snapshot-every", type=int, default=None, help="save EMA weights every N steps")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="write <out>/<name>.ckpt.pt every N steps"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/<name>.ckpt.pt if present")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
@@ -427,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             threads=args.threads,
             progress=not args.no_progress,
-            snapshot_every=args.snapshot_every,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
         )
         print(
             f"{card['id']}: {card['n_parameters']:,} parameters, {cfg.steps} steps x {cfg.batch_size}, "
