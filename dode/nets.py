@@ -37,10 +37,10 @@ class UNetConfig:
 
     resolution: int = 8
     in_channels: int = 1
-    channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (4, 2)
+    channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 5)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = ()
     num_heads: int = 4
     dropout: float = 0.1
     time_scale: float = 1.0
