@@ -56,6 +56,20 @@ def _ls_fitter(targets):
 FITS = {"ls": _ls_fitter}
 
 
+def teacher_targets(denoiser: Denoiser, noise: torch.Tensor, plan, K: int, teacher: str = "ddim"):
+    """Run the teacher on a grid that refines the student's landing times K-fold; return its plan and its
+    states at exactly those times (``{model time: state}``)."""
+    if not get_solver(teacher).teacher_ok:
+        raise ValueError(f"teacher must be a solver whose steps end on grid points, not {teacher!r}")
+    schedule = denoiser.schedule
+    unique_landing = list(dict.fromkeys(plan.landing_times))  # Heun's two stages land on the same time
+    coarse = torch.tensor([plan.start.t, *unique_landing], dtype=torch.float64)
+    teacher_options = plan.options if teacher == plan.solver else {}
+    teacher_plan = make_plan(schedule, teacher, None, refine(schedule, plan.grid, coarse, K), teacher_options)
+    _, teacher_run = run(denoiser, noise, teacher_plan, record_at=set(unique_landing))
+    return teacher_plan, teacher_run.recorded
+
+
 def distill(
     denoiser: Denoiser,
     noise: torch.Tensor,
@@ -92,26 +106,11 @@ def distill(
         raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
     if fit not in FITS:
         raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
-    schedule = denoiser.schedule
-    plan = make_plan(schedule, solver, nfe, grid, options)
-    teacher = teacher or "ddim"
-    if not get_solver(teacher).teacher_ok:
-        raise ValueError(f"teacher must be a solver whose steps end on grid points, not {teacher!r}")
-    teacher_options = plan.options if teacher == solver else {}
-
-    landing = plan.landing_times
-    unique_landing = list(dict.fromkeys(landing))  # Heun's two stages land on the same time
-    teacher_grid = refine(
-        schedule, grid, torch.tensor([plan.start.t, *unique_landing], dtype=torch.float64), K
-    )
-    teacher_plan = make_plan(schedule, teacher, None, teacher_grid, teacher_options)
-
+    plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
     t0 = time.perf_counter()
-    _, teacher_run = run(denoiser, noise, teacher_plan, record_at=set(unique_landing))
+    teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
     t1 = time.perf_counter()
-    _, student_run = run(
-        denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](teacher_run.recorded)
-    )
+    _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))
     t2 = time.perf_counter()
 
     width = max([len(p) for p in student_run.fitted] + [1])
@@ -127,12 +126,12 @@ def distill(
         variant=variant,
         space=space,
         model=denoiser.name,
-        schedule=schedule.describe(),
+        schedule=denoiser.schedule.describe(),
         K=int(K),
         B=int(noise.shape[0]),
         seed=seed,
-        teacher=teacher,
+        teacher=teacher_plan.solver,
         fit=fit,
-        landing_times=landing,
+        landing_times=plan.landing_times,
         info={"teacher_nfe": teacher_plan.nfe, "teacher_seconds": t1 - t0, "student_seconds": t2 - t1},
     )

@@ -233,15 +233,15 @@ def _deis_weights(schedule: Schedule, s: Point, t: Point, nodes: list[float]) ->
         return np.ones(1)
     edges_t = [s.t, *sorted(schedule.breakpoints(s.t, t.t), reverse=True), t.t]
     edges = schedule.sigma_hat(torch.tensor(edges_t, dtype=torch.float64)).numpy()
-    acc = np.zeros(len(nodes_arr))
-    for a, b in zip(edges[:-1], edges[1:]):
-        sig = 0.5 * (a + b) + 0.5 * (b - a) * _GAUSS_NODES
-        wq = 0.5 * (b - a) * _GAUSS_WEIGHTS
-        tau = schedule.t_from_sigma_hat(torch.from_numpy(sig)).numpy()
-        for j in range(len(nodes_arr)):
-            others = np.delete(nodes_arr, j)
-            basis = np.prod((tau[:, None] - others) / (nodes_arr[j] - others), axis=1)
-            acc[j] += basis @ wq
+    a, b = edges[:-1, None], edges[1:, None]  # one row per smooth piece
+    sig = 0.5 * (a + b) + 0.5 * (b - a) * _GAUSS_NODES
+    wq = (0.5 * (b - a) * _GAUSS_WEIGHTS).reshape(-1)
+    tau = schedule.t_from_sigma_hat(torch.from_numpy(sig.reshape(-1))).numpy()
+    acc = np.empty(len(nodes_arr))
+    for j in range(len(nodes_arr)):
+        others = np.delete(nodes_arr, j)
+        basis = np.prod((tau[:, None] - others) / (nodes_arr[j] - others), axis=1)
+        acc[j] = basis @ wq
     return acc / (edges[-1] - edges[0])
 
 
