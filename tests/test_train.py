@@ -163,3 +163,31 @@ def test_cli_trains_into_the_given_folder(tmp_path, capsys):
     assert card["training"]["steps"] == 2
     linear = {"type": "vp", "name": "linear", "beta_start": 1e-4, "beta_end": 0.02, "T": 1000}
     assert card["schedule"] == linear
+
+
+def test_notebook_smoke_profile_writes_its_results_file(tmp_path):
+    import xarray as xr
+
+    from dode import model_report
+
+    ds = model_report.run("smoke", models=["digits-edm"], results_dir=tmp_path, progress=False)
+    on_disk = xr.open_dataset(tmp_path / model_report.RESULTS_NAME)
+    assert list(on_disk["model"].values) == ["digits-edm-mini"]
+    assert on_disk["step"].values[0, -1] == model_report.SMOKE_STEPS
+    assert on_disk["samples"].shape == (1, model_report.N_SAMPLES["smoke"], 8, 8)
+    assert on_disk.attrs["profile"] == "smoke"
+    card = model_report.cards(on_disk)["digits-edm-mini"]
+    assert card["training"]["steps"] == model_report.SMOKE_STEPS
+    assert model_report.summary_table(on_disk).loc["digits-edm-mini", "steps"] == model_report.SMOKE_STEPS
+    assert ds["loss"].shape == on_disk["loss"].shape
+
+
+def test_notebook_profiles_and_models_are_checked(capsys):
+    from dode import model_report
+
+    with pytest.raises(ValueError, match="profile must be one of"):
+        model_report.run("laptop")
+    with pytest.raises(ValueError, match="models must be"):
+        model_report.run("smoke", models=["digits-vp"])
+    assert model_report.run("paper") is None
+    assert "dode.zoo" in capsys.readouterr().out
