@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns in kernels without ipywidgets
 
 from .data import DATA_DIR, N_HELD_OUT, SPLIT_SEED, load_digits
 from .nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters
