@@ -34,7 +34,8 @@ def to_eps(x0: torch.Tensor, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
 
 
 def convert(d: torch.Tensor, x: torch.Tensor, alpha, sigma, src: str, dst: str) -> torch.Tensor:
-    """Convert a denoising output between prediction types at the state ``x`` with coefficients ``alpha, sigma``."""
+    """Convert a denoising output between prediction types at the state ``x`` with coefficients
+    ``alpha, sigma``."""
     if src == dst:
         return d
     if (src, dst) == ("eps", "x0"):
@@ -80,7 +81,9 @@ class Denoiser:
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a dode Schedule (VPSchedule or EDMSchedule), got {type(schedule)}")
+            raise TypeError(
+                f"schedule must be a dode Schedule (VPSchedule or EDMSchedule), got {type(schedule)}"
+            )
         if not callable(fn):
             raise TypeError("fn must be callable as fn(x, t)")
         self.fn = fn
@@ -112,7 +115,9 @@ class Denoiser:
         with torch.no_grad():
             out = self.fn(x.to(self.dtype), t_batch, **self.model_kwargs)
         if out.shape != x.shape:
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
+            raise ValueError(
+                f"the network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}"
+            )
         return out.to(torch.float64)
 
     def __repr__(self) -> str:

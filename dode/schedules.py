@@ -116,7 +116,9 @@ class VPSchedule(Schedule):
         t = _as_float64(t)
         flat = t.reshape(-1).cpu().numpy()
         if np.any(flat < -1e-9) or np.any(flat > self.t_max + 1e-9):
-            raise ValueError(f"t must lie in [0, {self.t_max:g}] for this VP schedule, got {flat.min()}..{flat.max()}")
+            raise ValueError(
+                f"t must lie in [0, {self.t_max:g}] for this VP schedule, got {flat.min()}..{flat.max()}"
+            )
         out = np.interp(flat, np.arange(self.T, dtype=np.float64), self._log_alpha)
         return torch.from_numpy(out).reshape(t.shape).to(t.device)
 
@@ -158,7 +160,9 @@ class EDMSchedule(Schedule):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
         if rho <= 0:
             raise ValueError(f"rho must be positive, got {rho}")
         self.sigma_min = float(sigma_min)
