@@ -225,21 +225,24 @@ def run(
     done: list[dict[str, str]] = []
     failures = []
     total_start = time.perf_counter()
-    for index, notebook in enumerate(notebooks, start=1):
-        start = time.perf_counter()
-        try:
-            wall = execute(notebook, profile, results_dir, progress=progress)
-        except Exception as error:  # papermill, kernel or I/O failure: all end the notebook the same way
-            failures.append(notebook.name)
-            print(failure_message(notebook, profile, time.perf_counter() - start, error, repo), flush=True)
-            if keep_going:
-                continue
-            break
-        print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
-        finished = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        done.append({"notebook": notebook.name, "profile": profile, "wall time (s)": f"{wall:.1f}",
-                     "finished (UTC)": finished, "machine": machine})
-    record_run_times(results_dir / RUN_TIMES_FILE, done, book_order)
+    try:
+        for index, notebook in enumerate(notebooks, start=1):
+            start = time.perf_counter()
+            try:
+                wall = execute(notebook, profile, results_dir, progress=progress)
+            except Exception as error:  # papermill, kernel or I/O failure: all end the notebook alike
+                failures.append(notebook.name)
+                wall = time.perf_counter() - start
+                print(failure_message(notebook, profile, wall, error, repo), flush=True)
+                if keep_going:
+                    continue
+                break
+            print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
+            finished = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            done.append({"notebook": notebook.name, "profile": profile, "wall time (s)": f"{wall:.1f}",
+                         "finished (UTC)": finished, "machine": machine})
+    finally:  # an interrupted run still records the notebooks that finished
+        record_run_times(results_dir / RUN_TIMES_FILE, done, book_order)
     print(f"{len(done)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s", flush=True)
     if failures:
         print(f"FAILED notebook(s): {', '.join(failures)}", flush=True)
