@@ -9,7 +9,7 @@ Conventions (shared with tests/test_notebooks.py):
   is one line in `_toc.yml`.
 - Every notebook has a cell tagged `parameters` that defines `profile` (the runner passes the chosen one).
   A notebook that also defines `results_dir` writes its results to `<results_dir>/<name>.nc`; the runner
-  passes the absolute path of `data/results/`.
+  passes the path of `data/results/` relative to `notebooks/`.
 - Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
 - Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
   every listed notebook again.
@@ -163,7 +163,9 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
 
     parameters = {"profile": profile}
     if "results_dir" in notebook_parameters(notebook.source):
-        parameters["results_dir"] = str(results_dir.absolute())
+        # relative to the notebook's working directory: the injected cell shows up in the book, and an
+        # absolute path would print this machine's folders there
+        parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(
@@ -173,6 +175,9 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
         kernel_name=KERNEL_NAME,
         cwd=str(notebook.source.parent),
         progress_bar={"desc": notebook.name, "leave": False} if progress else False,
+        # the kernel's own start-up warnings (e.g. about its local TCP transport) would interleave with the
+        # progress bars; the notebook's warnings and errors still land in its outputs
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return time.perf_counter() - start
 
