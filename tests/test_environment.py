@@ -127,13 +127,16 @@ def test_readme_shows_exactly_the_two_commands():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    readme_test_command = FENCED_SHELL_BLOCK.findall(section)[0].strip().splitlines()[-1]
+    script = (REPO / ".ci" / "run").read_text()
     commands = [
-        line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-        and not line.startswith(("set ", "cd "))
+        line.strip() for line in script.splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not line.startswith(("set ", "cd "))
     ]
-    assert commands == ["make test"]
-    assert (REPO / ".ci" / "run").read_text().startswith("#!/usr/bin/env bash")
+    assert commands == [readme_test_command] == ["make test"]
+    assert script.startswith("#!/usr/bin/env bash")
 
 
 def test_makefile_test_target_runs_ruff_and_pytest_without_masking_failures():
