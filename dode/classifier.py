@@ -60,12 +60,16 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (non-negative, like Inception's pool features) of images in [-1, 1]."""
+        """Penultimate features ``(N, 64)`` of images in [-1, 1].
+
+        SiLU rather than ReLU: a ReLU unit that is dead on all the data gives a feature of zero variance and a
+        singular covariance, which makes the matrix square root of the Frechet distance ill-conditioned.
+        """
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
             raise ValueError(f"images must have shape (N, 1, 8, 8), got {tuple(x.shape)}")
-        h = F.relu(self.conv1(x))
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # 8x8 -> 4x4
-        h = F.relu(self.conv3(h))
+        h = F.silu(self.conv1(x))
+        h = F.max_pool2d(F.silu(self.conv2(h)), 2)  # 8x8 -> 4x4
+        h = F.silu(self.conv3(h))
         return h.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +137,7 @@ def train(config: TrainConfig = TrainConfig(), verbose: bool = False) -> tuple[D
     model.eval()
     card = {
         "name": "digits-classifier",
-        "architecture": "conv3x3(16)-relu-conv3x3(32)-relu-maxpool2-conv3x3(64)-relu-avgpool -> linear(10)",
+        "architecture": "conv3x3(16)-silu-conv3x3(32)-silu-maxpool2-conv3x3(64)-silu-avgpool -> linear(10)",
         "feature_dim": FEATURE_DIM,
         "train_split": "train",
         "n_train": int(n),
