@@ -163,7 +163,8 @@ def _git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "dode"],
+            # only the files that define the training decide whether the recorded commit is exact
+            ["git", "status", "--porcelain", "--", "dode/classifier.py", "dode/data.py"],
             cwd=root,
             capture_output=True,
             text=True,

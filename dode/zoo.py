@@ -31,7 +31,7 @@ from torch import nn
 from .denoiser import Denoiser
 from .schedules import EDMSchedule, VPSchedule
 
-__all__ = ["available", "load", "MODELS", "EDMPickleImportError"]
+__all__ = ["available", "load", "MODELS", "EDMPickleImportError", "vp_schedule_from_scheduler_config"]
 
 _EDM_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 _EDM_SCHEDULE = {"type": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
@@ -261,6 +261,16 @@ class _DiffusersUNet(nn.Module):
         return self.unet(x, t.to(torch.float32), class_labels=class_labels, return_dict=False)[0]
 
 
+def _warn_on_mismatch(name: str, source: str, info: dict) -> None:
+    """A checkpoint shaped unlike the model it is loaded as is allowed (e.g. a fine-tune), but said."""
+    for key in ("resolution", "channels", "label_dim"):
+        if info[key] != MODELS[name][key]:
+            warnings.warn(
+                f"{source} has {key}={info[key]}, but {name!r} is listed with {key}={MODELS[name][key]}",
+                stacklevel=4,
+            )
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -318,6 +328,7 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
         "schedule": schedule.describe(),
         "prediction": "eps" if prediction_type == "epsilon" else "x0",
     }
+    _warn_on_mismatch(name, source, info)
     return Denoiser(_DiffusersUNet(unet.eval()), schedule, info["prediction"], name=name, info=info)
 
 
@@ -461,11 +472,6 @@ def _load_edm(name: str, path, edm_repo: str | Path | None = None, **options) ->
     resolution = int(getattr(net, "img_resolution", meta["resolution"]))
     channels = int(getattr(net, "img_channels", meta["channels"]))
     label_dim = int(getattr(net, "label_dim", 0) or 0)
-    for key, value in (("resolution", resolution), ("channels", channels), ("label_dim", label_dim)):
-        if value != meta[key]:
-            warnings.warn(
-                f"{file} has {key}={value}, but {name!r} is listed with {key}={meta[key]}", stacklevel=3
-            )
     schedule = EDMSchedule(_EDM_SCHEDULE["sigma_min"], _EDM_SCHEDULE["sigma_max"], _EDM_SCHEDULE["rho"])
     info = {
         **meta,
@@ -479,4 +485,5 @@ def _load_edm(name: str, path, edm_repo: str | Path | None = None, **options) ->
         "schedule": schedule.describe(),
         "sigma_data": float(getattr(net, "sigma_data", 0.5)),
     }
+    _warn_on_mismatch(name, str(file), info)
     return Denoiser(_EDMNet(net, label_dim), schedule, "x0", name=name, info=info)
