@@ -249,7 +249,7 @@ def write_digits_reference(
 
     classifier_path = Path(classifier_path or clf.CLASSIFIER_PATH)
     model = clf.load(classifier_path)
-    stats = FD(classifier=model, reference=FeatureStats()).stats(load_digits("train").images)
+    stats = FD(classifier=model).reference  # a classifier object: its reference is computed, not loaded
     return stats.save(
         path, classifier_sha256=np.array(clf.sha256_file(classifier_path)), split=np.array("train")
     )

@@ -166,7 +166,8 @@ def load(
         hub repo); edm: a local pickle or an ``http(s)://`` / ``file://`` URL (default: EDM's official URL,
         downloaded once into the torch hub cache).
     device, dtype:
-        where the network runs and the dtype it is called in (e.g. ``torch.float16`` on a GPU).
+        where the network runs and the dtype it is called in (e.g. ``torch.float16`` on a GPU; not for EDM
+        networks, which choose their precision themselves).
     class_labels:
         class-conditional models only: the labels bound to every call -- an int, a sequence/tensor of ints
         (one per sample), or one-hot rows ``(batch, label_dim)``. Equivalently bind them later with
@@ -178,6 +179,11 @@ def load(
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     family = MODELS[name]["family"]
+    if family == "edm" and dtype is not None:
+        # EDM's networks cast their input to float32 and run float16 internally when pickled with use_fp16
+        raise ValueError(
+            f"dtype must be left unset for EDM networks ({name!r}): they manage their own precision"
+        )
     if family == "embedded":
         den = _load_embedded(name, path, **options)
     elif family == "diffusers":

@@ -178,6 +178,8 @@ def test_edm_pickle_round_trips(tmp_path):
         torch.testing.assert_close(den(x, sigma), direct.double(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not class-conditional"):
         zoo.load("edm-cifar10-uncond-vp", path=path, class_labels=3)
+    with pytest.raises(ValueError, match="dtype must be left unset"):
+        zoo.load("edm-cifar10-uncond-vp", path=path, dtype=torch.float16)
 
 
 def test_edm_class_conditional_labels(tmp_path):
