@@ -31,6 +31,7 @@ __all__ = [
     "frechet_distance",
     "FD",
     "fd",
+    "data_floor",
     "FID",
     "InceptionWeightsMissing",
     "inception_weights_path",
@@ -370,12 +371,21 @@ class FD:
 _DEFAULT_FD: FD | None = None
 
 
-def fd(samples) -> float:
-    """FD of digit ``samples`` with the committed classifier and reference (built once, then reused)."""
+def _default_fd() -> FD:
     global _DEFAULT_FD
     if _DEFAULT_FD is None:
         _DEFAULT_FD = FD()
-    return _DEFAULT_FD(samples)
+    return _DEFAULT_FD
+
+
+def fd(samples) -> float:
+    """FD of digit ``samples`` with the committed classifier and reference (built once, then reused)."""
+    return _default_fd()(samples)
+
+
+def data_floor() -> float:
+    """FD of the held-out digits against the reference (see :meth:`FD.data_floor`)."""
+    return _default_fd().data_floor()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -211,7 +211,14 @@ def _load_embedded(name: str, path, **options) -> Denoiser:
     from . import embedded  # lazily: the embedded models are optional for the paper profile
 
     den = embedded.load_denoiser(name, path=path)
-    den.info = {**MODELS[name], **den.info, "zoo_name": name}
+    # the loaded model's own schedule and prediction type are authoritative over the listing
+    den.info = {
+        **MODELS[name],
+        **den.info,
+        "zoo_name": name,
+        "schedule": den.schedule.describe(),
+        "prediction": den.prediction,
+    }
     return den
 
 

@@ -164,6 +164,7 @@ def test_fd_streams_batches_and_checks_input(fd):
     with pytest.raises(ValueError, match="NaN"):
         fd(torch.full((4, 1, 8, 8), float("nan")))
     assert M.fd(images) == pytest.approx(whole, rel=1e-12)
+    assert M.data_floor() == pytest.approx(whole, rel=1e-12)  # the floor is the held-out split's FD
 
 
 def test_fd_missing_reference_names_its_path(monkeypatch, tmp_path):

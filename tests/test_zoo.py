@@ -284,5 +284,6 @@ def test_digits_models_are_loaded_through_dode_embedded(monkeypatch):
     assert calls == [("digits-eps-mini", "weights.safetensors")]
     assert den.info["steps"] == 10 and den.info["resolution"] == 8
     assert den.info["zoo_name"] == "digits-eps-mini"
+    assert den.info["schedule"] == VPSchedule.linear().describe() and den.info["prediction"] == "eps"
     with pytest.raises(TypeError, match="unexpected options"):
         zoo.load("digits-edm", steps=3)
