@@ -59,6 +59,14 @@ class Schedule:
         s = _as_float64(sigma_hat)
         return self.t_from_lambda(-torch.log(s))
 
+    def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
+        """The state ``x_T`` the sampler starts from, given standard normal ``noise``."""
+        raise NotImplementedError
+
+    def breakpoints(self, t_a: float, t_b: float) -> list[float]:
+        """Times strictly between ``t_a`` and ``t_b`` where ``alpha(t)`` is not smooth (for quadrature)."""
+        return []
+
     def describe(self) -> dict:
         """JSON-able identification, stored with fitted lambdas and results."""
         raise NotImplementedError
@@ -142,6 +150,15 @@ class VPSchedule(Schedule):
         t = np.interp(-flat, -self._log_alpha, np.arange(self.T, dtype=np.float64))
         return torch.from_numpy(t).reshape(lam.shape).to(lam.device)
 
+    def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
+        # alpha^2 + sigma^2 = 1, so for unit-variance data x_T has unit variance: start from the noise itself,
+        # as DDPM, DDIM and DPM-Solver do.
+        return noise.to(torch.float64)
+
+    def breakpoints(self, t_a: float, t_b: float) -> list[float]:
+        lo, hi = sorted((float(t_a), float(t_b)))
+        return [float(k) for k in range(math.floor(lo) + 1, math.ceil(hi))]
+
     def describe(self) -> dict:
         params = getattr(self, "_params", None)
         if params is not None:
@@ -185,6 +202,10 @@ class EDMSchedule(Schedule):
 
     def t_from_lambda(self, lam) -> torch.Tensor:
         return torch.exp(-_as_float64(lam))
+
+    def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
+        # x = x_0 + sigma * noise with sigma_max >> sigma_data: start from sigma_max * noise, as EDM does.
+        return noise.to(torch.float64) * float(t)
 
     def describe(self) -> dict:
         return {"type": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}

@@ -1,0 +1,137 @@
+"""Closed-form distillation of a D-ODE solver (paper Sec. 3.3, Algorithm 1; METHOD section 4).
+
+1. One fitting batch of initial noises.
+2. Teacher: DDIM (Euler in sigma on data-prediction models) by default, on a grid that *refines the student's
+   own landing times* K-fold in the grid's variable; its states at those times are the targets. (The
+   authors' code takes targets at teacher indices ``(i+1)K`` of a grid that does not refine the student's,
+   so most targets sit at other times than the student state they are matched to -- METHOD section 7.)
+3. Student: the D-solver on the same noise, stage by stage. At each network evaluation the parameters are
+   fitted in closed form against the teacher state at that evaluation's landing time, applied, and the run
+   goes on from the corrected state (sequential fitting).
+4. The frozen parameters are returned as :class:`~dode.Lambdas` with everything that identifies them.
+
+The fit runs inside the one sampling loop through its fit hook (:class:`dode.sampling.Evaluator`), so
+every solver -- multistep, singlestep multi-stage, Heun -- is distilled by the same code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .denoiser import Denoiser
+from .grids import grid_key, refine
+from .lambdas import TRANSFORM_SPACES, VARIANTS, Lambdas
+from .sampling import _check_noise, run
+from .solvers import Point, get_solver, make_plan
+
+__all__ = ["distill", "least_squares", "FITS"]
+
+
+def least_squares(residual: torch.Tensor, columns: list[torch.Tensor]) -> np.ndarray:
+    """``argmin_p || residual - sum_m p_m columns[m] ||^2`` over the whole batch, in float64 (Eq. 13-14).
+
+    One column is the paper's closed form ``<r, v> / <v, v>``; several columns (the multi-parameter
+    variants) are solved by the normal equations with a pseudo-inverse, which tolerates collinear columns.
+    """
+    r = residual.reshape(-1).to(torch.float64)
+    A = torch.stack([c.reshape(-1).to(torch.float64) for c in columns], dim=1)
+    gram = A.T @ A
+    if len(columns) == 1:
+        g = float(gram[0, 0])
+        return np.array([float(A[:, 0] @ r) / g if g > 0 else 0.0])
+    return (torch.linalg.pinv(gram, hermitian=True) @ (A.T @ r)).cpu().numpy()
+
+
+def _ls_fitter(targets):
+    def fit(k: int, lands: Point, x_base: torch.Tensor, jac: list[torch.Tensor]) -> np.ndarray:
+        return least_squares(targets[lands.t] - x_base, jac)
+
+    return fit
+
+
+#: fit methods: name -> factory(targets) -> fitter(k, lands, x_base, jac) -> params
+FITS = {"ls": _ls_fitter}
+
+
+def teacher_targets(denoiser: Denoiser, noise: torch.Tensor, plan, K: int, teacher: str = "ddim"):
+    """Run the teacher on a grid that refines the student's landing times K-fold; return its plan and its
+    states at exactly those times (``{model time: state}``)."""
+    if not get_solver(teacher).teacher_ok:
+        raise ValueError(f"teacher must be a solver whose steps end on grid points, not {teacher!r}")
+    schedule = denoiser.schedule
+    unique_landing = list(dict.fromkeys(plan.landing_times))  # Heun's two stages land on the same time
+    coarse = torch.tensor([plan.start.t, *unique_landing], dtype=torch.float64)
+    teacher_options = plan.options if teacher == plan.solver else {}
+    teacher_plan = make_plan(schedule, teacher, None, refine(schedule, plan.grid, coarse, K), teacher_options)
+    _, teacher_run = run(denoiser, noise, teacher_plan, record_at=set(unique_landing))
+    return teacher_plan, teacher_run.recorded
+
+
+def distill(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    solver: str = "ddim",
+    nfe: int = 10,
+    K: int = 10,
+    *,
+    grid=None,
+    teacher: str | None = None,
+    variant: str = "d-ode",
+    space: str = "native",
+    fit: str = "ls",
+    seed: int | None = None,
+    **options,
+) -> Lambdas:
+    """Fit the D-ODE parameters of ``solver`` at ``nfe`` on the fitting batch ``noise`` (B = batch size).
+
+    Parameters
+    ----------
+    K: the teacher takes K times more steps, on a grid refining the student's landing times.
+    teacher: the teacher solver (default ``ddim``; ``ipndm``/``deis`` may teach themselves, Supp. 11;
+        ``edm`` runs Heun as the teacher). Solver options are shared when the teacher is the solver itself.
+    variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (METHOD section 5).
+    space: prediction type the transform acts in (``native``: the model's own, as in the paper).
+    fit: closed-form fit method, one of :data:`FITS`.
+    seed: the seed the fitting noise was drawn with, recorded with the lambdas.
+    """
+    noise = _check_noise(noise)
+    if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
+        raise ValueError(f"K must be an integer >= 1, got {K!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if space not in TRANSFORM_SPACES:
+        raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
+    plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
+    t0 = time.perf_counter()
+    teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
+    t1 = time.perf_counter()
+    _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))
+    t2 = time.perf_counter()
+
+    width = max([len(p) for p in student_run.fitted] + [1])
+    values = np.full((plan.nfe, width), np.nan)
+    for k, params in enumerate(student_run.fitted):
+        values[k, : len(params)] = params
+    return Lambdas(
+        values,
+        solver=solver,
+        nfe=plan.nfe,
+        grid=grid_key(grid),
+        options=plan.options,
+        variant=variant,
+        space=space,
+        model=denoiser.name,
+        schedule=denoiser.schedule.describe(),
+        K=int(K),
+        B=int(noise.shape[0]),
+        seed=seed,
+        teacher=teacher_plan.solver,
+        fit=fit,
+        landing_times=plan.landing_times,
+        info={"teacher_nfe": teacher_plan.nfe, "teacher_seconds": t1 - t0, "student_seconds": t2 - t1},
+    )

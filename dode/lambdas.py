@@ -1,0 +1,216 @@
+"""Fitted D-ODE parameters and the metadata that identifies them.
+
+``Lambdas`` holds one row of parameters per network evaluation (METHOD section 3: a solver with NFE n has n
+lambdas; for the multi-parameter variants of section 5 a row has several). They are saved as NetCDF with
+everything needed to refuse reusing them on another solver, NFE, grid, schedule or model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES"]
+
+#: D-ODE formulations (METHOD section 5): Eq. 10, Eq. 9 with two previous outputs, Sep, All
+VARIANTS = ("d-ode", "d-ode-2", "sep", "all")
+#: the prediction type the transform acts in; "native" = the model's own (the paper's D-ODE);
+#: "x0" with a constant lambda is LA-DDIM's lookahead on data predictions (Zhang et al. 2023)
+TRANSFORM_SPACES = ("native", "eps", "x0")
+
+_META_KEYS = (
+    "solver",
+    "nfe",
+    "grid",
+    "options",
+    "variant",
+    "space",
+    "model",
+    "schedule",
+    "K",
+    "B",
+    "seed",
+    "teacher",
+    "fit",
+    "constant",
+)
+
+
+class Lambdas:
+    """Per-evaluation D-ODE parameters.
+
+    ``values`` has shape ``(nfe, P)``; entries a variant does not use at an evaluation (the first
+    evaluation of a data-prediction model has no previous output) are NaN. For the one-parameter D-ODE,
+    ``lam[k]`` is the float lambda of evaluation ``k``.
+    """
+
+    def __init__(
+        self,
+        values,
+        *,
+        solver: str | None,
+        nfe: int | None,
+        grid: str | None,
+        options: dict | None = None,
+        variant: str = "d-ode",
+        space: str = "native",
+        model: str | None = None,
+        schedule: dict | None = None,
+        K: int | None = None,
+        B: int | None = None,
+        seed: int | None = None,
+        teacher: str | None = None,
+        fit: str | None = None,
+        constant: bool = False,
+        landing_times=None,
+        info: dict | None = None,
+    ):
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2:
+            raise ValueError(f"lambda values must be 1-D or 2-D, got shape {values.shape}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if space not in TRANSFORM_SPACES:
+            raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
+        self.values = values
+        self.solver, self.nfe, self.grid = solver, nfe, grid
+        self.options = dict(options or {})
+        self.variant, self.space = variant, space
+        self.model, self.schedule = model, schedule
+        self.K, self.B, self.seed, self.teacher, self.fit = K, B, seed, teacher, fit
+        self.constant = bool(constant)
+        self.landing_times = None if landing_times is None else np.asarray(landing_times, dtype=np.float64)
+        self.info = dict(info or {})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def constant_value(cls, value: float, *, space: str = "native") -> Lambdas:
+        """One lambda for every evaluation (Fixed-D-DDIM; with ``space="x0"``, LA-DDIM's lookahead)."""
+        return cls([[float(value)]], solver=None, nfe=None, grid=None, space=space, constant=True)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        if self.constant:
+            raise TypeError("a constant Lambdas applies to any number of evaluations and has no length")
+        return self.values.shape[0]
+
+    def __getitem__(self, k):
+        row = self.values[0 if self.constant else k]
+        if self.values.shape[1] == 1 and np.ndim(k) == 0:
+            return float(row[0])
+        return row
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def params(self, k: int, n_columns: int) -> np.ndarray:
+        """The parameters of evaluation ``k`` for a transform with ``n_columns`` free columns."""
+        row = self.values[0] if self.constant else self.values[k]
+        used, rest = row[:n_columns], row[n_columns:]
+        if self.constant and n_columns > len(row):
+            raise ValueError(
+                f"a constant Lambdas has {len(row)} parameter(s), the {self.variant} transform needs {n_columns}"
+            )
+        if np.any(np.isnan(used)) or np.any(~np.isnan(rest)):
+            raise ValueError(
+                f"these lambdas hold {np.sum(~np.isnan(row))} parameter(s) for evaluation {k}, "
+                f"but the {self.variant} transform has {n_columns} there"
+            )
+        return used
+
+    # ------------------------------------------------------------------ compatibility
+    def check_compatible(self, plan, denoiser, grid_key: str) -> None:
+        """Refuse lambdas fitted for another solver, NFE, grid, solver options, schedule or model."""
+        if self.constant:
+            return
+        problems = []
+        if self.solver != plan.solver:
+            problems.append(f"solver {self.solver!r} (asked: {plan.solver!r})")
+        if self.nfe != plan.nfe:
+            problems.append(f"nfe {self.nfe} (asked: {plan.nfe})")
+        if self.grid != grid_key:
+            problems.append(f"grid {self.grid!r} (asked: {grid_key!r})")
+        if self.options != plan.options:
+            problems.append(f"options {self.options} (asked: {plan.options})")
+        if self.schedule is not None and self.schedule != denoiser.schedule.describe():
+            problems.append(f"schedule {self.schedule} (asked: {denoiser.schedule.describe()})")
+        if self.model is not None and denoiser.name is not None and self.model != denoiser.name:
+            problems.append(f"model {self.model!r} (asked: {denoiser.name!r})")
+        if problems:
+            raise ValueError(
+                "these lambdas were fitted for " + "; ".join(problems) + ", refit them with dode.distill"
+            )
+        if self.values.shape[0] != plan.nfe:
+            raise ValueError(
+                f"lambdas hold {self.values.shape[0]} rows, but the run has {plan.nfe} evaluations"
+            )
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict:
+        return {key: getattr(self, key) for key in _META_KEYS}
+
+    def to_dataset(self):
+        import xarray as xr
+
+        from . import __version__
+
+        n, p = self.values.shape
+        coords = {"evaluation": np.arange(n), "param": np.arange(p)}
+        if self.landing_times is not None:
+            coords["landing_time"] = ("evaluation", self.landing_times)
+        attrs = {}
+        for key, value in self.metadata().items():
+            if isinstance(value, bool):
+                value = int(value)
+            attrs[key] = json.dumps(value)
+        attrs["info"] = json.dumps(self.info)
+        attrs["dode_version"] = __version__
+        attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        return xr.Dataset({"lambda": (("evaluation", "param"), self.values)}, coords=coords, attrs=attrs)
+
+    def save(self, path) -> Path:
+        """Write NetCDF atomically (temp file in the same folder, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            self.to_dataset().to_netcdf(tmp, engine="h5netcdf")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def from_dataset(cls, ds) -> Lambdas:
+        meta = {key: json.loads(ds.attrs[key]) for key in _META_KEYS}
+        landing = ds["landing_time"].values if "landing_time" in ds.coords else None
+        return cls(
+            ds["lambda"].values,
+            landing_times=landing,
+            info=json.loads(ds.attrs.get("info", "{}")),
+            **meta,
+        )
+
+    @classmethod
+    def load(cls, path) -> Lambdas:
+        import xarray as xr
+
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return cls.from_dataset(ds.load())
+
+    def __repr__(self) -> str:
+        if self.constant:
+            return f"Lambdas.constant_value({self.values[0, 0]!r}, space={self.space!r})"
+        shown = np.array2string(
+            self.values.squeeze(-1) if self.values.shape[1] == 1 else self.values, precision=3
+        )
+        return f"Lambdas({self.variant}, solver={self.solver}, nfe={self.nfe}, grid={self.grid}, K={self.K}, B={self.B}: {shown})"

@@ -1,0 +1,230 @@
+"""Resumable experiment results as xarray NetCDF.
+
+Every notebook writes one file, ``<results_dir>/<notebook-stem>.nc``. A :class:`ResultStore` holds named
+variables over labelled dimensions (e.g. ``fd`` over ``solver x method x nfe x seed``); a cell is written
+atomically (temp file in the same folder, then ``os.replace``) as soon as it is finished, so an interrupted
+run loses nothing, and a rerun skips every cell the file already holds.
+
+Two kinds of parameters are told apart:
+
+* the *sweep* (coordinate values: solvers, NFEs, seeds...) may grow between runs: new cells are added,
+  stored ones are kept;
+* the *comparability key* (model and checkpoint, sample counts, K, B, metric, ...) must be identical:
+  cells computed under another key are not comparable, and reopening the file with a different key is
+  refused with a message that names the differences, instead of mixing them.
+
+Provenance (profile, full parameters as JSON, model id and checkpoint hash, dode version and git commit,
+device, date) is stored in the attributes. NetCDF attributes hold no bools/None/dicts, so values are JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ResultStore", "IncompatibleResults", "provenance", "git_commit", "write_netcdf"]
+
+
+class IncompatibleResults(RuntimeError):
+    """A results file holds cells computed under other parameters."""
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    """The git commit of the dode source tree (with ``+dirty`` if it has local changes), or ``unknown``."""
+    root = Path(path) if path else Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_description() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)}"
+        return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    except ImportError:  # pragma: no cover
+        return platform.machine()
+
+
+def provenance(profile: str, params: dict, model: dict | None = None) -> dict:
+    """Attributes recorded with every results file (all strings)."""
+    from . import __version__
+
+    return {
+        "profile": str(profile),
+        "parameters": json.dumps(params, sort_keys=True, default=str),
+        "model": json.dumps(model or {}, sort_keys=True, default=str),
+        "dode_version": __version__,
+        "git_commit": git_commit(),
+        "device": _device_description(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_netcdf(ds, path: str | Path) -> Path:
+    """Write an xarray Dataset atomically: a temp file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _json_attr(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class ResultStore:
+    """A NetCDF file of experiment cells that can be filled, interrupted and resumed.
+
+    Parameters
+    ----------
+    path: the file (``data/results/<notebook-stem>.nc``).
+    dims: ordered mapping ``dimension -> coordinate values`` of the sweep (may grow between runs).
+    key: the comparability key: a JSON-able dict that must match the stored one exactly.
+    attrs: provenance attributes (see :func:`provenance`); refreshed on every write.
+    """
+
+    def __init__(self, path: str | Path, dims: dict[str, list], key: dict, attrs: dict | None = None):
+        import xarray as xr
+
+        self.path = Path(path)
+        self.key = json.loads(_json_attr(key))
+        self.attrs = dict(attrs or {})
+        self.coords = {name: list(values) for name, values in dims.items()}
+        for name, values in self.coords.items():
+            if len(set(values)) != len(values):
+                raise ValueError(f"dimension {name!r} has repeated values {values}")
+        self.ds = xr.Dataset(coords=self.coords)
+        if self.path.exists():
+            with xr.open_dataset(self.path, engine="h5netcdf") as stored:
+                stored = stored.load()
+            stored_key = json.loads(stored.attrs.get("comparability_key", "null"))
+            if stored_key != self.key:
+                raise IncompatibleResults(self._describe_mismatch(stored_key))
+            self._merge(stored)
+
+    def _describe_mismatch(self, stored_key) -> str:
+        if not isinstance(stored_key, dict):
+            return f"{self.path} was not written by a dode ResultStore; move it away to recompute"
+        diffs = []
+        for name in sorted(set(stored_key) | set(self.key)):
+            old, new = stored_key.get(name, "<absent>"), self.key.get(name, "<absent>")
+            if old != new:
+                diffs.append(f"{name}: stored {old!r}, asked {new!r}")
+        return (
+            f"{self.path} holds results computed with other parameters ({'; '.join(diffs)}). "
+            "They are not comparable with this run; move or delete the file, or use another results_dir."
+        )
+
+    def _merge(self, stored) -> None:
+        """Grow the sweep to the union of the stored and the asked coordinates, keeping stored cells."""
+        for name in stored.coords:
+            if name not in self.coords:
+                self.coords[name] = list(stored.coords[name].values.tolist())
+            else:
+                extra = [v for v in stored.coords[name].values.tolist() if v not in self.coords[name]]
+                self.coords[name] = self.coords[name] + extra
+        self.ds = stored.reindex({name: self.coords[name] for name in stored.dims if name in self.coords})
+        for name, values in self.coords.items():
+            if name not in self.ds.coords:
+                self.ds = self.ds.assign_coords({name: values})
+
+    # ------------------------------------------------------------------ reading
+    def has(self, var: str, **cell) -> bool:
+        """Whether ``var`` holds a finished value at ``cell``.
+
+        Cells are written whole, so one finite entry means the cell is done (fitted lambdas of a
+        data-prediction model legitimately hold NaN where there is no previous output)."""
+        if var not in self.ds:
+            return False
+        sel = self._sel(var, cell)
+        if sel is None:
+            return False
+        values = np.asarray(sel.values)
+        if values.dtype.kind == "f":
+            return bool(np.any(np.isfinite(values)))
+        return True
+
+    def get(self, var: str, **cell):
+        sel = self._sel(var, cell)
+        if sel is None:
+            raise KeyError(f"{var} has no cell {cell}")
+        return sel.values
+
+    def _sel(self, var: str, cell: dict):
+        arr = self.ds[var]
+        for name, value in cell.items():
+            if name not in arr.dims or value not in arr.coords[name].values.tolist():
+                return None
+        return arr.sel(cell)
+
+    # ------------------------------------------------------------------ writing
+    def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
+        """Store ``value`` at ``cell`` of ``var`` and write the file atomically.
+
+        ``extra_dims`` gives a value's own dimensions beyond the sweep (e.g. ``evaluation``, ``param`` of
+        fitted lambdas); shorter values are padded with NaN to the stored extent.
+        """
+        import xarray as xr
+
+        for name in cell:
+            if name not in self.coords:
+                raise ValueError(f"unknown dimension {name!r}; this store has {list(self.coords)}")
+            if cell[name] not in self.coords[name]:
+                raise ValueError(f"{name}={cell[name]!r} is not in the sweep {self.coords[name]}")
+        extra_dims = dict(extra_dims or {})
+        if var not in self.ds:
+            dims = list(cell) + list(extra_dims)
+            shape = [len(self.coords[d]) for d in cell] + [len(v) for v in extra_dims.values()]
+            coords = {d: self.coords[d] for d in cell} | extra_dims
+            self.ds[var] = xr.DataArray(np.full(shape, np.nan), dims=dims, coords=coords)
+        arr = self.ds[var]
+        for name, values in extra_dims.items():
+            current = arr.coords[name].values.tolist()
+            if len(values) > len(current):
+                self.ds = self.ds.reindex({name: values})
+                arr = self.ds[var]
+        value = np.asarray(value, dtype=np.float64)
+        target = arr.loc[cell]
+        if value.shape != target.shape:
+            padded = np.full(target.shape, np.nan)
+            padded[tuple(slice(0, n) for n in value.shape)] = value
+            value = padded
+        self.ds[var].loc[cell] = value
+        self.flush()
+
+    def flush(self) -> None:
+        self.ds.attrs.update({k: str(v) for k, v in self.attrs.items()})
+        self.ds.attrs["comparability_key"] = _json_attr(self.key)
+        write_netcdf(self.ds, self.path)
+
+    def dataset(self):
+        """The stored data (an xarray Dataset)."""
+        return self.ds

@@ -1,0 +1,439 @@
+"""The base ODE solvers, each stated only as its plan (the times it visits) and its update rule.
+
+Notation (METHOD section 2): a step goes from ``s`` to ``t``; ``alpha``, ``sigma`` are the schedule's
+coefficients, ``lambda = log(alpha / sigma)`` the half-logSNR, ``h = lambda_t - lambda_s`` and
+``sigma_hat = sigma / alpha``. In the rescaled variables ``x_hat = x / alpha`` the probability-flow ODE is
+``d x_hat / d sigma_hat = eps(x, t)`` on every schedule, which is why one set of formulas serves VP and EDM:
+DDIM is Euler's method in ``sigma_hat`` (exact exponential integrator for constant ``eps``), and EDM's Heun
+method is Heun's method in ``sigma_hat``.
+
+A solver never loops over time. The sampling loop (:mod:`dode.sampling`) calls ``solver.step`` once per
+step with an evaluator ``ev``; each call ``ev(x, at, lands, update)`` is one network evaluation at state
+``x`` and time ``at`` whose (D-ODE-transformed) denoising output feeds ``update``, an affine map to the
+state that evaluation produces at time ``lands``. Multistep solvers pass their fixed history weights as
+``weights``: the evaluator forms their combined estimate from the history of raw outputs. That is all a
+solver states; the D-ODE transform, the distillation fit, trajectory recording and NFE accounting live
+once, in the evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .grids import make_grid
+from .schedules import Schedule
+
+__all__ = ["Point", "Step", "Plan", "SOLVERS", "get_solver", "make_plan", "dpm_solver_orders"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plans: the times a run visits, fixed before it starts (so distillation knows every landing time up front)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A model time with its schedule coefficients (float64 scalars)."""
+
+    t: float
+    alpha: float
+    sigma: float
+
+    @property
+    def lam(self) -> float:
+        return math.inf if self.sigma == 0 else math.log(self.alpha / self.sigma)
+
+    @property
+    def sigma_hat(self) -> float:
+        return self.sigma / self.alpha
+
+    @classmethod
+    def at(cls, schedule: Schedule, t: float) -> Point:
+        t_ = torch.tensor([float(t)], dtype=torch.float64)
+        return cls(float(t), float(schedule.alpha(t_)[0]), float(schedule.sigma(t_)[0]))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One solver step from ``s`` to ``t``.
+
+    ``stages`` holds the landing point of each network evaluation of the step (the last is ``t``, except
+    for EDM's Heun step whose two stages both land at ``t``). ``weights`` are a multistep solver's
+    combination weights over its history, most recent first.
+    """
+
+    index: int
+    s: Point
+    t: Point
+    order: int
+    stages: tuple[Point, ...]
+    weights: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    solver: str
+    nfe: int
+    grid: object  # the grid spec as given: a name or an explicit tensor
+    times: torch.Tensor  # the grid's model times (steps + 1)
+    steps: tuple[Step, ...]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def start(self) -> Point:
+        return self.steps[0].s
+
+    @property
+    def landing_times(self) -> list[float]:
+        """The model time each network evaluation lands on, in evaluation order."""
+        return [p.t for st in self.steps for p in st.stages]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared update formulas (float64 tensors; all are affine in the denoising output)
+
+
+def exp_euler(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch.Tensor:
+    """DDIM (METHOD section 2): ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps``.
+
+    Written as ``alpha_t * (x_s/alpha_s + (sigma_hat_t - sigma_hat_s) eps)``, i.e. Euler in sigma_hat, which is
+    the same number and stays finite when ``sigma_t = 0``.
+    """
+    return (t.alpha / s.alpha) * x + t.alpha * (t.sigma_hat - s.sigma_hat) * eps
+
+
+def _phi(s: Point, t: Point) -> float:
+    """``sigma_t (e^h - 1)`` for finite ``h``."""
+    return t.sigma * math.expm1(t.lam - s.lam)
+
+
+class Solver:
+    """Base class: ``space`` is the prediction type the update formula (and a multistep combination) uses."""
+
+    name: str
+    space: str = "eps"
+    defaults: dict = {}
+    teacher_ok = True  # one stage ends on each grid point, so it can serve as a distillation teacher
+
+    def check_options(self, options: dict) -> dict:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            allowed = sorted(self.defaults) or "none"
+            raise ValueError(f"solver {self.name!r} takes options {allowed}, got unknown {sorted(unknown)}")
+        return {**self.defaults, **options}
+
+    def orders(self, nfe: int, ends_at_zero: bool, options: dict) -> list[int]:
+        """Order (stages for singlestep solvers) of each step; their sum of stages must equal the NFE."""
+        _check_nfe(self.name, nfe)
+        return [1] * nfe
+
+    def nfe_for_steps(self, n_steps: int, ends_at_zero: bool, options: dict) -> int:
+        return n_steps
+
+    def build_steps(
+        self, schedule: Schedule, times: torch.Tensor, orders: list[int], options: dict
+    ) -> list[Step]:
+        points = [Point.at(schedule, float(t)) for t in times]
+        return [Step(i, points[i], points[i + 1], o, (points[i + 1],)) for i, o in enumerate(orders)]
+
+    def step(self, ev, x: torch.Tensor, st: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _check_nfe(name: str, nfe, minimum: int = 1) -> None:
+    if not isinstance(nfe, (int, np.integer)) or isinstance(nfe, bool) or nfe < minimum:
+        raise ValueError(f"nfe must be an integer >= {minimum} for solver {name!r}, got {nfe!r}")
+
+
+class DDIM(Solver):
+    """DDIM (Song et al. 2021; paper Eq. 11/17), = Euler in sigma on EDM models ("DDIM in sigma", Eq. 37-38).
+
+    Its update is written with ``eps`` but reads the same with ``x0``; the D-ODE transform acts in the model's
+    native prediction type (Eq. 12 for noise, Eq. 39-41 for data prediction) before the conversion.
+    """
+
+    name = "ddim"
+
+    def step(self, ev, x, st):
+        x_next, _ = ev(x, st.s, st.t, lambda eps: exp_euler(x, st.s, st.t, eps))
+        return x_next
+
+
+class MultistepSolver(Solver):
+    """A multistep solver: DDIM's step (or DPM-Solver++'s) fed with a fixed linear combination of the
+    history of outputs; the combination is the solver's estimate that the D-ODE transform acts on."""
+
+    def step(self, ev, x, st):
+        x_next, _ = ev(x, st.s, st.t, lambda eps: exp_euler(x, st.s, st.t, eps), weights=st.weights)
+        return x_next
+
+
+# iPNDM's Adams-Bashforth weights (Zhang & Chen 2023; paper Eq. 20-24), lower orders while history is short
+_IPNDM_WEIGHTS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+class IPNDM(MultistepSolver):
+    name = "ipndm"
+
+    def build_steps(self, schedule, times, orders, options):
+        steps = super().build_steps(schedule, times, orders, options)
+        return [_with_weights(st, _IPNDM_WEIGHTS[min(st.index + 1, 4)]) for st in steps]
+
+
+class DEIS(MultistepSolver):
+    """DEIS tAB of order r (Zhang & Chen 2023; paper Eq. 33-36).
+
+    ``x_t = (alpha_t/alpha_s) x_s + sum_j C_j eps_j`` with ``C_j = alpha_t * integral of L_j(tau) d sigma_hat``
+    over the step, ``L_j`` the Lagrange basis in the model time ``tau`` through the last ``r + 1`` evaluation
+    times. Since ``sum_j L_j = 1``, ``sum_j C_j`` is DDIM's coefficient, so DEIS is DDIM fed with the estimate
+    ``eps' = sum_j w_j eps_j`` where ``w_j`` = mean of ``L_j`` over the step in sigma_hat. r = 0 is DDIM.
+    """
+
+    name = "deis"
+    defaults = {"order": 3}
+
+    def check_options(self, options):
+        options = super().check_options(options)
+        if options["order"] not in (1, 2, 3):
+            raise ValueError(f"order must be one of 1, 2, 3 for solver 'deis', got {options['order']!r}")
+        return options
+
+    def build_steps(self, schedule, times, orders, options):
+        steps = super().build_steps(schedule, times, orders, options)
+        out = []
+        for st in steps:
+            nodes = [steps[st.index - j].s.t for j in range(min(options["order"], st.index) + 1)]
+            out.append(_with_weights(st, tuple(_deis_weights(schedule, st.s, st.t, nodes))))
+        return out
+
+
+def _with_weights(st: Step, weights) -> Step:
+    return Step(st.index, st.s, st.t, st.order, st.stages, tuple(float(w) for w in weights))
+
+
+_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(8)
+
+
+def _deis_weights(schedule: Schedule, s: Point, t: Point, nodes: list[float]) -> np.ndarray:
+    """Mean over the step (in sigma_hat) of each Lagrange basis polynomial through ``nodes`` (in model time).
+
+    Composite Gauss-Legendre in sigma_hat, split where the schedule has kinks (integer indices of a
+    discrete VP schedule), so the quadrature is accurate to rounding.
+    """
+    nodes_arr = np.asarray(nodes, dtype=np.float64)
+    if len(nodes_arr) == 1:
+        return np.ones(1)
+    edges_t = [s.t, *sorted(schedule.breakpoints(s.t, t.t), reverse=True), t.t]
+    edges = schedule.sigma_hat(torch.tensor(edges_t, dtype=torch.float64)).numpy()
+    a, b = edges[:-1, None], edges[1:, None]  # one row per smooth piece
+    sig = 0.5 * (a + b) + 0.5 * (b - a) * _GAUSS_NODES
+    wq = (0.5 * (b - a) * _GAUSS_WEIGHTS).reshape(-1)
+    tau = schedule.t_from_sigma_hat(torch.from_numpy(sig.reshape(-1))).numpy()
+    acc = np.empty(len(nodes_arr))
+    for j in range(len(nodes_arr)):
+        others = np.delete(nodes_arr, j)
+        basis = np.prod((tau[:, None] - others) / (nodes_arr[j] - others), axis=1)
+        acc[j] = basis @ wq
+    return acc / (edges[-1] - edges[0])
+
+
+class DPMSolverPP(MultistepSolver):
+    """DPM-Solver++(2M) (Lu et al. 2022b), in data prediction form:
+    ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) D``, ``D = (1 + 1/(2r)) x0_s - 1/(2r) x0_prev``,
+    ``r = h_prev / h``. The first step, and a step into sigma = 0 (where h is infinite), are first order."""
+
+    name = "dpm_solver++"
+    space = "x0"
+
+    def build_steps(self, schedule, times, orders, options):
+        steps = super().build_steps(schedule, times, orders, options)
+        out = []
+        for st in steps:
+            if st.index == 0 or st.t.sigma == 0:
+                weights = (1.0,)
+            else:
+                prev = steps[st.index - 1]
+                r = (prev.t.lam - prev.s.lam) / (st.t.lam - st.s.lam)
+                weights = (1 + 1 / (2 * r), -1 / (2 * r))
+            out.append(_with_weights(st, weights))
+        return out
+
+    def step(self, ev, x, st):
+        s, t = st.s, st.t
+
+        def update(x0):
+            ratio = t.sigma / s.sigma
+            return ratio * x - t.alpha * math.expm1(-(t.lam - s.lam)) * x0
+
+        x_next, _ = ev(x, s, t, update, weights=st.weights)
+        return x_next
+
+
+def dpm_solver_orders(nfe: int, order: int) -> list[int]:
+    """DPM-Solver's singlestep composition: orders whose stages add up to exactly ``nfe`` (Lu et al. 2022a)."""
+    if order == 3:
+        k = nfe // 3 + 1
+        if nfe % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        if nfe % 3 == 1:
+            return [3] * (k - 1) + [1]
+        return [3] * (k - 1) + [2]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+class DPMSolver(Solver):
+    """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022a; paper Eq. 26-32), orders composed to hit the NFE.
+
+    The intermediate times are ``s_k = lambda^-1(lambda_s + r_k h)``; each stage's network evaluation lands
+    there. A step into sigma = 0 (EDM schedules) has infinite ``h`` and is taken with order 1.
+    """
+
+    name = "dpm_solver"
+    defaults = {"order": 3}
+    teacher_ok = False
+
+    def check_options(self, options):
+        options = super().check_options(options)
+        if options["order"] not in (1, 2, 3):
+            raise ValueError(
+                f"order must be one of 1, 2, 3 for solver 'dpm_solver', got {options['order']!r}"
+            )
+        return options
+
+    def orders(self, nfe, ends_at_zero, options):
+        _check_nfe(self.name, nfe)
+        orders = dpm_solver_orders(nfe, options["order"])
+        if ends_at_zero and orders[-1] != 1:
+            orders = dpm_solver_orders(nfe - 1, options["order"]) + [1]
+        return orders
+
+    def nfe_for_steps(self, n_steps, ends_at_zero, options):
+        raise ValueError("dpm_solver composes its steps from the NFE; give nfe, not only an explicit grid")
+
+    def build_steps(self, schedule, times, orders, options):
+        points = [Point.at(schedule, float(t)) for t in times]
+        steps = []
+        for i, order in enumerate(orders):
+            s, t = points[i], points[i + 1]
+            fractions = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}[order]
+            inner = [
+                Point.at(schedule, float(schedule.t_from_lambda(torch.tensor(s.lam + r * (t.lam - s.lam)))))
+                for r in fractions
+            ]
+            steps.append(Step(i, s, t, order, (*inner, t)))
+        return steps
+
+    def step(self, ev, x, st):
+        s, t = st.s, st.t
+        if st.order == 1:
+            x_next, _ = ev(x, s, t, lambda eps: exp_euler(x, s, t, eps))
+            return x_next
+        h = t.lam - s.lam
+        if st.order == 2:
+            r1 = 0.5
+            s1 = st.stages[0]
+            u, eps_s = ev(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+
+            def second_stage(e1):
+                return (t.alpha / s.alpha) * x - _phi(s, t) * eps_s - _phi(s, t) / (2 * r1) * (e1 - eps_s)
+
+            x_next, _ = ev(u, s1, t, second_stage)
+            return x_next
+        r1, r2 = 1 / 3, 2 / 3
+        s1, s2 = st.stages[0], st.stages[1]
+        u1, eps_s = ev(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+        c2 = s2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
+
+        def second_stage(e1):
+            return (s2.alpha / s.alpha) * x - _phi(s, s2) * eps_s - c2 * (e1 - eps_s)
+
+        u2, _ = ev(u1, s1, s2, second_stage)
+        c3 = (t.sigma / r2) * (math.expm1(h) / h - 1)
+
+        def third_stage(e2):
+            return (t.alpha / s.alpha) * x - _phi(s, t) * eps_s - c3 * (e2 - eps_s)
+
+        x_next, _ = ev(u2, s2, t, third_stage)
+        return x_next
+
+
+class EDMHeun(Solver):
+    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1; paper Eq. 42-45): Heun's method in sigma_hat.
+
+    Euler predictor to ``x'``, then the trapezoid corrector with the output at ``(x', t)``; the last step is
+    Euler only (on EDM schedules it ends at sigma = 0), so N grid steps cost 2N - 1 evaluations.
+    Like DDIM, the D-ODE transform acts in the model's native prediction type (Eq. 46-51 for data prediction).
+    """
+
+    name = "edm"
+
+    def orders(self, nfe, ends_at_zero, options):
+        _check_nfe(self.name, nfe)
+        if nfe % 2 == 0:
+            raise ValueError(f"nfe must be odd for solver 'edm' (Heun: NFE = 2N - 1 for N steps), got {nfe}")
+        n_steps = (nfe + 1) // 2
+        return [2] * (n_steps - 1) + [1]
+
+    def nfe_for_steps(self, n_steps, ends_at_zero, options):
+        return 2 * n_steps - 1
+
+    def build_steps(self, schedule, times, orders, options):
+        points = [Point.at(schedule, float(t)) for t in times]
+        return [Step(i, points[i], points[i + 1], o, (points[i + 1],) * o) for i, o in enumerate(orders)]
+
+    def step(self, ev, x, st):
+        s, t = st.s, st.t
+        x_pred, eps_s = ev(x, s, t, lambda e: exp_euler(x, s, t, e))
+        if st.order == 1:
+            return x_pred
+        x_next, _ = ev(
+            x_pred,
+            t,
+            t,
+            lambda e1: (t.alpha / s.alpha) * x + t.alpha * (t.sigma_hat - s.sigma_hat) * 0.5 * (eps_s + e1),
+        )
+        return x_next
+
+
+SOLVERS: dict[str, Solver] = {cls.name: cls() for cls in (DDIM, IPNDM, DEIS, DPMSolver, DPMSolverPP, EDMHeun)}
+
+
+def get_solver(name: str) -> Solver:
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {name!r}")
+    return SOLVERS[name]
+
+
+def make_plan(
+    schedule: Schedule, solver: str, nfe: int | None = None, grid=None, options: dict | None = None
+) -> Plan:
+    """Every step and stage time of a run, fixed before it starts.
+
+    ``nfe`` may be None only with an explicit grid (the teacher's refined grid), for solvers whose NFE
+    follows from the number of steps.
+    """
+    sol = get_solver(solver)
+    options = sol.check_options(dict(options or {}))
+    if nfe is None:
+        if grid is None or isinstance(grid, str):
+            raise ValueError("nfe is required unless an explicit grid is given")
+        n_steps = len(torch.as_tensor(grid)) - 1
+        nfe = sol.nfe_for_steps(n_steps, schedule.ends_at_zero, options)
+    orders = sol.orders(nfe, schedule.ends_at_zero, options)
+    times = make_grid(schedule, grid, len(orders))
+    steps = tuple(sol.build_steps(schedule, times, orders, options))
+    n_eval = sum(len(st.stages) for st in steps)
+    assert n_eval == nfe, f"internal error: plan of {solver} has {n_eval} evaluations for nfe={nfe}"
+    if schedule.ends_at_zero and float(times[-1]) == 0.0 and steps[-1].order != 1:
+        raise AssertionError("internal error: a step into sigma = 0 must be first order")
+    return Plan(solver, int(nfe), grid, times, steps, options)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the exact Gaussian-mixture test bed on both schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dode
+from dode.gmm import GaussianMixture
+
+# The tests push tiny tensors through many small ops: one thread avoids thread-pool overhead that dominates
+# them on a shared 2-core machine (measured 0.8 ms vs 0.002 ms per softmax of an 8x4 tensor).
+torch.set_num_threads(1)
+
+SCHEDULES = {"vp": dode.VPSchedule.linear(), "edm": dode.EDMSchedule()}
+
+
+@pytest.fixture(scope="session")
+def gmm() -> GaussianMixture:
+    return GaussianMixture.random(n_components=4, dim=8, seed=0)
+
+
+@pytest.fixture(params=["vp", "edm"])
+def schedule_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["eps", "x0"])
+def prediction(request) -> str:
+    return request.param
+
+
+def make_noise(n: int, dim: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
