@@ -48,8 +48,16 @@ def ensure_mathjax(repo: Path) -> Path:
         print(f"book: installing MathJax {MATHJAX_VERSION} with npm into {MATHJAX_CACHE}/", flush=True)
         prefix.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
-             f"mathjax@{MATHJAX_VERSION}"],
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                f"mathjax@{MATHJAX_VERSION}",
+            ],
             check=True,
         )
     if staged.exists():
@@ -77,8 +85,15 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
         raise BookLayoutError(f"not executed yet: {names}; run `python -m dode.run_notebooks` (or make book)")
     ensure_mathjax(repo)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book if jupyter_book.exists() else "jupyter-book"), "build", str(repo),
-               "--path-output", str(path_output or repo / "book"), "--warningiserror", "--keep-going"]
+    command = [
+        str(jupyter_book if jupyter_book.exists() else "jupyter-book"),
+        "build",
+        str(repo),
+        "--path-output",
+        str(path_output or repo / "book"),
+        "--warningiserror",
+        "--keep-going",
+    ]
     if rebuild_all:
         command.append("--all")
     start = time.perf_counter()

@@ -84,7 +84,7 @@ def book_notebooks(repo: Path) -> list[BookNotebook]:
         entry = entry.removesuffix(".ipynb")
         if not entry.startswith(EXECUTED_PREFIX):
             continue
-        name = entry[len(EXECUTED_PREFIX):]
+        name = entry[len(EXECUTED_PREFIX) :]
         source = repo / SOURCE_DIR / f"{name}.ipynb"
         if "/" in name or not source.is_file():
             raise BookLayoutError(
@@ -138,8 +138,9 @@ def record_run_times(path: Path, new_rows: list[dict[str, str]], book_order: lis
         # An empty table is an error for the csv-table directive that shows this file.
         ordered = [{"notebook": "(no notebook has run yet)"}]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=RUN_TIMES_COLUMNS, restval="", extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        text, fieldnames=RUN_TIMES_COLUMNS, restval="", extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(ordered)
     write_atomically(path, text.getvalue())
@@ -151,7 +152,7 @@ def notebook_parameters(source: Path) -> dict:
     parameters = papermill.inspect_notebook(str(source))
     if "profile" not in parameters:
         raise BookLayoutError(
-            f"{source.name} has no `profile` parameter: define `profile = \"cpu\"` in a cell tagged "
+            f'{source.name} has no `profile` parameter: define `profile = "cpu"` in a cell tagged '
             "`parameters`"
         )
     return parameters
@@ -218,14 +219,19 @@ def run(
     if only:
         unknown = sorted(set(only) - set(book_order))
         if unknown:
-            raise BookLayoutError(f"--only names notebooks that _toc.yml does not list: "
-                                  f"{', '.join(unknown)}; listed: {', '.join(book_order) or 'none'}")
+            raise BookLayoutError(
+                f"--only names notebooks that _toc.yml does not list: "
+                f"{', '.join(unknown)}; listed: {', '.join(book_order) or 'none'}"
+            )
         notebooks = [nb for nb in notebooks if nb.name in only]
     for path in notebooks_outside_book(repo):
         print(f"note: {SOURCE_DIR}/{path.name} is not listed in _toc.yml, so it is not part of the book")
 
-    print(f"running {len(notebooks)} notebook(s) with profile={profile}, results in "
-          f"{os.path.relpath(results_dir, repo)}/", flush=True)
+    print(
+        f"running {len(notebooks)} notebook(s) with profile={profile}, results in "
+        f"{os.path.relpath(results_dir, repo)}/",
+        flush=True,
+    )
     machine = machine_description() if notebooks else ""
     done: list[dict[str, str]] = []
     failures = []
@@ -244,8 +250,15 @@ def run(
                 break
             print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
             finished = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-            done.append({"notebook": notebook.name, "profile": profile, "wall time (s)": f"{wall:.1f}",
-                         "finished (UTC)": finished, "machine": machine})
+            done.append(
+                {
+                    "notebook": notebook.name,
+                    "profile": profile,
+                    "wall time (s)": f"{wall:.1f}",
+                    "finished (UTC)": finished,
+                    "machine": machine,
+                }
+            )
     finally:  # an interrupted run still records the notebooks that finished
         record_run_times(results_dir / RUN_TIMES_FILE, done, book_order)
     print(f"{len(done)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s", flush=True)
