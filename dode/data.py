@@ -43,7 +43,8 @@ def _check_recorded_split(split: dict[str, list[int]]) -> None:
 
 
 def load_digits(split: str = "train") -> Digits:
-    """Digits of ``split`` (``"train"``, ``"held_out"`` or ``"all"``), images scaled from [0, 16] to [-1, 1]."""
+    """Digits of ``split`` (``"train"``, ``"held_out"`` or ``"all"``), images scaled from [0, 16] to
+    [-1, 1]."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     if split not in ("train", "held_out", "all"):

@@ -34,7 +34,8 @@ def to_eps(x0: torch.Tensor, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
 
 
 def convert(d: torch.Tensor, x: torch.Tensor, alpha, sigma, src: str, dst: str) -> torch.Tensor:
-    """Convert a denoising output between prediction types at the state ``x`` with coefficients ``alpha, sigma``."""
+    """Convert a denoising output between prediction types at the state ``x`` with coefficients
+    ``alpha, sigma``."""
     if src == dst:
         return d
     if (src, dst) == ("eps", "x0"):
@@ -110,7 +111,10 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         """Native denoising output at state ``x`` and model time ``t`` (a scalar), as float64."""
-        t_batch = torch.full((x.shape[0],), float(t), dtype=self.dtype, device=x.device)
+        # t in at least float32: a half-precision network must still see fractional times exactly
+        # (float16 has steps of 0.5 above t = 512); the network casts it where it needs to.
+        t_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        t_batch = torch.full((x.shape[0],), float(t), dtype=t_dtype, device=x.device)
         with torch.no_grad():
             out = self.fn(x.to(self.dtype), t_batch, **self.model_kwargs)
         if out.shape != x.shape:

@@ -69,6 +69,9 @@ def transform_columns(variant: str, d: torch.Tensor, previous: list[torch.Tensor
     raise ValueError(f"variant must be one of 'd-ode', 'd-ode-2', 'sep', 'all', got {variant!r}")
 
 
+# the most outputs a solver combines (iPNDM's fourth-order Adams-Bashforth weights)
+_MAX_HISTORY = 4
+
 # A fitter gets (evaluation index, landing point, x_base, columns J_m, ) and returns the parameters p_m.
 Fitter = Callable[[int, Point, torch.Tensor, list], np.ndarray]
 
@@ -101,6 +104,7 @@ class Evaluator:
         self.transform_space = self.native if space == "native" else space
         self.k = 0
         self.history: list[torch.Tensor] = []  # raw outputs in the formula space (multistep solvers)
+        self.keep_history = get_solver(plan.solver).multistep
         # estimates in the transform space, most recent first; the first evaluation of a noise-prediction
         # transform sees the initial noise as its previous output (paper Sec. 10.1)
         self.n_virtual = 1 if self.transform_space == "eps" else 0
@@ -118,7 +122,15 @@ class Evaluator:
         self.recorded: dict[float, torch.Tensor] = {}
         self.progress = progress
 
-    def __call__(self, x: torch.Tensor, at: Point, lands: Point, update, weights: tuple[float, ...] = ()):
+    def __call__(
+        self,
+        x: torch.Tensor,
+        at: Point,
+        lands: Point,
+        update,
+        weights: tuple[float, ...] = (),
+        transform: bool = True,
+    ):
         k = self.k
         raw = self.den(x, at.t)
         if not torch.isfinite(raw).all():
@@ -130,14 +142,19 @@ class Evaluator:
         def to(d, src, dst):
             return convert(d, x, at.alpha, at.sigma, src, dst)
 
-        if weights:  # multistep: the solver's own combined estimate (METHOD section 3)
+        if self.keep_history:  # raw outputs in the formula space, most recent first
             self.history.insert(0, to(raw, self.native, self.formula_space))
+            del self.history[_MAX_HISTORY:]
+        if weights:  # multistep: the solver's own combined estimate (METHOD section 3)
             estimate = sum(w * h for w, h in zip(weights, self.history))
             estimate = to(estimate, self.formula_space, self.transform_space)
         else:
             estimate = to(raw, self.native, self.transform_space)
 
-        base, columns = transform_columns(self.variant, estimate, self.previous, self.n_virtual)
+        if transform:
+            base, columns = transform_columns(self.variant, estimate, self.previous, self.n_virtual)
+        else:  # an intermediate stage that only feeds a later combined estimate: no lambda of its own
+            base, columns = estimate, []
 
         def land(d_t):
             return update(to(d_t, self.transform_space, self.formula_space))
@@ -158,7 +175,10 @@ class Evaluator:
         d_solver = to(corrected, self.transform_space, self.formula_space)
         x_next = update(d_solver)
 
-        self.previous.insert(0, estimate)
+        if transform:
+            self.previous.insert(0, estimate)
+            if self.variant != "all":  # only D-DDIM-All looks further back than two outputs
+                del self.previous[2 + self.n_virtual :]
         if self.record_trajectory:
             tr = self.trajectory
             if k == 0:

@@ -116,6 +116,7 @@ class Solver:
     name: str
     space: str = "eps"
     defaults: dict = {}
+    multistep = False  # combines earlier outputs (its steps pass ``weights`` to the evaluator)
     teacher_ok = True  # one stage ends on each grid point, so it can serve as a distillation teacher
 
     def check_options(self, options: dict) -> dict:
@@ -165,6 +166,8 @@ class DDIM(Solver):
 class MultistepSolver(Solver):
     """A multistep solver: DDIM's step (or DPM-Solver++'s) fed with a fixed linear combination of the
     history of outputs; the combination is the solver's estimate that the D-ODE transform acts on."""
+
+    multistep = True
 
     def step(self, ev, x, st):
         x_next, _ = ev(x, st.s, st.t, lambda eps: exp_euler(x, st.s, st.t, eps), weights=st.weights)

@@ -1,0 +1,29 @@
+# Thin entry points; the logic lives in scripts/bootstrap.py, dode/run_notebooks.py and dode/build_book.py.
+#   make book [PROFILE=smoke|cpu|paper]   run every notebook of the book, then build book/_build/html
+#   make test                             ruff, then pytest
+PYTHON ?= python3
+VENV := .venv
+PROFILE ?= cpu
+PY := $(VENV)/bin/python
+# This checkout's own `dode` comes first even where .venv is shared with another checkout.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+.PHONY: book test models clean venv
+
+venv:
+	@$(PYTHON) scripts/bootstrap.py --venv $(VENV)
+
+book: venv
+	$(PY) -m dode.run_notebooks --profile $(PROFILE)
+	$(PY) -m dode.build_book
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+models: venv
+	$(PY) -m dode.train --model all
+	$(PY) -m dode.classifier
+
+clean:
+	rm -rf book/_build book/executed

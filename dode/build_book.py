@@ -1,0 +1,125 @@
+"""Build the Jupyter Book into book/_build/html, fully offline once MathJax is cached.
+
+    python -m dode.build_book [--all]
+
+Run `python -m dode.run_notebooks` first: the book renders the executed copies in book/executed/ and
+never executes anything itself (`execute_notebooks: off` in _config.yml).
+
+MathJax is served from the built site, not from a CDN. The npm package `mathjax` is installed once into
+`.cache/mathjax/` (gitignored) and its `es5/` folder is staged as `.cache/book-extra/mathjax/`.
+`_config.yml` names `.cache/book-extra` in `html_extra_path`, so Sphinx copies it to the root of the site
+(`book/_build/html/mathjax/`). It must not live in `_static/`: Jupyter Book adds every .js and .css file
+found there to every page. `mathjax_path` is given relative to `_static/`, which Sphinx resolves from each
+page's own depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dode.run_notebooks import BookLayoutError, book_notebooks
+
+MATHJAX_VERSION = "3.2.2"
+MATHJAX_CACHE = ".cache/mathjax"  # npm --prefix folder
+EXTRA_PATH = ".cache/book-extra"  # html_extra_path: its contents are copied to the site's root
+MATHJAX_ENTRY = "mathjax/tex-mml-chtml.js"  # relative to the site's root
+
+
+def ensure_mathjax(repo: Path) -> Path:
+    """Stage MathJax under .cache/book-extra/mathjax, installing it with npm the first time."""
+    staged = repo / EXTRA_PATH / "mathjax"
+    version_file = staged / ".dode-mathjax-version"
+    if version_file.is_file() and version_file.read_text().strip() == MATHJAX_VERSION:
+        return staged
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BookLayoutError(
+            "npm is not on PATH; it is needed once to fetch MathJax for offline math "
+            "(Debian: apt-get install npm; conda: conda install -c conda-forge nodejs)"
+        )
+    prefix = repo / MATHJAX_CACHE
+    package = prefix / "node_modules" / "mathjax"
+    if not (package / "es5").is_dir() or _package_version(package) != MATHJAX_VERSION:
+        print(f"book: installing MathJax {MATHJAX_VERSION} with npm into {MATHJAX_CACHE}/", flush=True)
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                f"mathjax@{MATHJAX_VERSION}",
+            ],
+            check=True,
+        )
+    if staged.exists():
+        shutil.rmtree(staged)
+    # The whole es5 distribution: MathJax loads fonts and TeX extensions (\boldsymbol, \cancel, ...) lazily.
+    shutil.copytree(package / "es5", staged)
+    version_file.write_text(MATHJAX_VERSION + "\n")
+    return staged
+
+
+def _package_version(package: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None) -> int:
+    """Build the book of `repo` into `<path_output>/_build/html` (default: book/_build/html)."""
+    missing = [nb for nb in book_notebooks(repo) if not nb.executed.is_file()]
+    if missing:
+        names = ", ".join(nb.name for nb in missing)
+        raise BookLayoutError(f"not executed yet: {names}; run `python -m dode.run_notebooks` (or make book)")
+    ensure_mathjax(repo)
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    command = [
+        str(jupyter_book if jupyter_book.exists() else "jupyter-book"),
+        "build",
+        str(repo),
+        "--path-output",
+        str(path_output or repo / "book"),
+        "--warningiserror",
+        "--keep-going",
+    ]
+    if rebuild_all:
+        command.append("--all")
+    start = time.perf_counter()
+    status = subprocess.run(command, cwd=repo).returncode
+    if status != 0:
+        print(f"book: jupyter-book build failed (exit status {status}); see the warnings above", flush=True)
+        return status
+    html = (path_output or repo / "book") / "_build" / "html"
+    if not (html / MATHJAX_ENTRY).is_file():
+        print(f"book: {html / MATHJAX_ENTRY} is missing: check html_extra_path in _config.yml", flush=True)
+        return 1
+    print(f"book: built {html}/index.html in {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the Jupyter Book into book/_build/html.")
+    parser.add_argument("--all", action="store_true", help="rebuild every page, not only changed ones")
+    parser.add_argument("--repo", type=Path, default=Path.cwd(), help="repository root (default: cwd)")
+    args = parser.parse_args(argv)
+    try:
+        return build(args.repo.absolute(), rebuild_all=args.all)
+    except BookLayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""What the experiment notebooks share: profiles, deterministic noise, fits, and resumable quality sweeps.
+
+A notebook stays thin: it resolves its parameters with :func:`settings`, calls :func:`quality_sweep` (or the
+smaller pieces below) with a :class:`~dode.results.ResultStore`, and draws its figures from the stored file.
+
+Noise is drawn from independent, named streams (:func:`noise`): the *fitting* batch of seed ``s`` and the
+*evaluation* samples of seed ``s`` come from different streams, so evaluation never includes the fitting
+batch, and every method of one seed sees the *same* evaluation noise (a paired comparison). Streams are
+drawn in fixed chunks, so sample ``i`` of a stream does not depend on the batch size used to generate it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .denoiser import Denoiser
+from .distill import distill
+from .lambdas import VARIANTS, Lambdas
+from .sampling import sample
+
+__all__ = [
+    "PROFILES",
+    "SOLVER_LABELS",
+    "METHOD_LABELS",
+    "check_profile",
+    "settings",
+    "noise",
+    "load_model",
+    "make_metric",
+    "sample_shape",
+    "fit_lambdas",
+    "sample_stats",
+    "quality_sweep",
+    "open_store",
+    "model_record",
+]
+
+PROFILES = ("smoke", "cpu", "paper")
+
+#: solver label -> (dode solver, options); labels name solvers in results files and figures
+SOLVER_LABELS: dict[str, tuple[str, dict]] = {
+    "ddim": ("ddim", {}),
+    "ipndm": ("ipndm", {}),
+    "deis3": ("deis", {"order": 3}),
+    "deis2": ("deis", {"order": 2}),
+    "dpm_solver3": ("dpm_solver", {"order": 3}),
+    "dpm_solver2": ("dpm_solver", {"order": 2}),
+    "dpm_solver++": ("dpm_solver++", {}),
+    "edm": ("edm", {}),
+}
+PRETTY = {
+    "ddim": "DDIM",
+    "ipndm": "iPNDM",
+    "deis3": "DEIS-3",
+    "deis2": "DEIS-2",
+    "dpm_solver3": "DPM-Solver-3",
+    "dpm_solver2": "DPM-Solver-2",
+    "dpm_solver++": "DPM-Solver++(2M)",
+    "edm": "EDM (Heun)",
+}
+#: method -> how a sample is produced: "base" (the plain solver) or a D-ODE variant fitted by distill
+METHOD_LABELS = {"base": "base", "d-ode": "D-", "d-ode-2": "D-…-2", "sep": "D-…-Sep", "all": "D-…-All"}
+
+_CHUNK = 256
+_PURPOSES = {"fit": 1, "eval": 2, "reference": 3, "figure": 4}
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    return profile
+
+
+def settings(defaults: dict[str, dict], profile: str, **given) -> dict:
+    """Resolve a notebook's parameters: the profile's defaults, overridden by every parameter given (not None).
+
+    ``defaults`` maps each profile to its parameter values; a parameter the profile table does not know is an
+    error that names the known ones.
+    """
+    check_profile(profile)
+    table = dict(defaults[profile])
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; this notebook takes {sorted(table)}")
+    for name, value in given.items():
+        if value is not None:
+            table[name] = value
+    if "solvers" in table:
+        for label in table["solvers"]:
+            solver_spec(label)
+    return {"profile": profile, **table}
+
+
+def solver_spec(label: str) -> tuple[str, dict]:
+    if label not in SOLVER_LABELS:
+        raise ValueError(f"solver label must be one of {sorted(SOLVER_LABELS)}, got {label!r}")
+    solver, options = SOLVER_LABELS[label]
+    return solver, dict(options)
+
+
+def noise(
+    seed: int, purpose: str, n: int, shape: tuple[int, ...], start: int = 0, device="cpu"
+) -> torch.Tensor:
+    """Samples ``[start, start + n)`` of the standard normal stream ``(seed, purpose)``, float32.
+
+    Each chunk of 256 samples has its own generator, seeded from ``(seed, purpose, chunk)`` through numpy's
+    SeedSequence, so streams never overlap and do not depend on how they are batched.
+    """
+    if purpose not in _PURPOSES:
+        raise ValueError(f"purpose must be one of {sorted(_PURPOSES)}, got {purpose!r}")
+    if n < 1:
+        raise ValueError(f"n must be a positive number of samples, got {n}")
+    first, last = start // _CHUNK, (start + n - 1) // _CHUNK
+    chunks = []
+    for j in range(first, last + 1):
+        state = np.random.SeedSequence([int(seed), _PURPOSES[purpose], j]).generate_state(2, dtype=np.uint64)
+        g = torch.Generator().manual_seed(int(state[0] % (2**63)))
+        chunks.append(torch.randn(_CHUNK, *shape, generator=g))
+    out = torch.cat(chunks)[start - first * _CHUNK : start - first * _CHUNK + n]
+    return out.to(device)
+
+
+def load_model(name: str, device="cpu", **options) -> Denoiser:
+    from . import zoo
+
+    return zoo.load(name, device=device, **options)
+
+
+def sample_shape(den: Denoiser) -> tuple[int, int, int]:
+    info = den.info
+    try:
+        return int(info["channels"]), int(info["resolution"]), int(info["resolution"])
+    except KeyError as err:
+        raise ValueError(f"the denoiser's info lacks {err}; load it through dode.zoo") from err
+
+
+def make_metric(den: Denoiser, device="cpu", batch_size: int | None = None):
+    """``(name, metric)``: FD in the digit classifier's features for the embedded models, Inception FID
+    against the dataset's reference statistics for the paper's models."""
+    from . import metrics
+
+    reference = den.info.get("fid_reference", "fd")
+    if reference == "fd":
+        return "fd", metrics.FD(device=device, batch_size=batch_size or 1000)
+    return "fid", metrics.FID(device=device, batch_size=batch_size or 100, reference=reference)
+
+
+def model_record(den: Denoiser) -> dict:
+    """What identifies a model in results provenance (name, checkpoint hash, source...)."""
+    keep = ("zoo_name", "sha256", "checkpoint_sha256", "source", "resolution", "channels", "prediction")
+    return {"name": den.name, **{k: den.info[k] for k in keep if k in den.info}}
+
+
+def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, den: Denoiser | None):
+    from .results import ResultStore, provenance
+
+    record = model_record(den) if den is not None else {}
+    key = {**key, "model": record}
+    return ResultStore(
+        Path(results_dir) / f"{stem}.nc", dims, key, provenance(params["profile"], params, record)
+    )
+
+
+def fit_lambdas(
+    den: Denoiser,
+    label: str,
+    nfe: int,
+    *,
+    seed: int,
+    K: int,
+    B: int,
+    shape: tuple[int, ...],
+    variant: str = "d-ode",
+    grid=None,
+    teacher: str | None = None,
+    fit: str = "ls",
+    device="cpu",
+) -> tuple[Lambdas, float]:
+    """Distill on the fitting batch of ``seed`` (B samples); returns the lambdas and the wall time."""
+    solver, options = solver_spec(label)
+    fit_noise = noise(seed, "fit", B, shape, device=device)
+    t0 = time.perf_counter()
+    lam = distill(
+        den,
+        fit_noise,
+        solver,
+        nfe,
+        K,
+        grid=grid,
+        teacher=teacher,
+        variant=variant,
+        fit=fit,
+        seed=seed,
+        **options,
+    )
+    return lam, time.perf_counter() - t0
+
+
+def sample_batches(
+    den: Denoiser,
+    label: str,
+    nfe: int,
+    *,
+    seed: int,
+    n_samples: int,
+    batch_size: int,
+    shape: tuple[int, ...],
+    lambdas: Lambdas | None = None,
+    grid=None,
+    device="cpu",
+    purpose: str = "eval",
+) -> Iterable[tuple[torch.Tensor, float]]:
+    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``."""
+    solver, options = solver_spec(label)
+    for start in range(0, n_samples, batch_size):
+        z = noise(seed, purpose, min(batch_size, n_samples - start), shape, start=start, device=device)
+        t0 = time.perf_counter()
+        x = sample(den, z, solver, nfe, grid=grid, lambdas=lambdas, **options)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        yield x.float(), time.perf_counter() - t0
+
+
+def sample_stats(den: Denoiser, metric, label: str, nfe: int, **kwargs):
+    """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time."""
+    from .metrics import FeatureStats
+
+    stats, seconds = FeatureStats(), 0.0
+    for x, dt in sample_batches(den, label, nfe, **kwargs):
+        seconds += dt
+        stats.update(metric.features(x))
+    return stats, seconds
+
+
+def _nfes_for(nfes, label: str) -> list[int]:
+    if isinstance(nfes, dict):
+        if label not in nfes:
+            raise ValueError(f"nfes has no entry for solver {label!r} (it has {sorted(nfes)})")
+        return list(nfes[label])
+    return list(nfes)
+
+
+def quality_sweep(
+    store,
+    den: Denoiser,
+    metric,
+    metric_name: str,
+    *,
+    solvers: list[str],
+    nfes,
+    seeds: list[int],
+    methods: list[str],
+    K: int,
+    B: int,
+    n_samples: int,
+    batch_size: int,
+    grid=None,
+    teacher: str | None = None,
+    fit: str = "ls",
+    device="cpu",
+    progress: bool = True,
+) -> None:
+    """Fill ``store`` with the sample quality of every (solver, method, NFE, seed); skip finished cells.
+
+    For each (solver, NFE, seed): the D-ODE parameters of every variant in ``methods`` are fitted once on
+    the seed's fitting batch and stored (``lambdas``, ``fit_seconds``); then every method samples the seed's
+    evaluation noise (the same for all methods) and its metric is stored (``<metric_name>``,
+    ``sample_seconds``). Each finished cell is written at once, so an interrupted sweep resumes.
+    """
+    from tqdm.auto import tqdm
+
+    for m in methods:
+        if m != "base" and m not in VARIANTS:
+            raise ValueError(f"methods must be 'base' or one of {VARIANTS}, got {m!r}")
+    shape = sample_shape(den)
+    cells = [(lb, n, s) for lb in solvers for n in _nfes_for(nfes, lb) for s in seeds]
+    bar = tqdm(cells, desc="cells", disable=not progress)
+    for label, nfe, seed in bar:
+        bar.set_postfix_str(f"{label} nfe={nfe} seed={seed}")
+        cell = {"solver": label, "nfe": nfe, "seed": seed}
+        todo = [m for m in methods if not store.has(metric_name, method=m, **cell)]
+        if not todo:
+            continue
+        for method in todo:
+            lam = None
+            if method != "base":
+                if store.has("lambdas", method=method, **cell):
+                    lam = _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, fit)
+                else:
+                    lam, secs = fit_lambdas(
+                        den,
+                        label,
+                        nfe,
+                        seed=seed,
+                        K=K,
+                        B=B,
+                        shape=shape,
+                        variant=method,
+                        grid=grid,
+                        teacher=teacher,
+                        fit=fit,
+                        device=device,
+                    )
+                    store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), method=method, **cell)
+                    store.put("fit_seconds", secs, method=method, **cell)
+            stats, secs = sample_stats(
+                den,
+                metric,
+                label,
+                nfe,
+                seed=seed,
+                n_samples=n_samples,
+                batch_size=batch_size,
+                shape=shape,
+                lambdas=lam,
+                grid=grid,
+                device=device,
+            )
+            store.put("sample_seconds", secs, method=method, **cell)
+            store.put(metric_name, metric(stats), method=method, **cell)
+
+
+def _lambda_dims(lam: Lambdas) -> dict:
+    n, p = lam.values.shape
+    return {"evaluation": list(range(n)), "param": list(range(p))}
+
+
+def _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, fit) -> Lambdas:
+    """Rebuild the Lambdas of a cell from the store (fitting is not repeated on resume)."""
+    from .grids import grid_key
+
+    solver, options = solver_spec(label)
+    values = np.asarray(store.get("lambdas", solver=label, method=method, nfe=nfe, seed=seed))
+    rows = values[:nfe]
+    width = max(1, int(np.max(np.sum(~np.isnan(rows), axis=1))))
+    return Lambdas(
+        rows[:, :width],
+        solver=solver,
+        nfe=nfe,
+        grid=grid_key(grid),
+        options=options,
+        variant=method,
+        model=den.name,
+        schedule=den.schedule.describe(),
+        K=K,
+        B=B,
+        seed=seed,
+        teacher=teacher or "ddim",
+        fit=fit,
+    )
+
+
+def sweep_dims(solvers, nfes, methods, seeds) -> dict:
+    all_nfes = sorted({n for lb in solvers for n in _nfes_for(nfes, lb)})
+    return {"solver": list(solvers), "method": list(methods), "nfe": all_nfes, "seed": list(seeds)}

@@ -1,0 +1,571 @@
+"""Sample-quality metrics: FD on the embedded digits, FID with Inception, and L2 to a reference trajectory.
+
+All three Frechet metrics share one recipe: features of the samples are summarised by their mean ``mu`` and
+covariance ``Sigma`` (:class:`FeatureStats`, accumulated over batches in float64, so 50k samples never have
+to be in memory at once), and compared with the statistics of a reference data set by the Frechet distance
+``||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^(1/2))`` (:func:`frechet_distance`,
+computed by pytorch-fid's ``calculate_frechet_distance``).
+
+* :class:`FD` (profiles ``smoke`` and ``cpu``): features are the 64-d penultimate layer of the digit
+  classifier (:mod:`dode.classifier`); the reference is the digits' *train* split (see :class:`FD` for why).
+* :class:`FID` (profile ``paper``): the 2048-d final pool features of pytorch-fid's InceptionV3, compared with
+  reference statistics of the paper's data sets stored as ``.npz`` files (:func:`reference_stats`).
+* :func:`l2_to_reference` / :func:`l2_distances`: distance of samples to the endpoints of a reference
+  trajectory (e.g. a 1000-step solve) started from the *same* noise, the quantity of the trajectory figures.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DATA_DIR, load_digits
+
+__all__ = [
+    "FeatureStats",
+    "frechet_distance",
+    "FD",
+    "fd",
+    "data_floor",
+    "FID",
+    "InceptionWeightsMissing",
+    "inception_weights_path",
+    "INCEPTION_WEIGHTS_FILE",
+    "INCEPTION_WEIGHTS_URL",
+    "REFERENCE_STATS",
+    "FID_STATS_DIR",
+    "DIGITS_REFERENCE_PATH",
+    "reference_stats_path",
+    "reference_stats",
+    "write_digits_reference",
+    "l2_distances",
+    "l2_to_reference",
+]
+
+FID_STATS_DIR = DATA_DIR / "fid_stats"
+DIGITS_REFERENCE_PATH = FID_STATS_DIR / "digits-train.npz"
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming statistics and the Frechet distance
+
+
+def _as_float64_2d(features) -> np.ndarray:
+    if torch.is_tensor(features):
+        features = features.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(features, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"features must have shape (batch, dim), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("features contain NaN or inf (did the sampler diverge?)")
+    return arr
+
+
+class FeatureStats:
+    """Mean and covariance of feature vectors, accumulated batch by batch in float64.
+
+    Each batch is centred on its own mean and merged with the running moments by Chan et al.'s pairwise
+    update, which stays accurate when the features have a large mean (a plain running sum of ``x x^T``
+    would lose digits to cancellation). ``sigma`` is the unbiased covariance, as ``np.cov`` (and so
+    pytorch-fid) computes it.
+    """
+
+    def __init__(self, dim: int | None = None):
+        self.dim = dim
+        self.n = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None  # sum of outer products of deviations from the mean
+        self._frozen_sigma: np.ndarray | None = None  # set when loaded from (mu, sigma) without a count
+
+    def update(self, features) -> FeatureStats:
+        """Add a batch of features ``(batch, dim)`` (tensor or array); returns ``self``."""
+        if self._frozen_sigma is not None:
+            raise RuntimeError("these statistics were loaded without a sample count and cannot be updated")
+        x = _as_float64_2d(features)
+        if self.dim is None:
+            self.dim = x.shape[1]
+        if x.shape[1] != self.dim:
+            raise ValueError(f"features have dimension {x.shape[1]}, expected {self.dim}")
+        nb = x.shape[0]
+        if nb == 0:
+            return self
+        mean_b = x.mean(axis=0)
+        dev = x - mean_b
+        m2_b = dev.T @ dev
+        if self.n == 0:
+            self.n, self._mean, self._m2 = nb, mean_b, m2_b
+            return self
+        n = self.n + nb
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        self._m2 = self._m2 + m2_b + np.outer(delta, delta) * (self.n * nb / n)
+        self.n = n
+        return self
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Statistics of the union of both sets of samples (e.g. from several workers)."""
+        out = FeatureStats(self.dim or other.dim)
+        for s in (self, other):
+            if s.n == 0:
+                continue
+            if s._frozen_sigma is not None:
+                raise RuntimeError("statistics loaded without a sample count cannot be merged")
+            if out.n == 0:
+                out.n, out._mean, out._m2 = s.n, s._mean.copy(), s._m2.copy()
+                continue
+            n = out.n + s.n
+            delta = s._mean - out._mean
+            out._mean = out._mean + delta * (s.n / n)
+            out._m2 = out._m2 + s._m2 + np.outer(delta, delta) * (out.n * s.n / n)
+            out.n = n
+        return out
+
+    @property
+    def mu(self) -> np.ndarray:
+        if self._mean is None:
+            raise RuntimeError("no features were accumulated")
+        return self._mean
+
+    @property
+    def sigma(self) -> np.ndarray:
+        if self._frozen_sigma is not None:
+            return self._frozen_sigma
+        if self.n < 2:
+            raise RuntimeError(f"a covariance needs at least 2 samples, got {self.n}")
+        return self._m2 / (self.n - 1)
+
+    @classmethod
+    def from_moments(cls, mu, sigma, n: int | None = None) -> FeatureStats:
+        mu = np.asarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(
+                f"need mu of shape (d,) and sigma of shape (d, d), got {mu.shape} and {sigma.shape}"
+            )
+        out = cls(mu.shape[0])
+        out._mean = mu
+        if n is not None and n >= 2:
+            out.n = int(n)
+            out._m2 = sigma * (n - 1)
+        else:
+            out.n = int(n or 0)
+            out._frozen_sigma = sigma
+        return out
+
+    @classmethod
+    def from_features(cls, features) -> FeatureStats:
+        return cls().update(features)
+
+    def save(self, path: str | Path, **extra) -> Path:
+        """Write ``mu``, ``sigma`` (pytorch-fid's ``.npz`` keys), ``n`` and ``extra`` arrays, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), **extra)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureStats:
+        """Read an ``.npz`` with keys ``mu`` and ``sigma`` (pytorch-fid's and EDM's format))."""
+        path = Path(path)
+        with np.load(path) as f:
+            missing = {"mu", "sigma"} - set(f.files)
+            if missing:
+                raise KeyError(
+                    f"{path} lacks the key(s) {sorted(missing)}; a statistics file holds 'mu' and 'sigma'"
+                )
+            n = int(f["n"]) if "n" in f.files else None
+            return cls.from_moments(f["mu"], f["sigma"], n)
+
+    def __repr__(self) -> str:
+        return f"FeatureStats(n={self.n}, dim={self.dim})"
+
+
+def _moments(stats) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(stats, FeatureStats):
+        return stats.mu, stats.sigma
+    if isinstance(stats, tuple | list) and len(stats) == 2:
+        return np.asarray(stats[0], np.float64), np.asarray(stats[1], np.float64)
+    raise TypeError(f"expected FeatureStats or a (mu, sigma) pair, got {type(stats)}")
+
+
+def frechet_distance(stats_a, stats_b) -> float:
+    """Frechet distance between two Gaussians given as :class:`FeatureStats` or ``(mu, sigma)`` pairs.
+
+    Computed by pytorch-fid's ``calculate_frechet_distance`` (so that our FID is pytorch-fid's FID).
+    """
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    mu1, sigma1 = _moments(stats_a)
+    mu2, sigma2 = _moments(stats_b)
+    if mu1.shape != mu2.shape:
+        raise ValueError(
+            f"the statistics have different feature dimensions: {mu1.shape[0]} and {mu2.shape[0]}"
+        )
+    with warnings.catch_warnings():
+        # pytorch-fid 0.3.0 passes scipy.linalg.sqrtm's `disp` argument, deprecated since SciPy 1.17
+        warnings.filterwarnings(
+            "ignore", message=".*`disp` argument is deprecated.*", category=DeprecationWarning
+        )
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def _batches(samples, batch_size: int) -> Iterable[torch.Tensor]:
+    """A tensor is cut into batches; any other iterable is taken as an iterable of batches."""
+    if torch.is_tensor(samples) or isinstance(samples, np.ndarray):
+        samples = torch.as_tensor(samples)
+        for i in range(0, samples.shape[0], batch_size):
+            yield samples[i : i + batch_size]
+    else:
+        for batch in samples:
+            yield torch.as_tensor(batch)
+
+
+def _check_images(x: torch.Tensor, channels: int | None = None, size: int | None = None) -> torch.Tensor:
+    if x.ndim != 4:
+        raise ValueError(f"samples must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"samples must have {channels} channel(s), got shape {tuple(x.shape)}")
+    if size is not None and tuple(x.shape[2:]) != (size, size):
+        raise ValueError(f"samples must be {size}x{size} images, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("samples contain NaN or inf (did the sampler diverge?)")
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FD: Frechet distance in the digit classifier's features
+
+
+def write_digits_reference(
+    classifier_path: str | Path | None = None, path: str | Path = DIGITS_REFERENCE_PATH
+) -> Path:
+    """Compute and store the FD reference statistics (train split, classifier features) under ``data/``."""
+    from . import classifier as clf
+
+    classifier_path = Path(classifier_path or clf.CLASSIFIER_PATH)
+    model = clf.load(classifier_path)
+    stats = FD(classifier=model).reference  # a classifier object: its reference is computed, not loaded
+    return stats.save(
+        path, classifier_sha256=np.array(clf.sha256_file(classifier_path)), split=np.array("train")
+    )
+
+
+class FD:
+    """Frechet distance of digit samples to the digits, in the digit classifier's penultimate features.
+
+    Reference: the **train split** (1,500 images), not all 1,797. The diffusion models of the embedded
+    profile are trained on the train split, so -- as FID is measured against the training set (CIFAR-10's
+    50k train images) -- the target distribution of the samples is the train split. Keeping the 297
+    held-out images out of the reference gives an honest **data floor** (:meth:`data_floor`): the FD of
+    fresh images of the true distribution that neither the diffusion model nor the classifier has seen.
+    A sampler that reproduced the data distribution perfectly would score about the floor; a value well
+    below it signals memorisation of training images. The floor is measured with 297 samples; FD's
+    finite-sample bias shrinks with N, so samples evaluated with N > 297 can score somewhat below it
+    without memorising (compare :meth:`train_subset_fd`).
+
+    Parameters
+    ----------
+    classifier:
+        a :class:`~dode.classifier.DigitClassifier`, or a path to its weights; default the committed one.
+    reference:
+        :class:`FeatureStats` or a path to an ``.npz``; default ``data/fid_stats/digits-train.npz``, which
+        must have been computed from the same classifier weights (checked by sha256).
+    device, batch_size:
+        where and in what batches features are computed.
+    """
+
+    def __init__(
+        self,
+        classifier=None,
+        reference: FeatureStats | str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1000,
+    ):
+        from . import classifier as clf
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        classifier_path = None
+        if classifier is None or isinstance(classifier, str | Path):
+            classifier_path = Path(classifier or clf.CLASSIFIER_PATH)
+            classifier = clf.load(classifier_path)
+        if not isinstance(classifier, torch.nn.Module) or not hasattr(classifier, "features"):
+            raise TypeError(
+                "classifier must be a DigitClassifier (with a .features method) or a path to its weights"
+            )
+        self.classifier = classifier.to(self.device).eval()
+        if reference is None:
+            if classifier_path is None:
+                # a classifier of the caller's: its own features of the train split define the reference
+                self.reference = self.stats(load_digits("train").images)
+            else:
+                self.reference = self._load_digits_reference(classifier_path)
+        elif isinstance(reference, FeatureStats):
+            self.reference = reference
+        else:
+            self.reference = FeatureStats.load(reference)
+
+    @staticmethod
+    def _load_digits_reference(classifier_path: Path) -> FeatureStats:
+        from . import classifier as clf
+
+        path = DIGITS_REFERENCE_PATH
+        if not path.exists():
+            raise FileNotFoundError(
+                f"FD reference statistics not found at {path}; write them with "
+                "`python -m dode.classifier` (retrains) or dode.metrics.write_digits_reference()"
+            )
+        with np.load(path) as f:
+            recorded = str(f["classifier_sha256"]) if "classifier_sha256" in f.files else None
+        if recorded != clf.sha256_file(classifier_path):
+            raise RuntimeError(
+                f"{path} was computed with other classifier weights than {classifier_path}; "
+                "recompute it with dode.metrics.write_digits_reference()"
+            )
+        return FeatureStats.load(path)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Classifier features ``(N, 64)`` (float64, on the CPU) of images in [-1, 1] of shape (N, 1, 8, 8).
+
+        Values outside [-1, 1] (a sampler's overshoot) are clipped, as saving images would.
+        """
+        images = _check_images(torch.as_tensor(images), channels=1, size=8)
+        out = []
+        with torch.no_grad():
+            for batch in _batches(images, self.batch_size):
+                x = batch.to(self.device, torch.float32).clamp(-1.0, 1.0)
+                out.append(self.classifier.features(x).to("cpu", torch.float64))
+        return torch.cat(out)
+
+    def stats(self, samples) -> FeatureStats:
+        """Feature statistics of a tensor of samples, or of an iterable of batches (streamed)."""
+        stats = FeatureStats()
+        for batch in _batches(samples, self.batch_size):
+            stats.update(self.features(batch))
+        return stats
+
+    def __call__(self, samples) -> float:
+        """FD of ``samples``: a tensor (N, 1, 8, 8) in [-1, 1], an iterable of such batches, or stats."""
+        stats = samples if isinstance(samples, FeatureStats) else self.stats(samples)
+        return frechet_distance(stats, self.reference)
+
+    def data_floor(self) -> float:
+        """FD of the held-out split (297 unseen images) against the reference."""
+        return self(load_digits("held_out").images)
+
+    def train_subset_fd(self, n: int = 297, seed: int = 0) -> float:
+        """FD of ``n`` random train images: the floor's finite-sample part, without its generalisation gap."""
+        images = load_digits("train").images
+        idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        return self(images[idx])
+
+
+_DEFAULT_FD: FD | None = None
+
+
+def _default_fd() -> FD:
+    global _DEFAULT_FD
+    if _DEFAULT_FD is None:
+        _DEFAULT_FD = FD()
+    return _DEFAULT_FD
+
+
+def fd(samples) -> float:
+    """FD of digit ``samples`` with the committed classifier and reference (built once, then reused)."""
+    return _default_fd()(samples)
+
+
+def data_floor() -> float:
+    """FD of the held-out digits against the reference (see :meth:`FD.data_floor`)."""
+    return _default_fd().data_floor()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FID: pytorch-fid's InceptionV3
+
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+
+
+class InceptionWeightsMissing(FileNotFoundError):
+    """The FID Inception weights are not in the torch hub cache (and dode never downloads them itself)."""
+
+
+def inception_weights_path() -> Path:
+    """Where pytorch-fid looks for its Inception weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+class FID:
+    """FID in pytorch-fid's InceptionV3 (2048-d final pool features), for the paper profile.
+
+    The weights are read from the torch hub cache, exactly where pytorch-fid expects them
+    (:func:`inception_weights_path`). Their absence is an error (:class:`InceptionWeightsMissing`) that says
+    where the file must go and where it comes from; nothing is downloaded behind the user's back.
+
+    Samples are images in [-1, 1] of shape (N, C, H, W), C = 1 or 3. With ``quantize=True`` (the default)
+    they are rounded to 8 bits first, as when samples are saved as PNG and scored with
+    ``python -m pytorch_fid`` (or EDM's ``fid.py``), which published FIDs do; then mapped to [0, 1], which
+    pytorch-fid's InceptionV3 resizes to 299x299 and rescales itself.
+
+    ``reference`` is a name of :data:`REFERENCE_STATS`, an ``.npz`` path, or :class:`FeatureStats`.
+    """
+
+    DIM = 2048
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        batch_size: int = 100,
+        reference: str | Path | FeatureStats | None = None,
+        quantize: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        weights = inception_weights_path()
+        if not weights.is_file():
+            raise InceptionWeightsMissing(
+                f"FID needs pytorch-fid's Inception weights at {weights} (the torch hub cache, "
+                f"$TORCH_HOME/hub/checkpoints; TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
+                f"The file comes from {INCEPTION_WEIGHTS_URL}; on a machine with internet, download it there "
+                "(e.g. `python -c 'import pytorch_fid.inception as i; i.fid_inception_v3()'`), or copy it "
+                "from such a machine. dode does not download it itself."
+            )
+        from pytorch_fid.inception import InceptionV3
+
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.quantize = quantize
+        # the file is in the hub cache, so pytorch-fid's load_state_dict_from_url only reads it
+        self.model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[self.DIM]]).to(self.device).eval()
+        if reference is None or isinstance(reference, FeatureStats):
+            self.reference = reference
+        elif isinstance(reference, str) and reference in REFERENCE_STATS:
+            self.reference = reference_stats(reference)
+        else:
+            self.reference = FeatureStats.load(reference)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Inception pool features ``(N, 2048)`` (float64, on the CPU) of images in [-1, 1]."""
+        images = _check_images(torch.as_tensor(images))
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"samples must have 1 or 3 channels, got shape {tuple(images.shape)}")
+        out = []
+        with torch.no_grad():
+            for batch in _batches(images, self.batch_size):
+                x = ((batch.to(self.device, torch.float32) + 1.0) / 2.0).clamp(0.0, 1.0)
+                if self.quantize:
+                    x = torch.round(x * 255.0) / 255.0
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                feats = self.model(x)[0]
+                out.append(feats.reshape(feats.shape[0], -1).to("cpu", torch.float64))
+        return torch.cat(out)
+
+    def stats(self, samples) -> FeatureStats:
+        """Feature statistics of a tensor of samples, or of an iterable of batches (streamed)."""
+        stats = FeatureStats(self.DIM)
+        for batch in _batches(samples, self.batch_size):
+            stats.update(self.features(batch))
+        return stats
+
+    def __call__(self, samples, reference: str | Path | FeatureStats | None = None) -> float:
+        """FID of ``samples`` (tensor, iterable of batches, or FeatureStats) against the reference."""
+        if reference is None:
+            reference = self.reference
+        if reference is None:
+            raise ValueError(
+                "no reference statistics: pass reference= (a name of REFERENCE_STATS, a path, stats)"
+            )
+        if isinstance(reference, str) and reference in REFERENCE_STATS:
+            reference = reference_stats(reference)
+        elif not isinstance(reference, FeatureStats):
+            reference = FeatureStats.load(reference)
+        stats = samples if isinstance(samples, FeatureStats) else self.stats(samples)
+        return frechet_distance(stats, reference)
+
+
+# Reference Inception statistics of the paper's data sets: file name under data/fid_stats/ and origin.
+_EDM_REFS = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
+REFERENCE_STATS: dict[str, dict[str, str]] = {
+    "cifar10": {
+        "file": "cifar10-32x32.npz",
+        "source": f"EDM's reference statistics {_EDM_REFS}cifar10-32x32.npz (50k train images), or "
+        "`python -m pytorch_fid --save-stats <folder of CIFAR-10 train PNGs> <file>`",
+    },
+    "celebahq-256": {
+        "file": "celebahq-256x256.npz",
+        "source": "`python -m pytorch_fid --save-stats <folder of CelebA-HQ 256x256 PNGs> <file>`",
+    },
+    "lsun-bedroom-256": {
+        "file": "lsun-bedroom-256x256.npz",
+        "source": "`python -m pytorch_fid --save-stats <folder of LSUN bedroom 256x256 PNGs> <file>`",
+    },
+    "ffhq-64": {
+        "file": "ffhq-64x64.npz",
+        "source": f"EDM's reference statistics {_EDM_REFS}ffhq-64x64.npz, or "
+        "`python -m pytorch_fid --save-stats <folder of FFHQ 64x64 PNGs> <file>`",
+    },
+    "imagenet-64": {
+        "file": "imagenet-64x64.npz",
+        "source": f"EDM's reference statistics {_EDM_REFS}imagenet-64x64.npz, or "
+        "`python -m pytorch_fid --save-stats <folder of ImageNet 64x64 train PNGs> <file>`",
+    },
+}
+
+
+def reference_stats_path(name: str, directory: str | Path | None = None) -> Path:
+    """Expected location of a data set's reference statistics (``$DODE_FID_STATS`` or ``data/fid_stats``)."""
+    if name not in REFERENCE_STATS:
+        raise ValueError(f"unknown reference statistics {name!r}; available: {sorted(REFERENCE_STATS)}")
+    directory = Path(directory or os.environ.get("DODE_FID_STATS") or FID_STATS_DIR)
+    return directory / REFERENCE_STATS[name]["file"]
+
+
+def reference_stats(name: str, directory: str | Path | None = None) -> FeatureStats:
+    """Reference Inception statistics of one of the paper's data sets, read from its ``.npz`` file."""
+    path = reference_stats_path(name, directory)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"reference statistics for {name!r} not found at {path} (a .npz with keys 'mu' and 'sigma'). "
+            f"Get them from: {REFERENCE_STATS[name]['source']}"
+        )
+    stats = FeatureStats.load(path)
+    if stats.dim != FID.DIM:
+        raise ValueError(f"{path} holds {stats.dim}-d statistics; FID's Inception features are {FID.DIM}-d")
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distance to a reference trajectory
+
+
+def l2_distances(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-sample Euclidean distance ``||x_i - x_ref_i||_2`` over all pixels, float64, shape (N,).
+
+    ``reference`` holds the endpoints of a reference solve (e.g. many-step) from the *same* noise, row by row.
+    """
+    samples = torch.as_tensor(samples)
+    reference = torch.as_tensor(reference)
+    if samples.shape != reference.shape:
+        raise ValueError(
+            "samples and reference must have the same shape, "
+            f"got {tuple(samples.shape)} and {tuple(reference.shape)}"
+        )
+    if samples.ndim < 1 or samples.shape[0] == 0:
+        raise ValueError("samples must have a non-empty batch dimension")
+    diff = samples.to(torch.float64) - reference.to(samples.device, torch.float64)
+    return diff.reshape(diff.shape[0], -1).norm(dim=1).cpu()
+
+
+def l2_to_reference(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over samples of :func:`l2_distances`."""
+    return float(l2_distances(samples, reference).mean())

@@ -1,0 +1,148 @@
+"""Figures and tables drawn from results files (xarray Datasets), laid out like the paper's panels.
+
+Selections use the dict form ``ds.sel({"method": ...})``: ``method`` is a dimension of the results schema
+and also a keyword of xarray's ``sel``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .experiments import PRETTY
+
+__all__ = [
+    "style",
+    "metric_vs_nfe",
+    "mean_std",
+    "mean_std_table",
+    "image_grid",
+    "show_images",
+    "method_label",
+]
+
+METHOD_STYLE = {
+    "base": dict(color="0.35", linestyle="--", marker="o"),
+    "d-ode": dict(color="C3", linestyle="-", marker="s"),
+    "d-ode-2": dict(color="C2", linestyle="-", marker="^"),
+    "sep": dict(color="C0", linestyle="-", marker="v"),
+    "all": dict(color="C4", linestyle="-", marker="D"),
+}
+
+
+def style() -> None:
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+
+
+def method_label(solver: str, method: str) -> str:
+    """``DDIM`` / ``D-DDIM`` / ``D-DDIM-Sep``..., following the paper's names."""
+    name = PRETTY.get(solver, solver)
+    return {
+        "base": name,
+        "d-ode": f"D-{name}",
+        "d-ode-2": f"D-{name}-2",
+        "sep": f"D-{name}-Sep",
+        "all": f"D-{name}-All",
+    }.get(method, f"{name} ({method})")
+
+
+def mean_std(da, dim: str = "seed"):
+    """Mean and standard deviation over ``dim``, ignoring missing cells."""
+    values = np.asarray(da.values, dtype=np.float64)
+    axis = da.dims.index(dim)
+    count = np.sum(np.isfinite(values), axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=axis) if values.size else values
+        std = np.nanstd(values, axis=axis, ddof=1) if values.shape[axis] > 1 else np.zeros_like(mean)
+    mean = np.where(count > 0, mean, np.nan)
+    std = np.where(count > 1, std, np.nan)
+    return mean, std
+
+
+def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, logy: bool = True, ylabel=None):
+    """One panel per solver: ``var`` (mean +- std over seeds) against NFE, base vs D-variants (Fig. 3/4)."""
+    import matplotlib.pyplot as plt
+
+    solvers = list(solvers or ds.coords["solver"].values.tolist())
+    methods = list(methods or ds.coords["method"].values.tolist())
+    if axes is None:
+        fig, axes = plt.subplots(1, len(solvers), figsize=(3.4 * len(solvers), 3.0), squeeze=False)
+        axes = axes[0]
+    else:
+        fig = axes[0].figure
+    for ax, solver in zip(axes, solvers, strict=True):
+        for method in methods:
+            da = ds[var].sel({"solver": solver, "method": method})
+            mean, std = mean_std(da)
+            nfe = da.coords["nfe"].values
+            ok = np.isfinite(mean)
+            if not ok.any():
+                continue
+            st = METHOD_STYLE.get(method, {})
+            ax.errorbar(
+                nfe[ok],
+                mean[ok],
+                yerr=np.nan_to_num(std[ok]),
+                capsize=2,
+                markersize=4,
+                label=method_label(solver, method),
+                **st,
+            )
+        ax.set_title(PRETTY.get(solver, solver))
+        ax.set_xlabel("NFE")
+        if logy:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(ylabel or var.upper())
+    fig.tight_layout()
+    return fig
+
+
+def mean_std_table(
+    ds, var: str, rows: str, cols: str, fixed: dict | None = None, digits: int = 2, labels=None
+):
+    """A pandas table of ``mean ± std`` over seeds, ``rows`` x ``cols`` (e.g. method x nfe)."""
+    import pandas as pd
+
+    da = ds[var]
+    if fixed:
+        da = da.sel(fixed)
+    mean, std = mean_std(da.transpose(rows, cols, "seed"))
+    index = [labels.get(v, v) if labels else v for v in da.coords[rows].values.tolist()]
+    columns = da.coords[cols].values.tolist()
+    cells = [
+        [
+            "–"
+            if not np.isfinite(m)
+            else (f"{m:.{digits}f}" if not np.isfinite(s) else f"{m:.{digits}f} ± {s:.{digits}f}")
+            for m, s in zip(mrow, srow, strict=True)
+        ]
+        for mrow, srow in zip(mean, std, strict=True)
+    ]
+    return pd.DataFrame(cells, index=index, columns=columns)
+
+
+def image_grid(images, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` in [-1, 1] into one array in [0, 1] (gray for C = 1)."""
+    x = np.asarray(images, dtype=np.float64)
+    x = np.clip((x + 1) / 2, 0, 1)
+    n, c, h, w = x.shape
+    ncol = int(np.ceil(n / nrow))
+    grid = np.ones((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad))
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[
+            :, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+        ] = x[i]
+    return grid[0] if c == 1 else np.transpose(grid, (1, 2, 0))
+
+
+def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
+    grid = image_grid(images, nrow)
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=9)

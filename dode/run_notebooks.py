@@ -1,0 +1,292 @@
+"""Execute the book's notebooks with papermill, in the order of `_toc.yml`.
+
+    python -m dode.run_notebooks [--profile smoke|cpu|paper] [--only NAME ...] [--keep-going] [--list]
+
+Conventions (shared with tests/test_notebooks.py):
+
+- The clean source of a notebook is `notebooks/<name>.ipynb`; `_toc.yml` lists it as `book/executed/<name>`,
+  which is where this runner writes the executed copy that the book renders. Adding a notebook to the book
+  is one line in `_toc.yml`.
+- Every notebook has a cell tagged `parameters` that defines `profile` (the runner passes the chosen one).
+  A notebook that also defines `results_dir` writes its results to `<results_dir>/<name>.nc`; the runner
+  passes the path of `data/results/` relative to `notebooks/`.
+- Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
+- Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
+  every listed notebook again.
+
+The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PROFILES = ("smoke", "cpu", "paper")
+EXECUTED_PREFIX = "book/executed/"
+SOURCE_DIR = "notebooks"
+RESULTS_DIR = "data/results"
+RUN_TIMES_FILE = "run_times.csv"
+RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "machine")
+KERNEL_NAME = "python3"
+
+
+class BookLayoutError(RuntimeError):
+    """`_toc.yml` and `notebooks/` disagree, or a notebook breaks the parameter conventions."""
+
+
+@dataclass(frozen=True)
+class BookNotebook:
+    name: str  # the file stem, e.g. "03_teacher_grid"
+    source: Path  # notebooks/<name>.ipynb, clean, as committed
+    executed: Path  # book/executed/<name>.ipynb, what the book renders
+
+
+def toc_entries(toc_path: Path) -> list[str]:
+    """Every `file:` entry of a Jupyter Book v1 table of contents, in reading order (root first)."""
+    if not toc_path.is_file():
+        raise BookLayoutError(f"no table of contents at {toc_path}")
+    toc = yaml.safe_load(toc_path.read_text()) or {}
+    entries: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if isinstance(node.get(key), str):
+                    entries.append(node[key])
+            for key in ("parts", "chapters", "sections"):
+                for child in node.get(key) or []:
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(toc)
+    return entries
+
+
+def book_notebooks(repo: Path) -> list[BookNotebook]:
+    """The notebooks that `_toc.yml` puts in the book, in reading order, each with its clean source."""
+    notebooks = []
+    for entry in toc_entries(repo / "_toc.yml"):
+        entry = entry.removesuffix(".ipynb")
+        if not entry.startswith(EXECUTED_PREFIX):
+            continue
+        name = entry[len(EXECUTED_PREFIX) :]
+        source = repo / SOURCE_DIR / f"{name}.ipynb"
+        if "/" in name or not source.is_file():
+            raise BookLayoutError(
+                f"_toc.yml lists '{entry}', but there is no notebook {SOURCE_DIR}/{name}.ipynb to execute "
+                f"(entries under {EXECUTED_PREFIX} must name a notebook in {SOURCE_DIR}/)"
+            )
+        notebooks.append(BookNotebook(name, source, repo / EXECUTED_PREFIX / f"{name}.ipynb"))
+    return notebooks
+
+
+def notebooks_outside_book(repo: Path) -> list[Path]:
+    """Notebooks in notebooks/ that `_toc.yml` does not list (they are tested but not in the book)."""
+    listed = {nb.source for nb in book_notebooks(repo)}
+    return [path for path in sorted((repo / SOURCE_DIR).glob("*.ipynb")) if path not in listed]
+
+
+def machine_description() -> str:
+    """What ran the notebooks, for the timings table: the GPU's name, else the CPU core count.
+
+    Asks nvidia-smi rather than torch, whose import alone takes seconds.
+    """
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi:
+        try:
+            query = [nvidia_smi, "--query-gpu=name", "--format=csv,noheader"]
+            names = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+            gpus = [name.strip() for name in names.splitlines() if name.strip()]
+            if gpus:
+                return gpus[0] if len(gpus) == 1 else f"{len(gpus)} x {gpus[0]}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f"{path.name}.tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def record_run_times(path: Path, new_rows: list[dict[str, str]], book_order: list[str]) -> None:
+    """Merge this run's rows into the table, keeping earlier rows of notebooks not run this time."""
+    rows: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = {row["notebook"]: row for row in csv.DictReader(f) if row.get("notebook") in book_order}
+    rows.update({row["notebook"]: row for row in new_rows})
+    ordered = [rows[name] for name in book_order if name in rows]
+    if not ordered:
+        # An empty table is an error for the csv-table directive that shows this file.
+        ordered = [{"notebook": "(no notebook has run yet)"}]
+    text = io.StringIO()
+    writer = csv.DictWriter(
+        text, fieldnames=RUN_TIMES_COLUMNS, restval="", extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(ordered)
+    write_atomically(path, text.getvalue())
+
+
+def notebook_parameters(source: Path) -> dict:
+    import papermill
+
+    parameters = papermill.inspect_notebook(str(source))
+    if "profile" not in parameters:
+        raise BookLayoutError(
+            f'{source.name} has no `profile` parameter: define `profile = "cpu"` in a cell tagged '
+            "`parameters`"
+        )
+    return parameters
+
+
+def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True) -> float:
+    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure."""
+    import papermill
+
+    parameters = {"profile": profile}
+    if "results_dir" in notebook_parameters(notebook.source):
+        # relative to the notebook's working directory: the injected cell shows up in the book, and an
+        # absolute path would print this machine's folders there
+        parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
+    notebook.executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(notebook.source),
+        str(notebook.executed),
+        parameters=parameters,
+        kernel_name=KERNEL_NAME,
+        cwd=str(notebook.source.parent),
+        progress_bar={"desc": notebook.name, "leave": False} if progress else False,
+        # the kernel's own start-up warnings (e.g. about its local TCP transport) would interleave with the
+        # progress bars; the notebook's warnings and errors still land in its outputs
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )
+    return time.perf_counter() - start
+
+
+def failure_message(notebook: BookNotebook, profile: str, wall: float, error: Exception, repo: Path) -> str:
+    import papermill
+
+    where = ""
+    if isinstance(error, papermill.PapermillExecutionError):
+        where = f" in cell In [{error.exec_count}]"
+        reason = f"{error.ename}: {error.evalue}"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    executed = notebook.executed.relative_to(repo) if notebook.executed.is_file() else None
+    message = (
+        f"FAILED: notebook {SOURCE_DIR}/{notebook.name}.ipynb (profile={profile}) failed{where} "
+        f"after {wall:.1f} s\n  {reason}"
+    )
+    if executed:
+        message += f"\n  the executed copy with the full traceback: {executed}"
+    return message
+
+
+def run(
+    repo: Path,
+    profile: str,
+    only: list[str] | None = None,
+    keep_going: bool = False,
+    results_dir: Path | None = None,
+    progress: bool = True,
+) -> int:
+    """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    results_dir = results_dir or repo / RESULTS_DIR
+    notebooks = book_notebooks(repo)
+    book_order = [nb.name for nb in notebooks]
+    if only:
+        unknown = sorted(set(only) - set(book_order))
+        if unknown:
+            raise BookLayoutError(
+                f"--only names notebooks that _toc.yml does not list: "
+                f"{', '.join(unknown)}; listed: {', '.join(book_order) or 'none'}"
+            )
+        notebooks = [nb for nb in notebooks if nb.name in only]
+    for path in notebooks_outside_book(repo):
+        print(f"note: {SOURCE_DIR}/{path.name} is not listed in _toc.yml, so it is not part of the book")
+
+    print(
+        f"running {len(notebooks)} notebook(s) with profile={profile}, results in "
+        f"{os.path.relpath(results_dir, repo)}/",
+        flush=True,
+    )
+    machine = machine_description() if notebooks else ""
+    done: list[dict[str, str]] = []
+    failures = []
+    total_start = time.perf_counter()
+    try:
+        for index, notebook in enumerate(notebooks, start=1):
+            start = time.perf_counter()
+            try:
+                wall = execute(notebook, profile, results_dir, progress=progress)
+            except Exception as error:  # papermill, kernel or I/O failure: all end the notebook alike
+                failures.append(notebook.name)
+                wall = time.perf_counter() - start
+                print(failure_message(notebook, profile, wall, error, repo), flush=True)
+                if keep_going:
+                    continue
+                break
+            print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
+            finished = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            done.append(
+                {
+                    "notebook": notebook.name,
+                    "profile": profile,
+                    "wall time (s)": f"{wall:.1f}",
+                    "finished (UTC)": finished,
+                    "machine": machine,
+                }
+            )
+    finally:  # an interrupted run still records the notebooks that finished
+        record_run_times(results_dir / RUN_TIMES_FILE, done, book_order)
+    print(f"{len(done)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s", flush=True)
+    if failures:
+        print(f"FAILED notebook(s): {', '.join(failures)}", flush=True)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
+    parser.add_argument("--profile", default="cpu", choices=PROFILES, help="run profile (default: cpu)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (file stems)")
+    parser.add_argument("--keep-going", action="store_true", help="run the rest after a notebook fails")
+    parser.add_argument("--list", action="store_true", help="list the book's notebooks and exit")
+    parser.add_argument("--repo", type=Path, default=Path.cwd(), help="repository root (default: cwd)")
+    args = parser.parse_args(argv)
+    repo = args.repo.absolute()
+    try:
+        if args.list:
+            for notebook in book_notebooks(repo):
+                print(notebook.source.relative_to(repo))
+            return 0
+        return run(repo, args.profile, only=args.only, keep_going=args.keep_going)
+    except BookLayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
