@@ -260,9 +260,9 @@ def save_model(module: torch.nn.Module, card: dict, out_dir: Path) -> tuple[Path
     name = card["id"]
     weights = out_dir / f"{name}.safetensors"
     state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in module.state_dict().items()}
-    _atomic_write_bytes(
-        weights, lambda p: save_file(state, str(p), metadata={"model": name, "format": "dode"})
-    )
+    # one metadata key only: safetensors writes the metadata map in no fixed order, so with several keys
+    # two identical trainings could give files with different checksums
+    _atomic_write_bytes(weights, lambda p: save_file(state, str(p), metadata={"model": name}))
     card = {
         **card,
         "weights": {"file": weights.name, "sha256": sha256_file(weights), "content": "EMA weights"},
