@@ -44,7 +44,9 @@ def _time(fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--K", type=int, default=10)
@@ -54,8 +56,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = SmallConvNet().eval()
-    print(f"network: {sum(p.numel() for p in net.parameters()):,} parameters, batch {args.batch} x 3x32x32, "
-          f"{args.threads} thread(s)")
+    print(
+        f"network: {sum(p.numel() for p in net.parameters()):,} parameters, batch {args.batch} x 3x32x32, "
+        f"{args.threads} thread(s)"
+    )
     rows = []
     for solver, nfe, schedule, prediction in [
         ("ddim", args.nfe, dode.VPSchedule.linear(), "eps"),
@@ -79,10 +83,14 @@ def main() -> None:
             )
         med = min
         rows.append((solver, nfe, med(base_t), med(d_t), med(distill_t), med(parts_t)))
-    print(f"{'solver':12s} {'nfe':>4s} {'base s':>8s} {'D s':>8s} {'D/base':>7s} {'distill s':>10s} "
-          f"{'teach+stud s':>13s} {'ratio':>6s}")
+    print(
+        f"{'solver':12s} {'nfe':>4s} {'base s':>8s} {'D s':>8s} {'D/base':>7s} {'distill s':>10s} "
+        f"{'teach+stud s':>13s} {'ratio':>6s}"
+    )
     for solver, nfe, b, d, dist, parts in rows:
-        print(f"{solver:12s} {nfe:4d} {b:8.3f} {d:8.3f} {d / b:7.3f} {dist:10.3f} {parts:13.3f} {dist / parts:6.3f}")
+        print(
+            f"{solver:12s} {nfe:4d} {b:8.3f} {d:8.3f} {d / b:7.3f} {dist:10.3f} {parts:13.3f} {dist / parts:6.3f}"
+        )
     print("targets: D/base <= 1.02, distill/(teacher + student) <= 1.2")
 
 

@@ -39,8 +39,15 @@ def inputs_hash(repo: Path) -> str:
 def pip_command(venv_python: Path, repo: Path) -> list[str]:
     """One pip command for everything, so the constraints bind torch for every package that needs it."""
     return [
-        str(venv_python), "-m", "pip", "install", "--quiet",
-        "-c", str(repo / "constraints.txt"), "-e", f"{repo}[test]",
+        str(venv_python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-c",
+        str(repo / "constraints.txt"),
+        "-e",
+        f"{repo}[test]",
     ]
 
 
@@ -65,8 +72,10 @@ def bootstrap(repo: Path, venv: Path) -> int:
     if venv.is_symlink():
         # A linked venv belongs to another checkout (or to the user): installing here would re-point its
         # editable `dode` at this checkout. The Makefile puts this checkout first on PYTHONPATH instead.
-        print(f"bootstrap: {venv.name} links to {os.readlink(venv)}; using it as it is (remove the link for "
-              "a venv of this checkout's own)")
+        print(
+            f"bootstrap: {venv.name} links to {os.readlink(venv)}; using it as it is (remove the link for "
+            "a venv of this checkout's own)"
+        )
         return 0
 
     venv_python = venv / "bin" / "python"
@@ -79,12 +88,17 @@ def bootstrap(repo: Path, venv: Path) -> int:
     if not venv_python.exists():
         print(f"bootstrap: creating {venv} with {sys.executable} ({sys.version.split()[0]})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    print("bootstrap: installing dode and its dependencies into .venv (first time: several minutes, "
-          "torch alone is a few GB) ...", flush=True)
+    print(
+        "bootstrap: installing dode and its dependencies into .venv (first time: several minutes, "
+        "torch alone is a few GB) ...",
+        flush=True,
+    )
     status = run_pip(pip_command(venv_python, repo), repo)
     if status != 0:
-        print(f"bootstrap: pip failed with exit status {status}; .venv is left as it is, run make again "
-              "after fixing the cause")
+        print(
+            f"bootstrap: pip failed with exit status {status}; .venv is left as it is, run make again "
+            "after fixing the cause"
+        )
         return status
     stamp.write_text(wanted + "\n")
     print(f"bootstrap: done in {time.monotonic() - start:.0f} s", flush=True)

@@ -16,6 +16,7 @@ from dode import build_book, run_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 @pytest.mark.slow
 def test_the_book_builds_offline_with_local_mathjax(tmp_path):
     """Build this repository's book (about 20 s); fetches MathJax with npm into .cache/ the first time."""

@@ -132,7 +132,8 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme_test_command = FENCED_SHELL_BLOCK.findall(section)[0].strip().splitlines()[-1]
     script = (REPO / ".ci" / "run").read_text()
     commands = [
-        line.strip() for line in script.splitlines()
+        line.strip()
+        for line in script.splitlines()
         if line.strip() and not line.lstrip().startswith("#") and not line.startswith(("set ", "cd "))
     ]
     assert commands == [readme_test_command] == ["make test"]
@@ -203,6 +204,8 @@ def test_bootstrap_leaves_a_linked_venv_alone(fake_repo, monkeypatch):
 
 def test_bootstrap_hides_only_the_harmless_pip_location_warnings():
     pattern = load_bootstrap().HARMLESS_PIP_LINE
-    assert pattern.search("WARNING: Location '/opt/pypi-more/simple/numpy/' is ignored: it is either a "
-                          "non-existing path or lacks a specific scheme.")
+    assert pattern.search(
+        "WARNING: Location '/opt/pypi-more/simple/numpy/' is ignored: it is either a "
+        "non-existing path or lacks a specific scheme."
+    )
     assert not pattern.search("ERROR: No matching distribution found for torch==2.14.1")

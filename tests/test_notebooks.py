@@ -53,8 +53,12 @@ def test_notebook_runs_under_the_smoke_profile(path, tmp_path):
     if declares_results:
         parameters["results_dir"] = str(results_dir)
     papermill.execute_notebook(
-        str(path), str(tmp_path / path.name), parameters=parameters, kernel_name="python3",
-        cwd=str(path.parent), progress_bar=False,
+        str(path),
+        str(tmp_path / path.name),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(path.parent),
+        progress_bar=False,
     )
     if declares_results:
         import xarray
@@ -78,8 +82,10 @@ def test_the_book_lists_only_notebooks_that_exist_and_pages_that_exist():
 
 
 def write_notebook(path: Path, source: str, parameters: str = 'profile = "cpu"') -> None:
-    cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-             nbformat.v4.new_code_cell(source)]
+    cells = [
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(source),
+    ]
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +118,10 @@ parts:
 def test_discovery_follows_the_toc_order_through_parts_chapters_and_sections(tmp_path):
     make_book(tmp_path, NESTED_TOC, {"01_first": "", "02_second": "", "03_third": "", "04_unlisted": ""})
     assert run_notebooks.toc_entries(tmp_path / "_toc.yml") == [
-        "book/intro", "book/method", "book/executed/02_second", "book/executed/01_first.ipynb",
+        "book/intro",
+        "book/method",
+        "book/executed/02_second",
+        "book/executed/01_first.ipynb",
         "book/executed/03_third",
     ]
     found = run_notebooks.book_notebooks(tmp_path)
@@ -159,8 +168,11 @@ def read_run_times(results_dir: Path) -> list[dict[str, str]]:
 def test_runner_executes_the_book_in_order_and_records_wall_times(tmp_path, capsys):
     repo = make_book(tmp_path, TOC, {"02_plain": "x = 1"})
     # only the first notebook declares results_dir; the runner passes it there, relative to notebooks/
-    write_notebook(repo / "notebooks" / "01_writes.ipynb", WRITES_RESULTS,
-                   parameters='profile = "cpu"\nresults_dir = "elsewhere"')
+    write_notebook(
+        repo / "notebooks" / "01_writes.ipynb",
+        WRITES_RESULTS,
+        parameters='profile = "cpu"\nresults_dir = "elsewhere"',
+    )
     results_dir = repo / "data" / "results"
     status = run_notebooks.run(repo, "smoke", results_dir=results_dir, progress=False)
     out = capsys.readouterr().out
