@@ -103,7 +103,9 @@ def load_denoiser(name: str, path: str | Path | None = None, *, verify: bool = T
         module.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as err:
         raise ModelFileError(f"weights {weights} do not fit the architecture in its card: {err}") from err
-    module = module.to(torch.float32).eval()
+    # channels-last convolutions run about 1.3x faster on CPU for these 8x8 nets (measured, 2 threads,
+    # batch 2000); with one input channel the input layout is the same either way
+    module = module.to(torch.float32, memory_format=torch.channels_last).eval()
     for p in module.parameters():
         p.requires_grad_(False)
     info = {

@@ -38,6 +38,7 @@ __all__ = [
     "quality_sweep",
     "open_store",
     "model_record",
+    "run_sweep",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -160,7 +161,8 @@ def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params
     from .results import ResultStore, provenance
 
     record = model_record(den) if den is not None else {}
-    key = {**key, "model": record}
+    # results of another profile or model are never mixed in (nor overwritten): the store refuses them
+    key = {**key, "profile": params["profile"], "model": record}
     return ResultStore(
         Path(results_dir) / f"{stem}.nc", dims, key, provenance(params["profile"], params, record)
     )
@@ -272,7 +274,7 @@ def quality_sweep(
     evaluation noise (the same for all methods) and its metric is stored (``<metric_name>``,
     ``sample_seconds``). Each finished cell is written at once, so an interrupted sweep resumes.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for m in methods:
         if m != "base" and m not in VARIANTS:
@@ -358,3 +360,29 @@ def _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, f
 def sweep_dims(solvers, nfes, methods, seeds) -> dict:
     all_nfes = sorted({n for lb in solvers for n in _nfes_for(nfes, lb)})
     return {"solver": list(solvers), "method": list(methods), "nfe": all_nfes, "seed": list(seeds)}
+
+
+def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
+
+    ``cfg`` needs ``model, solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and may set
+    ``grid``, ``teacher``, ``fit``. Returns the results file, from which the notebook draws its figures.
+    """
+    den = load_model(cfg["model"], device=cfg["device"])
+    metric_name, metric = make_metric(den, device=cfg["device"])
+    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"])
+    key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
+    store = open_store(results_dir, stem, dims, key, cfg, den)
+    quality_sweep(
+        store,
+        den,
+        metric,
+        metric_name,
+        **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")},
+        grid=cfg.get("grid"),
+        teacher=cfg.get("teacher"),
+        fit=cfg.get("fit", "ls"),
+        device=cfg["device"],
+        progress=progress,
+    )
+    return store.path

@@ -18,6 +18,10 @@ __all__ = [
     "image_grid",
     "show_images",
     "method_label",
+    "sweep_table",
+    "paired_gain",
+    "plot_lambdas",
+    "timing_table",
 ]
 
 METHOD_STYLE = {
@@ -146,3 +150,91 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
     ax.grid(False)
     if title:
         ax.set_title(title, fontsize=9)
+
+
+def sweep_table(ds, var: str, digits: int = 2):
+    """Rows (solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``."""
+    import pandas as pd
+
+    frames = []
+    for solver in ds.coords["solver"].values.tolist():
+        table = mean_std_table(ds, var, rows="method", cols="nfe", fixed={"solver": solver}, digits=digits)
+        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in table.index])
+        frames.append(table)
+    out = pd.concat(frames)
+    out.columns = [f"NFE {n}" for n in out.columns]
+    return out
+
+
+def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits: int = 2):
+    """``base - method`` per seed (same evaluation noise), as ``mean ± std`` over seeds, with the number of
+    seeds in which the method wins. Positive = the D-solver is better (lower FD/FID)."""
+    import pandas as pd
+
+    rows, index = [], []
+    for solver in ds.coords["solver"].values.tolist():
+        da = ds[var].sel({"solver": solver})
+        diff = da.sel({"method": base}) - da.sel({"method": method})
+        mean, std = mean_std(diff.transpose("nfe", "seed"))
+        wins = (diff > 0).sum("seed").values
+        counted = np.isfinite(diff).sum("seed").values
+        cells = []
+        for m, s, w, c in zip(mean, std, wins, counted, strict=True):
+            if c == 0:
+                cells.append("–")
+            else:
+                spread = "" if not np.isfinite(s) else f" ± {s:.{digits}f}"
+                cells.append(f"{m:+.{digits}f}{spread} ({w}/{c})")
+        rows.append(cells)
+        index.append(PRETTY.get(solver, solver))
+    return pd.DataFrame(rows, index=index, columns=[f"NFE {n}" for n in ds.coords["nfe"].values.tolist()])
+
+
+def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
+    """Fitted lambda of each network evaluation (mean ± std over seeds) at one NFE, one line per solver."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.0))
+    for solver in solvers or ds.coords["solver"].values.tolist():
+        da = ds["lambdas"].sel({"solver": solver, "method": method, "nfe": nfe, "param": 0})
+        mean, std = mean_std(da.transpose("evaluation", "seed"))
+        k = da.coords["evaluation"].values
+        ok = np.isfinite(mean)
+        ax.errorbar(
+            k[ok],
+            mean[ok],
+            yerr=np.nan_to_num(std[ok]),
+            marker="o",
+            markersize=3,
+            capsize=2,
+            label=PRETTY.get(solver, solver),
+        )
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xlabel("network evaluation k")
+    ax.set_ylabel(r"$\lambda_k$")
+    ax.set_title(f"fitted lambdas at NFE {nfe}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def timing_table(ds):
+    """Mean wall time (s) of fitting and of sampling the evaluation set, per solver and NFE."""
+    import pandas as pd
+
+    rows = []
+    for solver in ds.coords["solver"].values.tolist():
+        for nfe in ds.coords["nfe"].values.tolist():
+            sel = {"solver": solver, "nfe": nfe}
+            fit = (
+                ds["fit_seconds"].sel(sel).sel({"method": "d-ode"}).mean("seed").item()
+                if "fit_seconds" in ds
+                else np.nan
+            )
+            base = ds["sample_seconds"].sel(sel).sel({"method": "base"}).mean("seed").item()
+            dsol = ds["sample_seconds"].sel(sel).sel({"method": "d-ode"}).mean("seed").item()
+            if np.isfinite(base):
+                rows.append((PRETTY.get(solver, solver), nfe, fit, base, dsol, dsol / base))
+    return pd.DataFrame(
+        rows, columns=["solver", "NFE", "fit (s)", "base sampling (s)", "D sampling (s)", "D / base"]
+    ).round(3)

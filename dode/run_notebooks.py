@@ -202,6 +202,13 @@ def failure_message(notebook: BookNotebook, profile: str, wall: float, error: Ex
     return message
 
 
+def default_results_dir(repo: Path, profile: str) -> Path:
+    """``data/results`` for the book's default profile (cpu), ``data/results/<profile>`` for the others, so
+    a smoke or paper run never meets (or is refused by) the cpu results of the same notebook."""
+    base = repo / RESULTS_DIR
+    return base if profile == "cpu" else base / profile
+
+
 def run(
     repo: Path,
     profile: str,
@@ -213,7 +220,7 @@ def run(
     """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    results_dir = results_dir or repo / RESULTS_DIR
+    results_dir = results_dir or default_results_dir(repo, profile)
     notebooks = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
     if only:
@@ -260,7 +267,8 @@ def run(
                 }
             )
     finally:  # an interrupted run still records the notebooks that finished
-        record_run_times(results_dir / RUN_TIMES_FILE, done, book_order)
+        # the book shows the last run of each notebook, whatever its profile (a column says which)
+        record_run_times(repo / RESULTS_DIR / RUN_TIMES_FILE, done, book_order)
     print(f"{len(done)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s", flush=True)
     if failures:
         print(f"FAILED notebook(s): {', '.join(failures)}", flush=True)

@@ -267,7 +267,7 @@ def sample(
         variant, space = lambdas.variant, lambdas.space
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         bar = tqdm(total=plan.nfe, desc=f"{solver} nfe={plan.nfe}", leave=False)
     try:
