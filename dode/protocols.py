@@ -30,6 +30,19 @@ def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
     }
 
 
+_PD_CPU = dict(
+    steps_start=8,
+    steps_end=2,
+    iterations_per_halving=150,
+    batch_size=64,
+    lr=3e-4,
+    lr_schedule="linear",
+    ema_decay=0.999,
+    grad_clip=1.0,
+    loss_weight="edm",
+    seed=0,
+)
+
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
     "02_noise_prediction": _sweep(
@@ -60,4 +73,61 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         {"smoke": [5], "cpu": [10], "paper": [10, 25, 50]},
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
+    # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.timing). PD recipes:
+    # paper = Salimans & Ho's released CIFAR-10 configuration (8192 -> 1 steps there, stopped at 2 here as
+    # D-EDM needs 2 steps; 50k Adam steps of batch 128 per halving, lr 5e-5 annealed linearly to 0, no EMA,
+    # grad clip 1, loss weight max(SNR, 1)); cpu = a few minutes in all: 2 halvings of 150 steps.
+    "10_timing": {
+        "smoke": dict(
+            model="digits-edm-mini",
+            nfes={"edm": [3], "ddim": [2]},
+            seeds=[0],
+            K=2,
+            B=8,
+            n_samples=48,
+            batch_size=48,
+            device="cpu",
+            threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
+            pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
+            pd_eval_steps=None,
+        ),
+        "cpu": dict(
+            model="digits-edm",
+            nfes={"edm": [5, 7, 9], "ddim": [2, 4, 8]},
+            seeds=[0],
+            K=10,
+            B=100,
+            n_samples=2000,
+            batch_size=2000,
+            device="cpu",
+            threads=2,
+            pd=dict(_PD_CPU),
+            pd_eval_steps=None,
+        ),
+        "paper": dict(
+            model="edm-cifar10-uncond-vp",
+            nfes={"edm": [3, 5, 7, 9, 15, 25, 35], "ddim": [2, 4, 8, 16, 32]},
+            seeds=[0, 1, 2],
+            K=10,
+            B=100,
+            n_samples=50_000,
+            batch_size=500,
+            device="cuda",
+            threads=0,
+            pd=dict(
+                steps_start=8192,
+                steps_end=2,
+                iterations_per_halving=50_000,
+                batch_size=128,
+                lr=5e-5,
+                lr_schedule="linear",
+                ema_decay=0.0,
+                grad_clip=1.0,
+                loss_weight="snr_trunc",
+                seed=0,
+                checkpoint_every=5000,
+            ),
+            pd_eval_steps=[2, 4, 8, 16, 32],
+        ),
+    },
 }

@@ -1,0 +1,356 @@
+"""What distillation costs: D-ODE solvers against progressive distillation (paper Tab. 1, Fig. 8a).
+
+One run on one machine measures both sides of the paper's claim that fitting D-ODE lambdas takes minutes
+where distilling the network itself takes far longer (METHOD section 6):
+
+* **ODE solvers** (:func:`dode.experiments.quality_sweep`): EDM's Heun sampler and DDIM in sigma (Euler)
+  on the EDM model, base and D-ODE, at each NFE: the closed-form fit's wall time (``fit_seconds``), the
+  pure sampling time of the evaluation samples (``sample_seconds``) and their FD/FID.
+* **Progressive distillation** (:mod:`dode.progressive`): a DDIM teacher of ``steps_start`` steps halved
+  down to ``steps_end``; each student's training time (``train_seconds``, ``cumulative_train_seconds``),
+  sampling time and FD/FID, stored as method ``pd`` of solver ``ddim`` at NFE = its steps.
+
+Everything lands in one :class:`~dode.results.ResultStore` (resumable; finished students are saved next to
+it and reused), and :func:`cost_table`, :func:`time_to_reach` and :func:`fd_vs_nfe` draw the notebook's
+table and figure from the stored file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import experiments as ex
+from .progressive import Halving, halving_steps, progressive_distillation, sample_student
+
+__all__ = [
+    "PD_KEYS",
+    "FAMILIES",
+    "run_timing",
+    "student_stats",
+    "cost_table",
+    "pd_table",
+    "time_to_reach",
+    "fd_vs_nfe",
+]
+
+#: the keys of a notebook's ``pd`` parameter (the recipe of :func:`dode.progressive.progressive_distillation`)
+PD_KEYS = (
+    "steps_start",
+    "steps_end",
+    "iterations_per_halving",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "ema_decay",
+    "grad_clip",
+    "loss_weight",
+    "seed",
+)
+_PD_OPTIONAL = ("checkpoint_every",)
+
+#: (solver, method) -> label of the table and figure. DDIM on an EDM model is Euler in sigma.
+FAMILIES = {
+    ("edm", "base"): "EDM (Heun)",
+    ("edm", "d-ode"): "D-EDM",
+    ("ddim", "base"): "DDIM (Euler)",
+    ("ddim", "d-ode"): "D-DDIM",
+    ("ddim", "pd"): "PD (DDIM student)",
+}
+_STYLE = {
+    ("edm", "base"): dict(color="0.35", linestyle="--", marker="o"),
+    ("edm", "d-ode"): dict(color="C3", linestyle="-", marker="s"),
+    ("ddim", "base"): dict(color="0.6", linestyle=":", marker="v"),
+    ("ddim", "d-ode"): dict(color="C0", linestyle="-", marker="^"),
+    ("ddim", "pd"): dict(color="C2", linestyle="none", marker="*", markersize=11),
+}
+
+
+def _pd_recipe(pd: dict) -> dict:
+    unknown = sorted(set(pd) - set(PD_KEYS) - set(_PD_OPTIONAL))
+    missing = sorted(set(PD_KEYS) - set(pd))
+    if unknown or missing:
+        raise ValueError(
+            f"pd must give exactly the recipe keys {list(PD_KEYS)} (optionally {list(_PD_OPTIONAL)}); "
+            f"unknown {unknown}, missing {missing}"
+        )
+    return {k: pd[k] for k in PD_KEYS}
+
+
+def student_stats(
+    halving: Halving,
+    metric,
+    *,
+    seed: int,
+    n_samples: int,
+    batch_size: int,
+    shape: tuple[int, ...],
+    steps_start: int,
+    device="cpu",
+):
+    """Feature statistics of a student's samples of the evaluation noise of ``seed`` (the same noise every
+    ODE solver of the run samples) and the pure sampling time."""
+    from .metrics import FeatureStats
+
+    stats, seconds = FeatureStats(), 0.0
+    for start in range(0, n_samples, batch_size):
+        z = ex.noise(seed, "eval", min(batch_size, n_samples - start), shape, start=start, device=device)
+        t0 = time.perf_counter()
+        x = sample_student(halving, z, steps_start)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        stats.update(metric.features(x.float()))
+    return stats, seconds
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return "unknown"
+
+
+def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) the cost comparison of notebook ``stem`` with resolved parameters ``cfg``.
+
+    ``cfg`` needs ``model, nfes`` (a dict ``{"edm": [...], "ddim": [...]}``), ``seeds, K, B, n_samples,
+    batch_size, device, threads`` (torch threads; 0 leaves torch's default) and ``pd`` (the recipe, see
+    :data:`PD_KEYS`); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
+    the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples). Returns the
+    results file.
+    """
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    nfes = dict(cfg["nfes"])
+    for label in nfes:
+        if label not in ("edm", "ddim"):
+            raise ValueError(f"nfes must map the solvers 'edm' and/or 'ddim' to NFEs, got {label!r}")
+    recipe = _pd_recipe(dict(cfg["pd"]))
+    pd_steps = halving_steps(recipe["steps_start"], recipe["steps_end"])
+    eval_steps = list(cfg.get("pd_eval_steps") or pd_steps)
+    if not set(eval_steps) <= set(pd_steps):
+        raise ValueError(
+            f"pd_eval_steps must be students of the halving schedule {pd_steps}, got {eval_steps}"
+        )
+    device = cfg["device"]
+    den = ex.load_model(cfg["model"], device=device)
+    metric_name, metric = ex.make_metric(den, device=device)
+    shape = ex.sample_shape(den)
+    solvers = list(dict.fromkeys([*nfes, "ddim"]))
+    all_nfes = sorted({n for v in nfes.values() for n in v} | set(pd_steps))
+    dims = {"solver": solvers, "method": ["base", "d-ode", "pd"], "nfe": all_nfes, "seed": list(cfg["seeds"])}
+    key = {k: cfg[k] for k in ("K", "B", "n_samples")} | {"metric": metric_name, "pd": recipe}
+    store = ex.open_store(results_dir, stem, dims, key, cfg, den)
+    # the machine's state while the timed cells were computed; a rerun that finds every cell stored leaves
+    # the file (and these attributes of the run that computed it) untouched
+    store.attrs.update(
+        torch_threads=str(torch.get_num_threads()),
+        load_average_at_start=_load_average(),
+        cpu_count=str(os.cpu_count()),
+    )
+    filled_before, wall = _filled(store), time.perf_counter()
+
+    ex.quality_sweep(
+        store,
+        den,
+        metric,
+        metric_name,
+        solvers=list(nfes),
+        nfes=nfes,
+        seeds=list(cfg["seeds"]),
+        methods=["base", "d-ode"],
+        K=cfg["K"],
+        B=cfg["B"],
+        n_samples=cfg["n_samples"],
+        batch_size=cfg["batch_size"],
+        device=device,
+        progress=progress,
+    )
+
+    def pd_cell_done(steps: int) -> bool:
+        scored = steps not in eval_steps or all(
+            store.has(metric_name, solver="ddim", method="pd", nfe=steps, seed=s) for s in cfg["seeds"]
+        )
+        return scored and store.has("cumulative_train_seconds", nfe=steps)
+
+    def evaluate(halving: Halving) -> dict:
+        n, record = halving.steps, halving.record
+        store.put("train_seconds", record["train_seconds"], nfe=n)
+        store.put("train_iterations", record["iterations"], nfe=n)
+        store.put("train_loss_final", record["loss_final"], nfe=n)
+        store.put(
+            "train_resumed", record["resumed"], nfe=n
+        )  # 1: loaded from a saved student of an earlier run
+        for seed in cfg["seeds"] if n in eval_steps else []:
+            cell = {"solver": "ddim", "method": "pd", "nfe": n, "seed": seed}
+            if store.has(metric_name, **cell):
+                continue
+            stats, secs = student_stats(
+                halving,
+                metric,
+                seed=seed,
+                n_samples=cfg["n_samples"],
+                batch_size=cfg["batch_size"],
+                shape=shape,
+                steps_start=recipe["steps_start"],
+                device=device,
+            )
+            store.put("sample_seconds", secs, **cell)
+            store.put(metric_name, metric(stats), **cell)
+        # written last: a level counts as finished once its cumulative time is stored
+        store.put("cumulative_train_seconds", record["cumulative_train_seconds"], nfe=n)
+        return {}
+
+    if not all(pd_cell_done(n) for n in pd_steps):
+        progressive_distillation(
+            den,
+            **recipe,
+            checkpoint_dir=Path(results_dir) / f"{stem}-pd-students",
+            checkpoint_every=cfg["pd"].get("checkpoint_every"),
+            evaluate=evaluate,
+            device=device,
+            progress=progress,
+        )
+    if _filled(store) != filled_before:
+        store.attrs.update(
+            load_average_at_end=_load_average(), compute_seconds_last_run=f"{time.perf_counter() - wall:.1f}"
+        )
+        store.flush()
+    return store.path
+
+
+def _filled(store) -> int:
+    ds = store.dataset()
+    return int(sum(np.isfinite(np.asarray(ds[v].values, dtype=np.float64)).sum() for v in ds.data_vars))
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _mean(ds, var: str, **sel) -> float:
+    if var not in ds:
+        return float("nan")
+    da = ds[var]
+    da = da.sel({k: v for k, v in sel.items() if k in da.dims})
+    values = np.asarray(da.values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def cost_table(ds, metric: str = "fd"):
+    """Tab. 1 of the paper, measured: every (method, NFE) of the run with its FD (mean over seeds), one-off
+    cost (the lambda fit, or the progressive distillation up to that student; 0 for a plain solver), the
+    time to sample the evaluation set, and their sum."""
+    import pandas as pd
+
+    rows = []
+    for (solver, method), label in FAMILIES.items():
+        if solver not in ds.coords["solver"].values.tolist():
+            continue
+        for nfe in ds.coords["nfe"].values.tolist():
+            quality = _mean(ds, metric, solver=solver, method=method, nfe=nfe)
+            if not np.isfinite(quality):
+                continue
+            if method == "base":
+                one_off = 0.0
+            elif method == "d-ode":
+                one_off = _mean(ds, "fit_seconds", solver=solver, method=method, nfe=nfe)
+            else:
+                one_off = _mean(ds, "cumulative_train_seconds", nfe=nfe)
+            sampling = _mean(ds, "sample_seconds", solver=solver, method=method, nfe=nfe)
+            rows.append((label, nfe, quality, one_off, sampling, one_off + sampling))
+    columns = ["method", "NFE", metric.upper(), "one-off cost (s)", "sampling (s)", "total (s)"]
+    return pd.DataFrame(rows, columns=columns).round(
+        {metric.upper(): 2, "one-off cost (s)": 1, "sampling (s)": 1, "total (s)": 1}
+    )
+
+
+def time_to_reach(ds, targets, metric: str = "fd"):
+    """For each method and each target quality: the cheapest configuration (NFE) of that method whose FD is
+    at most the target, as ``total seconds (NFE n)`` (one-off cost + sampling the evaluation set); ``–`` when
+    none of the method's configurations reaches it. The paper's Tab. 1 asks this for "3 FID on CIFAR-10"."""
+    import pandas as pd
+
+    table = cost_table(ds, metric)
+    quality = metric.upper()
+    out = {}
+    for label in dict.fromkeys(table["method"]):
+        rows = table[table["method"] == label]
+        cells = []
+        for target in targets:
+            ok = rows[rows[quality] <= target]
+            if ok.empty:
+                cells.append("–")
+            else:
+                best = ok.loc[ok["total (s)"].idxmin()]
+                cells.append(f"{best['total (s)']:.1f} s (NFE {int(best['NFE'])})")
+        out[label] = cells
+    return pd.DataFrame.from_dict(
+        out, orient="index", columns=[f"{quality} ≤ {t:.2f}" for t in targets]
+    ).rename_axis("method")
+
+
+def fd_vs_nfe(ds, metric: str = "fd", ax=None, logy: bool = True):
+    """Fig. 8a: FD against NFE for EDM (Heun), D-EDM, DDIM (Euler), D-DDIM and PD's students (stars, which
+    exist only at the halving schedule's step counts)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.8, 3.6))
+    for (solver, method), label in FAMILIES.items():
+        if solver not in ds.coords["solver"].values.tolist() or metric not in ds:
+            continue
+        da = ds[metric].sel({"solver": solver, "method": method})
+        mean = np.asarray(da.mean("seed", skipna=True).values, dtype=np.float64)
+        nfe = np.asarray(da.coords["nfe"].values)
+        ok = np.isfinite(mean)
+        if ok.any():
+            ax.plot(nfe[ok], mean[ok], label=label, **_STYLE[(solver, method)])
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric.upper())
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{metric.upper()} vs NFE (Fig. 8a)")
+    return ax
+
+
+def pd_table(ds, metric: str = "fd"):
+    """Progressive distillation, halving by halving: the student's steps, training iterations and seconds
+    (this halving, and all halvings up to it), the final training loss and the student's FD."""
+    import pandas as pd
+
+    rows = []
+    for nfe in sorted(ds.coords["nfe"].values.tolist(), reverse=True):
+        seconds = _mean(ds, "train_seconds", nfe=nfe)
+        if not np.isfinite(seconds):
+            continue
+        rows.append(
+            (
+                nfe,
+                2 * nfe,
+                int(_mean(ds, "train_iterations", nfe=nfe)),
+                seconds,
+                _mean(ds, "cumulative_train_seconds", nfe=nfe),
+                _mean(ds, "train_loss_final", nfe=nfe),
+                _mean(ds, metric, solver="ddim", method="pd", nfe=nfe),
+                _mean(ds, "sample_seconds", solver="ddim", method="pd", nfe=nfe),
+            )
+        )
+    columns = [
+        "student steps",
+        "teacher steps",
+        "iterations",
+        "train (s)",
+        "cumulative train (s)",
+        "final loss",
+        metric.upper(),
+        "sampling (s)",
+    ]
+    return pd.DataFrame(rows, columns=columns).round(
+        {"train (s)": 1, "cumulative train (s)": 1, metric.upper(): 2, "sampling (s)": 1}
+    )
