@@ -1,7 +1,8 @@
 """dode: Distilled ODE solvers of diffusion models (D-ODE), the executable companion.
 
 Schedules and grids, denoiser wrappers, the base ODE solvers in one sampling loop, the D-ODE transform and
-its closed-form distillation, metrics and a model zoo.
+its closed-form distillation, metrics and a model zoo; progressive distillation (Salimans & Ho 2022) as the
+network-training baseline of the cost comparison.
 """
 
 __version__ = "0.1.0"
@@ -10,6 +11,7 @@ from .denoiser import Denoiser
 from .distill import distill
 from .grids import GRIDS, make_grid
 from .lambdas import VARIANTS, Lambdas
+from .progressive import progressive_distillation
 from .sampling import Trajectory, sample
 from .schedules import EDMSchedule, Schedule, VPSchedule
 from .solvers import SOLVERS, make_plan
@@ -21,6 +23,7 @@ __all__ = [
     "make_grid",
     "VARIANTS",
     "Lambdas",
+    "progressive_distillation",
     "Trajectory",
     "sample",
     "EDMSchedule",
