@@ -19,13 +19,32 @@ _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=5
 
 
 def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
+    # model_options go to dode.zoo.load: e.g. {"path": "/ckpt/edm-cifar10-32x32-uncond-vp.pkl",
+    # "edm_repo": "/src/edm"} on a GPU box whose checkpoints are local files
     return {
         "smoke": dict(
-            model=models[0], solvers=solvers, nfes=nfes["smoke"], methods=list(methods), **_SWEEP_SMOKE
+            model=models[0],
+            solvers=solvers,
+            nfes=nfes["smoke"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_SMOKE,
         ),
-        "cpu": dict(model=models[1], solvers=solvers, nfes=nfes["cpu"], methods=list(methods), **_SWEEP_CPU),
+        "cpu": dict(
+            model=models[1],
+            solvers=solvers,
+            nfes=nfes["cpu"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_CPU,
+        ),
         "paper": dict(
-            model=models[2], solvers=solvers, nfes=nfes["paper"], methods=list(methods), **_SWEEP_PAPER
+            model=models[2],
+            solvers=solvers,
+            nfes=nfes["paper"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_PAPER,
         ),
     }
 
