@@ -9,7 +9,7 @@ trim the NFE grid; ``paper`` is the paper's protocol (50k samples, Inception FID
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "NOISE_SOLVERS"]
+__all__ = ["PROTOCOLS", "NOISE_SOLVERS", "network_evaluations"]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
 
@@ -80,3 +80,20 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
 }
+
+
+def network_evaluations(stem: str, profile: str) -> int:
+    """Network evaluations of one sweep notebook under ``profile``: every (solver, NFE, seed, method) samples
+    ``n_samples`` in NFE evaluations, and every D-variant is first fitted on ``B`` noises (a teacher run of
+    ``K * NFE`` evaluations plus the student's ``NFE``). What a GPU box's run time scales with."""
+    if stem not in PROTOCOLS:
+        raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
+    cfg = PROTOCOLS[stem][profile]
+    nfes = cfg["nfes"]
+    fitted = sum(m != "base" for m in cfg["methods"])
+    total = 0
+    for solver in cfg["solvers"]:
+        for nfe in nfes[solver] if isinstance(nfes, dict) else nfes:
+            per_seed = len(cfg["methods"]) * cfg["n_samples"] * nfe + fitted * cfg["B"] * (cfg["K"] + 1) * nfe
+            total += per_seed * len(cfg["seeds"])
+    return total
