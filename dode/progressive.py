@@ -232,7 +232,9 @@ def load_training_images(path: str | Path) -> torch.Tensor:
     else:
         raise ValueError(f"training images must be a .npy or .npz file, got {path}")
     if array.ndim != 4:
-        raise ValueError(f"training images must have 4 dimensions (N, H, W, C) or (N, C, H, W), got {array.shape}")
+        raise ValueError(
+            f"training images must have 4 dimensions (N, H, W, C) or (N, C, H, W), got {array.shape}"
+        )
     if array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     images = torch.from_numpy(np.ascontiguousarray(array))
@@ -552,7 +554,9 @@ def progressive_distillation(
     teacher = teacher.to(device).eval()
     teacher_id = {
         "model": denoiser.name,
-        "sha256": denoiser.info.get("sha256") or denoiser.info.get("checkpoint_sha256") or _state_sha(teacher),
+        "sha256": denoiser.info.get("sha256")
+        or denoiser.info.get("checkpoint_sha256")
+        or _state_sha(teacher),
     }
     data_id = {"n_images": int(len(images)), "sum": _round(float(images.double().sum()), 10)}
     out: list[Halving] = []
