@@ -118,7 +118,7 @@ def _load_average() -> str:
 def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) the cost comparison of notebook ``stem`` with resolved parameters ``cfg``.
 
-    ``cfg`` needs ``model, nfes`` (a dict ``{"edm": [...], "ddim": [...]}``), ``seeds, K, B, n_samples,
+    ``cfg`` needs ``model`` (and optionally ``model_options`` for :func:`dode.zoo.load`), ``nfes`` (a dict ``{"edm": [...], "ddim": [...]}``), ``seeds, K, B, n_samples,
     batch_size, device, threads`` (torch threads; 0 leaves torch's default) and ``pd`` (the recipe, see
     :data:`PD_KEYS`); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
     the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples). Returns the
@@ -138,7 +138,7 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
             f"pd_eval_steps must be students of the halving schedule {pd_steps}, got {eval_steps}"
         )
     device = cfg["device"]
-    den = ex.load_model(cfg["model"], device=device)
+    den = ex.load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
     metric_name, metric = ex.make_metric(den, device=device)
     shape = ex.sample_shape(den)
     solvers = list(dict.fromkeys([*nfes, "ddim"]))
