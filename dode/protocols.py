@@ -109,6 +109,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             device="cpu",
             threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
             pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
+            pd_data=None,
             pd_eval_steps=None,
         ),
         "cpu": dict(
@@ -125,6 +126,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             # step 9x slower (7.7 s vs 0.83 s at batch 64), the threads waiting on each other
             threads=1,
             pd=dict(_PD_CPU),
+            pd_data=None,
             pd_eval_steps=None,
         ),
         "paper": dict(
@@ -151,6 +153,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
                 seed=0,
                 checkpoint_every=5000,
             ),
+            pd_data=None,  # required: CIFAR-10's training images as .npy (N, 32, 32, 3) uint8
             pd_eval_steps=[2, 4, 8, 16, 32],
         ),
     },

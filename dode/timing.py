@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from . import experiments as ex
-from .progressive import Halving, halving_steps, progressive_distillation, sample_student
+from .progressive import (
+    Halving,
+    _default_images,
+    halving_steps,
+    load_training_images,
+    progressive_distillation,
+    sample_student,
+)
 
 __all__ = [
     "PD_KEYS",
@@ -120,7 +127,9 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
 
     ``cfg`` needs ``model`` (and optionally ``model_options`` for :func:`dode.zoo.load`), ``nfes`` (a dict ``{"edm": [...], "ddim": [...]}``), ``seeds, K, B, n_samples,
     batch_size, device, threads`` (torch threads; 0 leaves torch's default) and ``pd`` (the recipe, see
-    :data:`PD_KEYS`); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
+    :data:`PD_KEYS`); ``pd_data`` (optional) is a ``.npy``/``.npz`` file of PD's training images
+    (:func:`dode.progressive.load_training_images`; required for models other than the embedded ones, whose
+    default is the digits' train split); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
     the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples). Returns the
     results file.
     """
@@ -139,6 +148,8 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
         )
     device = cfg["device"]
     den = ex.load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
+    # PD's training images, checked before anything is computed: a paper model needs them from a file
+    images = load_training_images(cfg["pd_data"]) if cfg.get("pd_data") else _default_images(den)
     metric_name, metric = ex.make_metric(den, device=device)
     shape = ex.sample_shape(den)
     solvers = list(dict.fromkeys([*nfes, "ddim"]))
@@ -210,6 +221,7 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
         progressive_distillation(
             den,
             **recipe,
+            data=images,
             checkpoint_dir=Path(results_dir) / f"{stem}-pd-students",
             checkpoint_every=cfg["pd"].get("checkpoint_every"),
             evaluate=evaluate,
