@@ -43,6 +43,7 @@ __all__ = [
     "pd_table",
     "time_to_reach",
     "fd_vs_nfe",
+    "fd_vs_cost",
 ]
 
 #: the keys of a notebook's ``pd`` parameter (the recipe of :func:`dode.progressive.progressive_distillation`)
@@ -366,3 +367,36 @@ def pd_table(ds, metric: str = "fd"):
     return pd.DataFrame(rows, columns=columns).round(
         {"train (s)": 1, "cumulative train (s)": 1, metric.upper(): 2, "sampling (s)": 1}
     )
+
+
+def fd_vs_cost(ds, metric: str = "fd", ax=None, logy: bool = True):
+    """Tab. 1 as a picture: FD against total seconds (one-off cost + sampling the evaluation set) of every
+    configuration, each point labelled with its NFE. Lower left is better."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.8, 3.6))
+    table = cost_table(ds, metric)
+    quality = metric.upper()
+    for (solver, method), label in FAMILIES.items():
+        rows = table[table["method"] == label]
+        if rows.empty:
+            continue
+        style = {k: v for k, v in _STYLE[(solver, method)].items() if k != "linestyle"}
+        ax.plot(rows["total (s)"], rows[quality], linestyle="none", label=label, **style)
+        for _, row in rows.iterrows():
+            ax.annotate(
+                str(int(row["NFE"])),
+                (row["total (s)"], row[quality]),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+            )
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("one-off cost + sampling the evaluation set (s)")
+    ax.set_ylabel(quality)
+    ax.set_title("quality against total time (numbers: NFE)")
+    ax.legend(fontsize=8)
+    return ax

@@ -82,6 +82,9 @@ def test_fd_vs_nfe_draws_one_line_per_method(results):
     ax = timing.fd_vs_nfe(results)
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == list(timing.FAMILIES.values())
+    ax = timing.fd_vs_cost(results)
+    pd_points = next(line for line in ax.get_lines() if line.get_label() == "PD (DDIM student)")
+    assert sorted(pd_points.get_xdata().tolist()) == [104.0, 152.0]  # training up to the student + sampling
 
 
 @pytest.mark.parametrize(
