@@ -167,6 +167,9 @@ def network_evaluations(stem: str, profile: str) -> int:
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
+    if "solvers" not in cfg:
+        sweeps = sorted(k for k, v in PROTOCOLS.items() if "solvers" in v[profile])
+        raise ValueError(f"{stem} is not a sweep notebook (its cost is mostly training); sweeps: {sweeps}")
     nfes = cfg["nfes"]
     fitted = sum(m != "base" for m in cfg["methods"])
     total = 0

@@ -100,3 +100,10 @@ def test_run_timing_refuses_bad_parameters_before_computing(tmp_path, change, ma
     with pytest.raises(ValueError, match=match):
         timing.run_timing("10_timing", cfg, tmp_path, progress=False)
     assert not (tmp_path / "10_timing.nc").exists()
+
+
+def test_network_evaluations_names_the_timing_notebook_as_no_sweep():
+    from dode.protocols import network_evaluations
+
+    with pytest.raises(ValueError, match="10_timing is not a sweep notebook"):
+        network_evaluations("10_timing", "paper")
