@@ -12,6 +12,7 @@ Everything takes the tensors of ``dode.sample(..., trajectory=True)``: the batch
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -159,3 +160,211 @@ def fit_variants(
         )
         fitted[variant] = (lam, teacher_seconds + time.perf_counter() - t1)
     return fitted
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The analysis notebooks' computations (01, 05, 06): each fills one resumable results file and returns it.
+
+
+def _time_variable(den: Denoiser) -> str:
+    from .schedules import EDMSchedule
+
+    return "sigma" if isinstance(den.schedule, EDMSchedule) else "t"
+
+
+def run_correlation(stem: str, cfg: dict, results_dir, progress: bool = True):
+    """Notebook 01 (Fig. 2): for each model, one ``steps``-step DDIM run (Euler in sigma on EDM models) of
+    ``n_samples`` figure noises, and the cosine similarity between all its denoising outputs.
+
+    ``cfg`` needs ``models, steps, n_samples, seed, device``. Stores ``similarity`` (model x step_i x
+    step_j), ``eval_time`` (model time of each evaluation) and ``data_prediction`` (1 for x0 models)."""
+    from . import experiments as ex
+    from .sampling import sample
+
+    dens = {name: ex.load_model(name, device=cfg["device"]) for name in cfg["models"]}
+    key = {k: cfg[k] for k in ("steps", "n_samples", "seed")}
+    key["models"] = {name: ex.model_record(den) for name, den in dens.items()}
+    store = ex.open_store(results_dir, stem, {"model": list(dens)}, key, cfg, None)
+    store.attrs["time_variable"] = json.dumps({name: _time_variable(den) for name, den in dens.items()})
+    steps = list(range(cfg["steps"]))
+    for name, den in dens.items():
+        if store.has("similarity", model=name):
+            continue
+        z = ex.noise(cfg["seed"], "figure", cfg["n_samples"], ex.sample_shape(den), device=cfg["device"])
+        tr = sample(den, z, "ddim", cfg["steps"], trajectory=True, progress=progress)
+        similarity = cosine_similarity_matrix(tr.outputs)
+        with store.together():
+            store.put("eval_time", tr.eval_times.numpy(), extra_dims={"step": steps}, model=name)
+            store.put("data_prediction", float(den.prediction == "x0"), model=name)
+            store.put("similarity", similarity, extra_dims={"step_i": steps, "step_j": steps}, model=name)
+    return store.path
+
+
+def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
+    """Notebook 05 (Fig. 5, 7, 11): trajectories of each (solver, NFE, method) and of a ``reference_steps``
+    DDIM run, all from the same ``n_samples`` figure noises; D-ODE parameters fitted on the fitting batch.
+
+    ``cfg`` needs ``model, solvers, nfes, methods, reference_steps, n_samples, n_pixels, seed, K, B, device``.
+    Stored per cell (solver x nfe x method): ``norm`` (state x sample), ``state_time``, ``pixels`` (state x
+    sample x pixel), ``distance`` to the reference at the same time, ``lambdas``, ``fit_seconds``; and the
+    reference's ``reference_norm``, ``reference_time``, ``reference_pixels``, ``pixel_position``."""
+    from tqdm import tqdm
+
+    from . import experiments as ex
+    from .lambdas import VARIANTS
+    from .sampling import sample
+
+    for m in cfg["methods"]:
+        if m != "base" and m not in VARIANTS:
+            raise ValueError(f"methods must be 'base' or one of {VARIANTS}, got {m!r}")
+    den = ex.load_model(cfg["model"], device=cfg["device"])
+    shape = ex.sample_shape(den)
+    dims = {"solver": list(cfg["solvers"]), "nfe": list(cfg["nfes"]), "method": list(cfg["methods"])}
+    key = {k: cfg[k] for k in ("reference_steps", "n_samples", "n_pixels", "seed", "K", "B")}
+    store = ex.open_store(results_dir, stem, dims, key, cfg, den)
+    store.attrs["time_variable"] = _time_variable(den)
+    cells = [(s, n, m) for s in dims["solver"] for n in dims["nfe"] for m in dims["method"]]
+    todo = [c for c in cells if not store.has("distance", solver=c[0], nfe=c[1], method=c[2])]
+    if not todo and store.has("reference_norm"):
+        return store.path
+
+    pixels = pick_pixels(shape, cfg["n_pixels"], cfg["seed"])
+    z = ex.noise(cfg["seed"], "figure", cfg["n_samples"], shape, device=cfg["device"])
+    # the reference is recomputed rather than stored whole: its states would dominate the file
+    reference = sample(den, z, "ddim", cfg["reference_steps"], trajectory=True, progress=progress)
+    if not store.has("reference_norm"):
+        with store.together():
+            n_ref = list(range(len(reference.state_times)))
+            samples, pix = list(range(cfg["n_samples"])), list(range(cfg["n_pixels"]))
+            store.put(
+                "pixel_position", pixels, extra_dims={"pixel": pix, "axis": list(range(pixels.shape[1]))}
+            )
+            store.put("reference_time", reference.state_times.numpy(), extra_dims={"ref_state": n_ref})
+            store.put(
+                "reference_norm",
+                state_norms(reference.states),
+                extra_dims={"ref_state": n_ref, "sample": samples},
+            )
+            store.put(
+                "reference_pixels",
+                pixel_values(reference.states, pixels),
+                extra_dims={"ref_state": n_ref, "sample": samples, "pixel": pix},
+            )
+
+    fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
+    groups = list(dict.fromkeys((s, n) for s, n, _ in todo))
+    for label, nfe in tqdm(groups, desc="solver x NFE", disable=not progress):
+        solver, options = ex.solver_spec(label)
+        methods = [m for s, n, m in todo if (s, n) == (label, nfe)]
+        variants = [m for m in methods if m != "base"]
+        fitted = fit_variants(den, fit_noise, solver, nfe, variants, K=cfg["K"], seed=cfg["seed"], **options)
+        with store.together():
+            for method in methods:
+                cell = {"solver": label, "nfe": nfe, "method": method}
+                lam = None
+                if method != "base":
+                    lam, seconds = fitted[method]
+                    n_eval, n_param = lam.values.shape
+                    store.put(
+                        "lambdas",
+                        lam.values,
+                        extra_dims={"evaluation": list(range(n_eval)), "param": list(range(n_param))},
+                        **cell,
+                    )
+                    store.put("fit_seconds", seconds, **cell)
+                tr = sample(den, z, solver, nfe, lambdas=lam, trajectory=True, **options)
+                states = list(range(len(tr.state_times)))
+                samples, pix = list(range(cfg["n_samples"])), list(range(cfg["n_pixels"]))
+                store.put("state_time", tr.state_times.numpy(), extra_dims={"state": states}, **cell)
+                store.put(
+                    "norm", state_norms(tr.states), extra_dims={"state": states, "sample": samples}, **cell
+                )
+                store.put(
+                    "pixels",
+                    pixel_values(tr.states, pixels),
+                    extra_dims={"state": states, "sample": samples, "pixel": pix},
+                    **cell,
+                )
+                store.put(
+                    "distance",
+                    distance_to_reference(tr, reference),
+                    extra_dims={"state": states, "sample": samples},
+                    **cell,
+                )
+    return store.path
+
+
+def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
+    """Notebook 06 (Fig. 6, 12-15): samples of base and D-solver from the same figure noises, for each
+    panel ``(model, solver label)`` and NFE, plus a ``reference_steps`` DDIM run of every model on the same
+    noises (0 = none).
+
+    ``cfg`` needs ``panels, nfes, n_samples, reference_steps, seed, K, B, device``. Stores ``samples``
+    (panel x method x nfe x image dims), ``reference`` (model x image dims), ``lambdas``, ``fit_seconds``."""
+    from tqdm import tqdm
+
+    from . import experiments as ex
+    from .sampling import sample
+
+    panels = [tuple(p) for p in cfg["panels"]]
+    for p in panels:
+        if len(p) != 2:
+            raise ValueError(f"panels must be [model, solver label] pairs, got {list(p)!r}")
+        ex.solver_spec(p[1])
+    models = list(dict.fromkeys(m for m, _ in panels))
+    dens = {name: ex.load_model(name, device=cfg["device"]) for name in models}
+    names = [f"{m}/{s}" for m, s in panels]
+    nfes = {name: ex._nfes_for(cfg["nfes"], s) for name, (_, s) in zip(names, panels, strict=True)}
+    all_nfes = sorted({n for values in nfes.values() for n in values})
+    dims = {"panel": names, "method": ["base", "d-ode"], "nfe": all_nfes, "model": models}
+    key = {k: cfg[k] for k in ("n_samples", "reference_steps", "seed", "K", "B")}
+    key["models"] = {name: ex.model_record(den) for name, den in dens.items()}
+    store = ex.open_store(results_dir, stem, dims, key, cfg, None)
+    samples = list(range(cfg["n_samples"]))
+
+    def image_dims(x):
+        return {"sample": samples} | {f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])}
+
+    noises = {
+        name: ex.noise(cfg["seed"], "figure", cfg["n_samples"], ex.sample_shape(den), device=cfg["device"])
+        for name, den in dens.items()
+    }
+    if cfg["reference_steps"]:
+        with store.together():
+            for name, den in dens.items():
+                if not store.has("reference", model=name):
+                    x = sample(den, noises[name], "ddim", cfg["reference_steps"], progress=progress)
+                    store.put("reference", x.cpu().numpy(), extra_dims=image_dims(x), model=name)
+
+    cells = [(name, n) for name in names for n in nfes[name]]
+    for name, nfe in tqdm(cells, desc="panel x NFE", disable=not progress):
+        model, label = name.rsplit("/", 1)
+        den, z = dens[model], noises[model]
+        solver, options = ex.solver_spec(label)
+        cell = {"panel": name, "nfe": nfe}
+        with store.together():
+            if not store.has("samples", method="base", **cell):
+                x = sample(den, z, solver, nfe, **options)
+                store.put("samples", x.cpu().numpy(), extra_dims=image_dims(x), method="base", **cell)
+            if not store.has("samples", method="d-ode", **cell):
+                lam, seconds = ex.fit_lambdas(
+                    den,
+                    label,
+                    nfe,
+                    seed=cfg["seed"],
+                    K=cfg["K"],
+                    B=cfg["B"],
+                    shape=ex.sample_shape(den),
+                    device=cfg["device"],
+                )
+                n_eval, n_param = lam.values.shape
+                store.put(
+                    "lambdas",
+                    lam.values,
+                    extra_dims={"evaluation": list(range(n_eval)), "param": list(range(n_param))},
+                    **cell,
+                )
+                store.put("fit_seconds", seconds, **cell)
+                x = sample(den, z, solver, nfe, lambdas=lam, **options)
+                store.put("samples", x.cpu().numpy(), extra_dims=image_dims(x), method="d-ode", **cell)
+    return store.path
