@@ -290,7 +290,10 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
         ok = np.isfinite(S).any(axis=1)
         S = S[np.ix_(ok, ok)]
         times = ds["eval_time"].sel({"model": model}).values[ok]
-        image = ax.imshow(S, cmap=cmap, vmin=min(0.0, float(np.nanmin(S))), vmax=1.0, interpolation="nearest")
+        # the colour scale starts at the smallest similarity (rounded down to 0.05), or the structure of
+        # matrices that are all close to one would be invisible
+        low = np.floor(float(np.nanmin(S)) * 20) / 20
+        image = ax.imshow(S, cmap=cmap, vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
         n = len(S)
         ticks = np.unique(np.linspace(0, n - 1, 5).round().astype(int))
         symbol = "σ" if variables.get(model) == "sigma" else "t"
