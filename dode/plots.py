@@ -284,7 +284,7 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
 
     models = ds.coords["model"].values.tolist()
     variables = _models_time_variable(ds)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.0), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         S = ds["similarity"].sel({"model": model}).values
         ok = np.isfinite(S).any(axis=1)

@@ -70,7 +70,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         "smoke": dict(
             models=["digits-eps-mini", "digits-edm-mini"], steps=30, n_samples=8, seed=0, device="cpu"
         ),
-        "cpu": dict(models=["digits-eps", "digits-edm"], steps=1000, n_samples=24, seed=0, device="cpu"),
+        "cpu": dict(models=["digits-eps", "digits-edm"], steps=1000, n_samples=16, seed=0, device="cpu"),
         "paper": dict(
             models=["ddpm-cifar10", "edm-cifar10-uncond-vp"], steps=1000, n_samples=32, seed=0, device="cuda"
         ),
