@@ -366,9 +366,9 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
 
     ``cfg`` needs ``model, solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and may set
-    ``grid``, ``teacher``, ``fit``. Returns the results file, from which the notebook draws its figures.
+    ``model_options`` (for :func:`dode.zoo.load`), ``grid``, ``teacher``, ``fit``. Returns the results file, from which the notebook draws its figures.
     """
-    den = load_model(cfg["model"], device=cfg["device"])
+    den = load_model(cfg["model"], device=cfg["device"], **(cfg.get("model_options") or {}))
     metric_name, metric = make_metric(den, device=cfg["device"])
     dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"])
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}

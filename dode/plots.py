@@ -6,6 +6,8 @@ and also a keyword of xarray's ``sel``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .experiments import PRETTY
@@ -65,7 +67,9 @@ def mean_std(da, dim: str = "seed"):
     values = np.asarray(da.values, dtype=np.float64)
     axis = da.dims.index(dim)
     count = np.sum(np.isfinite(values), axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # cells that no seed filled (e.g. Heun at an even NFE) are all-NaN slices: NaN is the answer, not a warning
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=axis) if values.size else values
         std = np.nanstd(values, axis=axis, ddof=1) if values.shape[axis] > 1 else np.zeros_like(mean)
     mean = np.where(count > 0, mean, np.nan)

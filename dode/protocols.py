@@ -9,7 +9,7 @@ trim the NFE grid; ``paper`` is the paper's protocol (50k samples, Inception FID
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "NOISE_SOLVERS"]
+__all__ = ["PROTOCOLS", "NOISE_SOLVERS", "network_evaluations"]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
 
@@ -19,13 +19,32 @@ _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=5
 
 
 def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
+    # model_options go to dode.zoo.load: e.g. {"path": "/ckpt/edm-cifar10-32x32-uncond-vp.pkl",
+    # "edm_repo": "/src/edm"} on a GPU box whose checkpoints are local files
     return {
         "smoke": dict(
-            model=models[0], solvers=solvers, nfes=nfes["smoke"], methods=list(methods), **_SWEEP_SMOKE
+            model=models[0],
+            solvers=solvers,
+            nfes=nfes["smoke"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_SMOKE,
         ),
-        "cpu": dict(model=models[1], solvers=solvers, nfes=nfes["cpu"], methods=list(methods), **_SWEEP_CPU),
+        "cpu": dict(
+            model=models[1],
+            solvers=solvers,
+            nfes=nfes["cpu"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_CPU,
+        ),
         "paper": dict(
-            model=models[2], solvers=solvers, nfes=nfes["paper"], methods=list(methods), **_SWEEP_PAPER
+            model=models[2],
+            solvers=solvers,
+            nfes=nfes["paper"],
+            methods=list(methods),
+            model_options={},
+            **_SWEEP_PAPER,
         ),
     }
 
@@ -122,3 +141,20 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
 }
+
+
+def network_evaluations(stem: str, profile: str) -> int:
+    """Network evaluations of one sweep notebook under ``profile``: every (solver, NFE, seed, method) samples
+    ``n_samples`` in NFE evaluations, and every D-variant is first fitted on ``B`` noises (a teacher run of
+    ``K * NFE`` evaluations plus the student's ``NFE``). What a GPU box's run time scales with."""
+    if stem not in PROTOCOLS:
+        raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
+    cfg = PROTOCOLS[stem][profile]
+    nfes = cfg["nfes"]
+    fitted = sum(m != "base" for m in cfg["methods"])
+    total = 0
+    for solver in cfg["solvers"]:
+        for nfe in nfes[solver] if isinstance(nfes, dict) else nfes:
+            per_seed = len(cfg["methods"]) * cfg["n_samples"] * nfe + fitted * cfg["B"] * (cfg["K"] + 1) * nfe
+            total += per_seed * len(cfg["seeds"])
+    return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,10 @@ from dode.gmm import GaussianMixture
 # The tests push tiny tensors through many small ops: one thread avoids thread-pool overhead that dominates
 # them on a shared 2-core machine (measured 0.8 ms vs 0.002 ms per softmax of an 8x4 tensor).
 torch.set_num_threads(1)
+# The same for the notebook kernels that papermill starts (they inherit the environment): with two OpenMP
+# threads on a loaded machine every small convolution waits for a descheduled thread (measured 2 s instead
+# of 30 ms per call of a miniature net at batch 48).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 SCHEDULES = {"vp": dode.VPSchedule.linear(), "edm": dode.EDMSchedule()}
 

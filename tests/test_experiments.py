@@ -139,3 +139,29 @@ def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
             n_samples=4,
             batch_size=4,
         )
+
+
+def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypatch):
+    """The count that the GPU chapter's run-time estimates rest on is the number of calls a sweep makes."""
+    from dode.protocols import PROTOCOLS, network_evaluations
+
+    calls = {"n": 0}
+    real_load = ex.load_model
+
+    def counting_load(name, device="cpu", **options):
+        den = real_load(name, device=device, **options)
+        fn = den.fn
+
+        def counted(x, t, **kwargs):
+            calls["n"] += x.shape[0]
+            return fn(x, t, **kwargs)
+
+        den.fn = counted
+        return den
+
+    monkeypatch.setattr(ex, "load_model", counting_load)
+    cfg = ex.settings(PROTOCOLS["04_dpm_solver_pp"], "smoke")
+    ex.run_sweep("04_dpm_solver_pp", cfg, tmp_path, progress=False)
+    assert calls["n"] == network_evaluations("04_dpm_solver_pp", "smoke")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        network_evaluations("99_nothing", "cpu")
