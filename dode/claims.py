@@ -164,10 +164,66 @@ def check_formulations(results: dict) -> Verdict:
     return Verdict("formulations", "reproduced" if ok else "partly", "\n".join(lines))
 
 
+def check_correlation(results: dict) -> Verdict:
+    """Fig. 2: denoising outputs of neighbouring steps have cosine similarity near 1."""
+    ds = results.get("01_denoiser_correlation")
+    if ds is None or "similarity" not in ds:
+        return Verdict("correlation", "not run", "notebook 01 has no results")
+    lines, ok = [], True
+    for model in ds.coords["model"].values.tolist():
+        sim = np.asarray(ds["similarity"].sel(model=model).values, dtype=float)
+        sim = sim[np.isfinite(sim).all(axis=1)][:, np.isfinite(sim).all(axis=0)]
+        if sim.shape[0] < 2:
+            continue
+        neighbours = np.diag(sim, k=1)
+        lines.append(
+            f"{model}: neighbouring steps' cosine similarity mean {neighbours.mean():.4f}, "
+            f"min {neighbours.min():.4f}; smallest entry of the whole matrix {sim.min():.3f}"
+        )
+        ok &= bool(neighbours.min() >= 0.9 and neighbours.mean() >= 0.99)
+    if not lines:
+        return Verdict("correlation", "not run", "notebook 01 holds no similarity matrix")
+    return Verdict("correlation", "reproduced" if ok else "not reproduced", "\n".join(lines))
+
+
+def check_trajectories(results: dict) -> Verdict:
+    """Fig. 5: D-solvers' trajectories stay closer to a 1000-step DDIM than their base solvers'."""
+    ds = results.get("05_trajectories")
+    if ds is None or "distance" not in ds:
+        return Verdict("trajectories", "not run", "notebook 05 has no results")
+    lines, closer, total = [], 0, 0
+    for solver in ds.coords["solver"].values.tolist():
+        for nfe in ds.coords["nfe"].values.tolist():
+            cell = ds["distance"].sel({"solver": solver, "nfe": nfe})
+            if "d-ode" not in cell.coords["method"].values:
+                continue
+            finals = {}
+            for method in ("base", "d-ode"):
+                d = cell.sel({"method": method}).dropna("state", how="all")
+                if d.sizes["state"] == 0:
+                    continue
+                finals[method] = (float(d.isel(state=-1).mean()), float(d.mean()))
+            if len(finals) < 2:
+                continue
+            total += 1
+            closer += finals["d-ode"][0] < finals["base"][0]
+            lines.append(
+                f"{solver} NFE {nfe}: distance of the final state to the reference {finals['base'][0]:.3f} (base) "
+                f"vs {finals['d-ode'][0]:.3f} (D); averaged over the trajectory {finals['base'][1]:.3f} vs "
+                f"{finals['d-ode'][1]:.3f}"
+            )
+    if not total:
+        return Verdict("trajectories", "not run", "notebook 05 holds no base/D pair")
+    verdict = "reproduced" if closer == total else "partly" if closer else "not reproduced"
+    return Verdict("trajectories", verdict, "\n".join(lines))
+
+
 #: claim -> its check; claims without a check here are filled in by the notebooks' own checks below
 CHECKS: dict[str, Callable[[dict], Verdict]] = {
     "d_beats_base": check_d_beats_base,
     "formulations": check_formulations,
+    "correlation": check_correlation,
+    "trajectories": check_trajectories,
 }
 
 

@@ -83,6 +83,7 @@ def distill(
     space: str = "native",
     fit: str = "ls",
     seed: int | None = None,
+    teacher_run=None,
     **options,
 ) -> Lambdas:
     """Fit the D-ODE parameters of ``solver`` at ``nfe`` on the fitting batch ``noise`` (B = batch size).
@@ -96,6 +97,9 @@ def distill(
     space: prediction type the transform acts in (``native``: the model's own, as in the paper).
     fit: closed-form fit method, one of :data:`FITS`.
     seed: the seed the fitting noise was drawn with, recorded with the lambdas.
+    teacher_run: ``(teacher_plan, targets)`` from :func:`teacher_targets` on the *same* noise, plan, K and
+        teacher, to fit several variants on one teacher run (the teacher dominates the cost); checked to
+        hold exactly this plan's landing times.
     """
     noise = _check_noise(noise)
     if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
@@ -108,7 +112,15 @@ def distill(
         raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
     t0 = time.perf_counter()
-    teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
+    if teacher_run is None:
+        teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
+    else:
+        teacher_plan, targets = teacher_run
+        if set(targets) != set(plan.landing_times) or teacher_plan.solver != (teacher or "ddim"):
+            raise ValueError(
+                "teacher_run was computed for another plan or teacher: run teacher_targets with the same "
+                "noise, solver, NFE, grid, K and teacher"
+            )
     t1 = time.perf_counter()
     _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))
     t2 = time.perf_counter()

@@ -24,6 +24,15 @@ __all__ = [
     "paired_gain",
     "plot_lambdas",
     "timing_table",
+    "similarity_heatmaps",
+    "similarity_profiles",
+    "similarity_summary",
+    "trajectory_norms",
+    "trajectory_pixels",
+    "trajectory_distance",
+    "distance_table",
+    "sample_grids",
+    "sample_distance_table",
 ]
 
 METHOD_STYLE = {
@@ -242,3 +251,287 @@ def timing_table(ds):
     return pd.DataFrame(
         rows, columns=["solver", "NFE", "fit (s)", "base sampling (s)", "D sampling (s)", "D / base"]
     ).round(3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Analysis figures (notebooks 01, 05, 06), drawn from their results files.
+
+REFERENCE_STYLE = dict(color="black", linestyle="-", linewidth=1.6)
+TIME_LABEL = {"t": "model time t (noise → data)", "sigma": "σ (noise → data)"}
+
+
+def _time_axis(ax, variable: str) -> None:
+    """Noise on the left, data on the right, as in the paper's trajectory plots; sigma on a log scale."""
+    if variable == "sigma":
+        ax.set_xscale("symlog", linthresh=1e-2)
+    ax.invert_xaxis()
+    ax.set_xlabel(TIME_LABEL.get(variable, variable))
+
+
+def _models_time_variable(ds) -> dict:
+    import json
+
+    return json.loads(ds.attrs.get("time_variable", "{}"))
+
+
+def _prediction_name(ds, model: str) -> str:
+    return (
+        "data prediction" if ds["data_prediction"].sel({"model": model}).item() == 1 else "noise prediction"
+    )
+
+
+def similarity_heatmaps(ds, cmap: str = "viridis"):
+    """Fig. 2: one heatmap per model of the cosine similarity between all denoising outputs of one run.
+
+    Axes are evaluation indices (0 = the first evaluation, at pure noise); tick labels add the model time."""
+    import matplotlib.pyplot as plt
+
+    models = ds.coords["model"].values.tolist()
+    variables = _models_time_variable(ds)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.0), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        S = ds["similarity"].sel({"model": model}).values
+        ok = np.isfinite(S).any(axis=1)
+        S = S[np.ix_(ok, ok)]
+        times = ds["eval_time"].sel({"model": model}).values[ok]
+        # the colour scale starts at the smallest similarity (rounded down to 0.05), or the structure of
+        # matrices that are all close to one would be invisible
+        low = np.floor(float(np.nanmin(S)) * 20) / 20
+        image = ax.imshow(S, cmap=cmap, vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
+        n = len(S)
+        ticks = np.unique(np.linspace(0, n - 1, 5).round().astype(int))
+        symbol = "σ" if variables.get(model) == "sigma" else "t"
+        labels = [f"{i}\n{symbol}={times[i]:.3g}" for i in ticks]
+        ax.set_xticks(ticks, labels, fontsize=7)
+        ax.set_yticks(ticks, [lb.replace("\n", " ") for lb in labels], fontsize=7)
+        ax.set_xlabel("evaluation j (noise → data)")
+        ax.set_ylabel("evaluation i")
+        ax.grid(False)
+        ax.set_title(f"{model}\n({_prediction_name(ds, model)}, {n} steps)", fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    fig.tight_layout()
+    return fig
+
+
+def similarity_profiles(ds):
+    """Two cuts through the Fig. 2 matrices: similarity of each output with the next one, and with the last."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for k, model in enumerate(ds.coords["model"].values.tolist()):
+        S = ds["similarity"].sel({"model": model}).values
+        ok = np.isfinite(S).any(axis=1)
+        S = S[np.ix_(ok, ok)]
+        frac = np.arange(len(S)) / max(len(S) - 1, 1)
+        label = f"{model} ({_prediction_name(ds, model)})"
+        axes[0].plot(frac[:-1], np.diag(S, 1), color=f"C{k}", label=label)
+        axes[1].plot(frac, S[:, -1], color=f"C{k}", label=label)
+    axes[0].set_title("cos(d_i, d_{i+1}): neighbouring outputs")
+    axes[1].set_title("cos(d_i, d_last): with the final output")
+    for ax in axes:
+        ax.set_xlabel("fraction of the run (0 = pure noise, 1 = data)")
+        ax.set_ylabel("cosine similarity")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_summary(ds):
+    """Per model: neighbouring-output similarity (mean, min), first vs last output, share of pairs > 0.9."""
+    import pandas as pd
+
+    rows = []
+    for model in ds.coords["model"].values.tolist():
+        S = ds["similarity"].sel({"model": model}).values
+        ok = np.isfinite(S).any(axis=1)
+        S = S[np.ix_(ok, ok)]
+        neighbours = np.diag(S, 1)
+        rows.append(
+            {
+                "model": model,
+                "prediction": _prediction_name(ds, model),
+                "steps": len(S),
+                "cos(d_i, d_i+1) mean": neighbours.mean(),
+                "cos(d_i, d_i+1) min": neighbours.min(),
+                "cos(d_first, d_last)": S[0, -1],
+                "share of pairs > 0.9": float(np.mean(S > 0.9)),
+            }
+        )
+    return pd.DataFrame(rows).round(4)
+
+
+def _traj_label(solver: str, method: str, nfe: int) -> str:
+    return f"{method_label(solver, method)}-{nfe}"
+
+
+def _cell(ds, var: str, solver: str, nfe: int, method: str):
+    return ds[var].sel({"solver": solver, "nfe": nfe, "method": method})
+
+
+def trajectory_norms(ds, solver: str, nfe: int, methods, ax=None, reference: bool = True):
+    """Fig. 5 (top) / Fig. 7: mean over samples of ||x_t|| along each run, with the long DDIM reference."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    if reference:
+        t_ref = ds["reference_time"].values
+        ax.plot(
+            t_ref, ds["reference_norm"].mean("sample").values, label=_reference_label(ds), **REFERENCE_STYLE
+        )
+    for method in methods:
+        t = _cell(ds, "state_time", solver, nfe, method).values
+        norm = _cell(ds, "norm", solver, nfe, method).mean("sample").values
+        ok = np.isfinite(t)
+        st = METHOD_STYLE.get(method, {})
+        ax.plot(t[ok], norm[ok], markersize=4, label=_traj_label(solver, method, nfe), **st)
+    _time_axis(ax, ds.attrs.get("time_variable", "t"))
+    ax.set_ylabel(r"mean $\|x_t\|_2$")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def _reference_label(ds) -> str:
+    import json
+
+    steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
+    return f"DDIM-{steps} (reference)"
+
+
+def trajectory_pixels(ds, solver: str, nfe: int, methods, pixels, sample: int = 0, axes=None):
+    """Fig. 5 (bottom) / Fig. 11: the value of single pixels of one sample along each run."""
+    import matplotlib.pyplot as plt
+
+    pixels = list(pixels)
+    if axes is None:
+        _, axes = plt.subplots(1, len(pixels), figsize=(4.4 * len(pixels), 3.2), squeeze=False)
+        axes = axes[0]
+    position = ds["pixel_position"].values.astype(int)
+    for ax, p in zip(axes, pixels, strict=True):
+        ref = ds["reference_pixels"].sel({"sample": sample, "pixel": p}).values
+        ax.plot(ds["reference_time"].values, ref, label=_reference_label(ds), **REFERENCE_STYLE)
+        for method in methods:
+            t = _cell(ds, "state_time", solver, nfe, method).values
+            v = _cell(ds, "pixels", solver, nfe, method).sel({"sample": sample, "pixel": p}).values
+            ok = np.isfinite(t)
+            ax.plot(
+                t[ok],
+                v[ok],
+                markersize=4,
+                label=_traj_label(solver, method, nfe),
+                **METHOD_STYLE.get(method, {}),
+            )
+        _time_axis(ax, ds.attrs.get("time_variable", "t"))
+        ax.set_title(f"sample {sample}, pixel {tuple(position[p].tolist())} (c, row, col)", fontsize=9)
+        ax.set_ylabel("pixel value")
+    axes[0].legend(fontsize=8)
+    return axes
+
+
+def trajectory_distance(ds, solver: str, nfe: int, methods, ax=None):
+    """||x_t - x_t^ref|| (mean over samples) at each state of a run, the reference interpolated in time."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    for method in methods:
+        t = _cell(ds, "state_time", solver, nfe, method).values
+        d = _cell(ds, "distance", solver, nfe, method).mean("sample").values
+        ok = np.isfinite(t)
+        ax.plot(
+            t[ok], d[ok], markersize=4, label=_traj_label(solver, method, nfe), **METHOD_STYLE.get(method, {})
+        )
+    _time_axis(ax, ds.attrs.get("time_variable", "t"))
+    ax.set_ylabel(r"mean $\|x_t - x_t^{\mathrm{ref}}\|_2$")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def distance_table(ds):
+    """Final-sample distance to the reference (mean ± std over samples), per solver, NFE and method."""
+    import pandas as pd
+
+    rows = []
+    for solver in ds.coords["solver"].values.tolist():
+        for nfe in ds.coords["nfe"].values.tolist():
+            row = {"solver": PRETTY.get(solver, solver), "NFE": nfe}
+            for method in ds.coords["method"].values.tolist():
+                d = _cell(ds, "distance", solver, nfe, method)
+                t = _cell(ds, "state_time", solver, nfe, method).values
+                last = int(np.flatnonzero(np.isfinite(t))[-1]) if np.isfinite(t).any() else None
+                if last is None:
+                    continue
+                final = d.isel(state=last).values
+                row[method_label(solver, method)] = f"{final.mean():.3f} ± {final.std(ddof=1):.3f}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _trim_padding(x) -> np.ndarray:
+    """Drop the NaN padding a results file adds where arrays of different sizes share a dimension."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    index = [
+        np.flatnonzero(finite.any(axis=tuple(j for j in range(x.ndim) if j != i))) for i in range(x.ndim)
+    ]
+    return x[np.ix_(*index)]
+
+
+def sample_distance_table(ds):
+    """Mean L2 distance (± std over images) of each panel's samples to the long DDIM run on the same noise."""
+    import pandas as pd
+
+    if "reference" not in ds:
+        raise ValueError("the results hold no reference run (reference_steps = 0)")
+    rows = []
+    for panel in ds.coords["panel"].values.tolist():
+        model, solver = panel.rsplit("/", 1)
+        ref = _trim_padding(ds["reference"].sel({"model": model}).values)
+        for nfe in ds.coords["nfe"].values.tolist():
+            row = {"model": model, "solver": PRETTY.get(solver, solver), "NFE": nfe}
+            for method in ds.coords["method"].values.tolist():
+                x = ds["samples"].sel({"panel": panel, "method": method, "nfe": nfe}).values
+                if not np.isfinite(x).any():
+                    continue
+                d = np.linalg.norm((_trim_padding(x) - ref).reshape(len(ref), -1), axis=1)
+                row["base" if method == "base" else "D"] = f"{d.mean():.3f} ± {d.std(ddof=1):.3f}"
+            if len(row) > 3:
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sample_grids(ds, panel: str, nrow: int | None = None):
+    """Fig. 6 / 12-15: rows = base and D-solver, columns = NFE, from the same noise; the long DDIM run on
+    that noise as the last column."""
+    import matplotlib.pyplot as plt
+
+    model, solver = panel.rsplit("/", 1)
+    da = ds["samples"].sel({"panel": panel})
+    nfes = [n for n in ds.coords["nfe"].values.tolist() if np.isfinite(da.sel({"nfe": n})).any()]
+    methods = ds.coords["method"].values.tolist()
+    has_ref = "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any()
+    ncol = len(nfes) + int(has_ref)
+    fig, axes = plt.subplots(len(methods), ncol, figsize=(2.3 * ncol, 2.4 * len(methods)), squeeze=False)
+
+    for r, method in enumerate(methods):
+        for c, nfe in enumerate(nfes):
+            x = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)
+            show_images(
+                axes[r, c],
+                x,
+                nrow=nrow or int(np.ceil(np.sqrt(len(x)))),
+                title=f"{method_label(solver, method)}, NFE {nfe}",
+            )
+        if has_ref:
+            ax = axes[r, -1]
+            if r == 0:
+                import json
+
+                steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
+                x = _trim_padding(ds["reference"].sel({"model": model}).values)
+                show_images(ax, x, nrow=nrow or int(np.ceil(np.sqrt(len(x)))), title=f"DDIM, {steps} steps")
+            else:
+                ax.axis("off")
+    fig.suptitle(f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}", fontsize=11)
+    fig.tight_layout()
+    return fig

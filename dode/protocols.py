@@ -62,6 +62,10 @@ _PD_CPU = dict(
     seed=0,
 )
 
+_TRAJ = dict(
+    solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
+)
+
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
     "02_noise_prediction": _sweep(
@@ -92,6 +96,63 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         {"smoke": [5], "cpu": [10], "paper": [10, 25, 50]},
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
+    # Fig. 2: cosine similarity between all denoising outputs of one long DDIM run (Euler in sigma on EDM
+    # models), a noise-prediction and a data-prediction model side by side
+    "01_denoiser_correlation": {
+        "smoke": dict(
+            models=["digits-eps-mini", "digits-edm-mini"], steps=30, n_samples=8, seed=0, device="cpu"
+        ),
+        "cpu": dict(models=["digits-eps", "digits-edm"], steps=1000, n_samples=16, seed=0, device="cpu"),
+        "paper": dict(
+            models=["ddpm-cifar10", "edm-cifar10-uncond-vp"], steps=1000, n_samples=32, seed=0, device="cuda"
+        ),
+    },
+    # Fig. 5, 7, 11: norm of x_t and random pixels along base / D-ODE runs vs a 1000-step DDIM on the same noise
+    "05_trajectories": {
+        "smoke": dict(model="digits-eps-mini", nfes=[5], reference_steps=30, n_samples=8, K=2, B=8, **_TRAJ),
+        "cpu": dict(model="digits-eps", nfes=[10], reference_steps=1000, n_samples=24, K=10, B=100, **_TRAJ),
+        "paper": dict(
+            model="ddpm-cifar10", nfes=[10], reference_steps=1000, n_samples=32, K=10, B=100, **_TRAJ
+        )
+        | {"device": "cuda"},
+    },
+    # Fig. 6, 12-15: sample grids from the same noise, base vs D-solver; DDIM on both models, Heun on EDM
+    "06_samples": {
+        "smoke": dict(
+            panels=[["digits-eps-mini", "ddim"], ["digits-edm-mini", "ddim"], ["digits-edm-mini", "edm"]],
+            nfes={"ddim": [3, 5], "edm": [3, 5]},
+            n_samples=8,
+            reference_steps=20,
+            seed=0,
+            K=2,
+            B=8,
+            device="cpu",
+        ),
+        "cpu": dict(
+            panels=[["digits-eps", "ddim"], ["digits-edm", "ddim"], ["digits-edm", "edm"]],
+            nfes={"ddim": [5, 10], "edm": [5, 9]},
+            n_samples=16,
+            reference_steps=200,
+            seed=0,
+            K=10,
+            B=100,
+            device="cpu",
+        ),
+        "paper": dict(
+            panels=[
+                ["ddpm-cifar10", "ddim"],
+                ["edm-cifar10-uncond-vp", "ddim"],
+                ["edm-cifar10-uncond-vp", "edm"],
+            ],
+            nfes={"ddim": [5, 10, 25], "edm": [5, 9, 15]},
+            n_samples=16,
+            reference_steps=1000,
+            seed=0,
+            K=10,
+            B=100,
+            device="cuda",
+        ),
+    },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.timing). PD recipes:
     # paper = Salimans & Ho's released CIFAR-10 configuration (8192 -> 1 steps there, stopped at 2 here as
     # D-EDM needs 2 steps; 50k Adam steps of batch 128 per halving, lr 5e-5 annealed linearly to 0, no EMA,
@@ -168,8 +229,9 @@ def network_evaluations(stem: str, profile: str) -> int:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
     if "solvers" not in cfg:
-        sweeps = sorted(k for k, v in PROTOCOLS.items() if "solvers" in v[profile])
-        raise ValueError(f"{stem} is not a sweep notebook (its cost is mostly training); sweeps: {sweeps}")
+        raise ValueError(
+            f"{stem} is not a sweep over solvers; network_evaluations counts sweep notebooks only"
+        )
     nfes = cfg["nfes"]
     fitted = sum(m != "base" for m in cfg["methods"])
     total = 0

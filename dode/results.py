@@ -19,6 +19,7 @@ device, date) is stored in the attributes. NetCDF attributes hold no bools/None/
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -122,6 +123,7 @@ class ResultStore:
             if len(set(values)) != len(values):
                 raise ValueError(f"dimension {name!r} has repeated values {values}")
         self.ds = xr.Dataset(coords=self.coords)
+        self._deferred, self._unwritten = 0, False
         if self.path.exists():
             with xr.open_dataset(self.path, engine="h5netcdf") as stored:
                 stored = stored.load()
@@ -218,12 +220,29 @@ class ResultStore:
             padded[tuple(slice(0, n) for n in value.shape)] = value
             value = padded
         self.ds[var].loc[cell] = value
-        self.flush()
+        self._unwritten = True
+        if not self._deferred:
+            self.flush()
+
+    @contextlib.contextmanager
+    def together(self):
+        """Write every ``put`` of the block in one go at its end (nothing, if the block raises).
+
+        A result made of several variables (a trajectory's norms, pixels and distances) then reaches the
+        file whole or not at all, and a block of many small puts costs one file write instead of many."""
+        self._deferred += 1
+        try:
+            yield self
+        finally:
+            self._deferred -= 1
+        if not self._deferred and self._unwritten:
+            self.flush()
 
     def flush(self) -> None:
         self.ds.attrs.update({k: str(v) for k, v in self.attrs.items()})
         self.ds.attrs["comparability_key"] = _json_attr(self.key)
         write_netcdf(self.ds, self.path)
+        self._unwritten = False
 
     def dataset(self):
         """The stored data (an xarray Dataset)."""

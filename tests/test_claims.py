@@ -57,3 +57,33 @@ def test_missing_results_are_not_run_and_unknown_claims_are_refused():
     assert all(v.verdict == "not run" for v in claims.check_all({}))
     with pytest.raises(ValueError, match="claim must be one of"):
         claims.Verdict("made_up", "reproduced", "")
+
+
+def test_correlation_check_reads_the_neighbouring_steps():
+    steps = 6
+    smooth = np.fromfunction(lambda i, j: 1 - 0.001 * np.abs(i - j), (steps, steps))
+    rough = np.where(np.eye(steps, dtype=bool), 1.0, 0.5)
+    ds = xr.Dataset(
+        {"similarity": (("model", "step_i", "step_j"), np.stack([smooth, rough]))},
+        coords={"model": ["a", "b"], "step_i": range(steps), "step_j": range(steps)},
+    )
+    assert claims.check_correlation({"01_denoiser_correlation": ds.isel(model=[0])}).verdict == "reproduced"
+    verdict = claims.check_correlation({"01_denoiser_correlation": ds})
+    assert verdict.verdict == "not reproduced" and "min 0.5000" in verdict.evidence
+
+
+def test_trajectory_check_compares_final_distances():
+    distance = np.zeros((1, 1, 2, 3, 4))  # solver, nfe, method (base, d-ode), state, sample
+    distance[..., 0, -1, :] = 2.0
+    distance[..., 1, -1, :] = 1.0
+    coords = {
+        "solver": ["ddim"],
+        "nfe": [10],
+        "method": ["base", "d-ode"],
+        "state": range(3),
+        "sample": range(4),
+    }
+    ds = xr.Dataset({"distance": (tuple(coords), distance)}, coords=coords)
+    assert claims.check_trajectories({"05_trajectories": ds}).verdict == "reproduced"
+    ds["distance"][..., 1, -1, :] = 3.0
+    assert claims.check_trajectories({"05_trajectories": ds}).verdict == "not reproduced"

@@ -55,3 +55,19 @@ def test_values_with_their_own_dimensions(tmp_path):
     assert not back.has("lambdas", solver="dpm_solver++", nfe=10, seed=0)
     with pytest.raises(ValueError, match="is not in the sweep"):
         back.put("fd", 1.0, solver="euler", method="base", nfe=5, seed=0)
+
+
+def test_puts_made_together_reach_the_file_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "r.nc"
+    store = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
+    with store.together():
+        store.put("x", 1.0, method="a")
+        assert not path.exists()  # nothing written inside the block
+        store.put("y", 2.0, method="a")
+    reopened = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
+    assert reopened.has("x", method="a") and reopened.get("y", method="a") == 2.0
+    with pytest.raises(RuntimeError), store.together():
+        store.put("x", 3.0, method="b")
+        raise RuntimeError("interrupted")
+    reopened = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
+    assert not reopened.has("x", method="b")
