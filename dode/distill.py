@@ -83,6 +83,7 @@ def distill(
     space: str = "native",
     fit: str = "ls",
     seed: int | None = None,
+    targets=None,
     **options,
 ) -> Lambdas:
     """Fit the D-ODE parameters of ``solver`` at ``nfe`` on the fitting batch ``noise`` (B = batch size).
@@ -96,6 +97,9 @@ def distill(
     space: prediction type the transform acts in (``native``: the model's own, as in the paper).
     fit: closed-form fit method, one of :data:`FITS`.
     seed: the seed the fitting noise was drawn with, recorded with the lambdas.
+    targets: ``(teacher_plan, states)`` as returned by :func:`teacher_targets` for this very ``noise``,
+        student plan, K and teacher, to let several variants fitted on one batch share one teacher run
+        (the teacher does not depend on the variant). Default: run the teacher here.
     """
     noise = _check_noise(noise)
     if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
@@ -108,7 +112,17 @@ def distill(
         raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
     t0 = time.perf_counter()
-    teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
+    if targets is None:
+        teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
+    else:
+        teacher_plan, targets = targets
+        missing = sorted(set(plan.landing_times) - set(targets))
+        if missing or teacher_plan.solver != (teacher or "ddim"):
+            raise ValueError(
+                "targets were computed for another student plan or teacher "
+                f"(teacher {teacher_plan.solver!r}, missing landing times {missing[:3]}); "
+                "pass targets=None to run the teacher"
+            )
     t1 = time.perf_counter()
     _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))
     t2 = time.perf_counter()

@@ -60,4 +60,67 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         {"smoke": [5], "cpu": [10], "paper": [10, 25, 50]},
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
+    # Tab. 3: ablation of the teacher's scale K (at B = 100) and of the fitting batch size B (at K = 10).
+    # cpu: NFE 10 only and 1,000 evaluation samples per cell (the 7 fits per seed and 8 sampling runs per
+    # seed fit the notebook's ~3 minutes only so); 3 seeds, for the spread over fitting batches
+    "08_ablation_K_B": {
+        "smoke": dict(
+            _SWEEP_SMOKE,
+            model="digits-eps-mini",
+            solvers=["ddim"],
+            nfes=[5],
+            methods=["base", "d-ode"],
+            K_values=[2, 4],
+            B_values=[4, 8],
+        ),
+        "cpu": dict(
+            _SWEEP_CPU,
+            model="digits-eps",
+            solvers=["ddim"],
+            nfes=[10],
+            methods=["base", "d-ode"],
+            K_values=[5, 10, 20, 30],
+            B_values=[5, 10, 50, 100],
+            n_samples=1000,
+            batch_size=1000,
+        ),
+        "paper": dict(
+            _SWEEP_PAPER,
+            model="ddpm-cifar10",
+            solvers=["ddim"],
+            nfes=[10, 25, 50],
+            methods=["base", "d-ode"],
+            K_values=[5, 10, 20, 30],
+            B_values=[5, 10, 50, 100],
+        ),
+    },
+    # Tab. 4, Fig. 8b-c: Fixed-D-DDIM and LA-DDIM with one constant lambda from a grid search, against the
+    # fitted D-DDIM. cpu: NFE 10 only, 2 seeds, a coarse grid (step 0.3) that brackets both optima on digits
+    "09_lookahead_fixed": {
+        "smoke": dict(
+            _SWEEP_SMOKE,
+            model="digits-eps-mini",
+            solvers=["ddim"],
+            nfes=[5],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.5, 1.0],
+        ),
+        "cpu": dict(
+            _SWEEP_CPU,
+            model="digits-eps",
+            solvers=["ddim"],
+            nfes=[10],
+            seeds=[0, 1],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.3, 0.6, 0.9, 1.2],
+        ),
+        "paper": dict(
+            _SWEEP_PAPER,
+            model="ddpm-cifar10",
+            solvers=["ddim"],
+            nfes=[10, 25, 50],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5],
+        ),
+    },
 }

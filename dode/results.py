@@ -186,8 +186,11 @@ class ResultStore:
         return arr.sel(cell)
 
     # ------------------------------------------------------------------ writing
-    def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
-        """Store ``value`` at ``cell`` of ``var`` and write the file atomically.
+    def put(
+        self, var: str, value, extra_dims: dict[str, list] | None = None, flush: bool = True, **cell
+    ) -> None:
+        """Store ``value`` at ``cell`` of ``var`` and write the file atomically (``flush=False``: only in
+        memory, for a group of cells written together by one later :meth:`flush`).
 
         ``extra_dims`` gives a value's own dimensions beyond the sweep (e.g. ``evaluation``, ``param`` of
         fitted lambdas); shorter values are padded with NaN to the stored extent.
@@ -218,7 +221,8 @@ class ResultStore:
             padded[tuple(slice(0, n) for n in value.shape)] = value
             value = padded
         self.ds[var].loc[cell] = value
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
         self.ds.attrs.update({k: str(v) for k, v in self.attrs.items()})
