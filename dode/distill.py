@@ -116,10 +116,12 @@ def distill(
         teacher_plan, targets = teacher_targets(denoiser, noise, plan, K, teacher=teacher or "ddim")
     else:
         teacher_plan, targets = teacher_run
-        if set(targets) != set(plan.landing_times) or teacher_plan.solver != (teacher or "ddim"):
+        missing = sorted(set(plan.landing_times) - set(targets))
+        if missing or teacher_plan.solver != (teacher or "ddim"):
             raise ValueError(
-                "teacher_run was computed for another plan or teacher: run teacher_targets with the same "
-                "noise, solver, NFE, grid, K and teacher"
+                "teacher_run was computed for another student plan or teacher "
+                f"(teacher {teacher_plan.solver!r}, missing landing times {missing[:3]}): run teacher_targets "
+                "with the same noise, solver, NFE, grid, K and teacher, or pass teacher_run=None"
             )
     t1 = time.perf_counter()
     _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))

@@ -36,6 +36,10 @@ __all__ = [
     "fit_lambdas",
     "sample_stats",
     "quality_sweep",
+    "one_at_a_time",
+    "sweep_points",
+    "method_kind",
+    "CONSTANT_METHODS",
     "open_store",
     "model_record",
     "run_sweep",
@@ -65,7 +69,15 @@ PRETTY = {
     "edm": "EDM (Heun)",
 }
 #: method -> how a sample is produced: "base" (the plain solver) or a D-ODE variant fitted by distill
-METHOD_LABELS = {"base": "base", "d-ode": "D-", "d-ode-2": "D-…-2", "sep": "D-…-Sep", "all": "D-…-All"}
+METHOD_LABELS = {
+    "base": "base",
+    "d-ode": "D-",
+    "d-ode-2": "D-…-2",
+    "sep": "D-…-Sep",
+    "all": "D-…-All",
+    "fixed": "Fixed-D-",
+    "lookahead": "LA-",
+}
 
 _CHUNK = 256
 _PURPOSES = {"fit": 1, "eval": 2, "reference": 3, "figure": 4}
@@ -182,8 +194,12 @@ def fit_lambdas(
     teacher: str | None = None,
     fit: str = "ls",
     device="cpu",
+    targets=None,
 ) -> tuple[Lambdas, float]:
-    """Distill on the fitting batch of ``seed`` (B samples); returns the lambdas and the wall time."""
+    """Distill on the fitting batch of ``seed`` (B samples); returns the lambdas and the wall time.
+
+    ``targets``: the teacher's states on this batch (:func:`dode.distill.teacher_targets`), to share one
+    teacher run between variants; the wall time then excludes the teacher."""
     solver, options = solver_spec(label)
     fit_noise = noise(seed, "fit", B, shape, device=device)
     t0 = time.perf_counter()
@@ -198,6 +214,7 @@ def fit_lambdas(
         variant=variant,
         fit=fit,
         seed=seed,
+        teacher_run=targets,
         **options,
     )
     return lam, time.perf_counter() - t0
@@ -247,6 +264,78 @@ def _nfes_for(nfes, label: str) -> list[int]:
     return list(nfes)
 
 
+#: methods that sample with one constant lambda for every evaluation, chosen by grid search (METHOD section
+#: 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
+#: a constant), LA-DDIM's lookahead on the data predictions (Zhang et al. 2023)
+CONSTANT_METHODS = {"fixed": "native", "lookahead": "x0"}
+#: extra sweep dimensions a sweep may add: the distillation's K and B (Tab. 3), a constant lambda (Tab. 4)
+GRID_DIMS = ("K", "B", "lambda_value")
+#: the grid dimensions each kind of method depends on. A method is computed once per value of these and
+#: stored at every point of the other grid dimensions (e.g. the base solver at every K, a reference line)
+_DEPENDS = {"base": (), "fitted": ("K", "B"), "constant": ("lambda_value",)}
+
+
+def method_kind(method: str) -> str:
+    """``base`` (the plain solver), ``fitted`` (a D-ODE variant distilled per seed) or ``constant``."""
+    if method == "base":
+        return "base"
+    if method in VARIANTS:
+        return "fitted"
+    if method in CONSTANT_METHODS:
+        return "constant"
+    raise ValueError(
+        f"methods must be 'base', a D-ODE variant {VARIANTS} or a constant-lambda method "
+        f"{tuple(CONSTANT_METHODS)}, got {method!r}"
+    )
+
+
+def one_at_a_time(K_values, B_values, K: int, B: int) -> list[dict]:
+    """Tab. 3's design: K varies with B fixed at ``B``, and B varies with K fixed at ``K`` (not the full
+    product); the point ``(K, B)`` appears once."""
+    points = [{"K": int(k), "B": int(B)} for k in K_values]
+    points += [{"K": int(K), "B": int(b)} for b in B_values if int(b) != int(B) or int(K) not in K_values]
+    return points
+
+
+def _check_points(points, methods) -> list[dict]:
+    points = [dict(p) for p in points] or [{}]
+    names = set(points[0])
+    for p in points:
+        if set(p) != names:
+            raise ValueError(
+                f"every sweep point must set the same dimensions, got {sorted(p)} and {sorted(names)}"
+            )
+    unknown = sorted(names - set(GRID_DIMS))
+    if unknown:
+        raise ValueError(f"sweep points may set {GRID_DIMS}, got {unknown}")
+    if any(method_kind(m) == "constant" for m in methods) and "lambda_value" not in names:
+        raise ValueError(f"methods {tuple(CONSTANT_METHODS)} need lambda_value in the sweep points")
+    return points
+
+
+def _work_units(solvers, nfes, seeds, methods, points):
+    """``(cell, method, parameters, points)``: one sampling run each, stored at all its points."""
+    units = []
+    for label in solvers:
+        for nfe in _nfes_for(nfes, label):
+            for seed in seeds:
+                for method in methods:
+                    depends = [d for d in _DEPENDS[method_kind(method)] if d in points[0]]
+                    groups: dict[tuple, list[dict]] = {}
+                    for p in points:
+                        groups.setdefault(tuple(p[d] for d in depends), []).append(p)
+                    for key, pts in groups.items():
+                        units.append(
+                            (
+                                {"solver": label, "nfe": nfe, "seed": seed},
+                                method,
+                                dict(zip(depends, key)),
+                                pts,
+                            )
+                        )
+    return units
+
+
 def quality_sweep(
     store,
     den: Denoiser,
@@ -261,70 +350,101 @@ def quality_sweep(
     B: int,
     n_samples: int,
     batch_size: int,
+    points=({},),
     grid=None,
     teacher: str | None = None,
     fit: str = "ls",
     device="cpu",
     progress: bool = True,
 ) -> None:
-    """Fill ``store`` with the sample quality of every (solver, method, NFE, seed); skip finished cells.
+    """Fill ``store`` with the sample quality of every (solver, method, NFE, seed[, point]); skip finished cells.
 
-    For each (solver, NFE, seed): the D-ODE parameters of every variant in ``methods`` are fitted once on
-    the seed's fitting batch and stored (``lambdas``, ``fit_seconds``); then every method samples the seed's
-    evaluation noise (the same for all methods) and its metric is stored (``<metric_name>``,
-    ``sample_seconds``). Each finished cell is written at once, so an interrupted sweep resumes.
+    ``points`` lists the values of the extra sweep dimensions (:data:`GRID_DIMS`), e.g.
+    :func:`one_at_a_time` for K and B or ``[{"lambda_value": c}, ...]`` for a grid search; by default there
+    are none. A D-ODE variant (``methods``: see :func:`method_kind`) is fitted on the seed's fitting batch
+    with the point's K and B (else ``K``, ``B``) and its parameters stored (``lambdas``, ``fit_seconds``);
+    variants fitted with the same K and B share one teacher run. A constant-lambda method samples with the
+    point's ``lambda_value``. Every method samples the seed's evaluation noise (the same for all methods and
+    points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
+    on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
+    once, so an interrupted sweep resumes.
     """
     from tqdm import tqdm
 
     for m in methods:
-        if m != "base" and m not in VARIANTS:
-            raise ValueError(f"methods must be 'base' or one of {VARIANTS}, got {m!r}")
+        method_kind(m)
+    points = _check_points(points, methods)
     shape = sample_shape(den)
-    cells = [(lb, n, s) for lb in solvers for n in _nfes_for(nfes, lb) for s in seeds]
-    bar = tqdm(cells, desc="cells", disable=not progress)
-    for label, nfe, seed in bar:
-        bar.set_postfix_str(f"{label} nfe={nfe} seed={seed}")
-        cell = {"solver": label, "nfe": nfe, "seed": seed}
-        todo = [m for m in methods if not store.has(metric_name, method=m, **cell)]
-        if not todo:
+    units = _work_units(solvers, nfes, seeds, methods, points)
+    teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
+    bar = tqdm(units, desc="runs", disable=not progress)
+    for cell, method, params, pts in bar:
+        cells = [{**cell, "method": method, **p} for p in pts]
+        if all(store.has(metric_name, **c) for c in cells):
             continue
-        for method in todo:
-            lam = None
-            if method != "base":
-                if store.has("lambdas", method=method, **cell):
-                    lam = _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, fit)
-                else:
-                    lam, secs = fit_lambdas(
-                        den,
-                        label,
-                        nfe,
-                        seed=seed,
-                        K=K,
-                        B=B,
-                        shape=shape,
-                        variant=method,
-                        grid=grid,
-                        teacher=teacher,
-                        fit=fit,
-                        device=device,
-                    )
-                    store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), method=method, **cell)
-                    store.put("fit_seconds", secs, method=method, **cell)
-            stats, secs = sample_stats(
-                den,
-                metric,
-                label,
-                nfe,
-                seed=seed,
-                n_samples=n_samples,
-                batch_size=batch_size,
-                shape=shape,
-                lambdas=lam,
-                grid=grid,
-                device=device,
-            )
-            store.put("sample_seconds", secs, method=method, **cell)
-            store.put(metric_name, metric(stats), method=method, **cell)
+        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in {**cell, "method": method, **params}.items()))
+        kind, lam = method_kind(method), None
+        if kind == "fitted":
+            k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
+            if store.has("lambdas", **cells[0]):
+                lam = _stored_lambdas(store, den, cells[0], k_fit, b_fit, grid, teacher, fit)
+            else:
+                tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
+                if tkey not in teachers:
+                    teachers.clear()  # only the current cell's teacher runs are kept
+                    teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, teacher, device)
+                targets, teacher_secs = teachers[tkey]
+                lam, secs = fit_lambdas(
+                    den,
+                    cell["solver"],
+                    cell["nfe"],
+                    seed=cell["seed"],
+                    K=k_fit,
+                    B=b_fit,
+                    shape=shape,
+                    variant=method,
+                    grid=grid,
+                    teacher=teacher,
+                    fit=fit,
+                    device=device,
+                    targets=targets,
+                )
+                for c in cells:  # the fit's cost includes its (shared) teacher run
+                    store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), flush=False, **c)
+                    store.put("fit_seconds", secs + teacher_secs, flush=False, **c)
+        elif kind == "constant":
+            lam = Lambdas.constant_value(float(params["lambda_value"]), space=CONSTANT_METHODS[method])
+        stats, secs = sample_stats(
+            den,
+            metric,
+            cell["solver"],
+            cell["nfe"],
+            seed=cell["seed"],
+            n_samples=n_samples,
+            batch_size=batch_size,
+            shape=shape,
+            lambdas=lam,
+            grid=grid,
+            device=device,
+        )
+        value = metric(stats)
+        for c in cells:
+            store.put("sample_seconds", secs, flush=False, **c)
+            store.put(metric_name, value, flush=False, **c)
+        store.flush()
+
+
+def _teacher_run(den, cell, K, B, shape, grid, teacher, device):
+    """The teacher states of a (solver, NFE, seed) cell's fitting batch, and the seconds they took."""
+    from .distill import teacher_targets
+    from .solvers import make_plan
+
+    solver, options = solver_spec(cell["solver"])
+    plan = make_plan(den.schedule, solver, cell["nfe"], grid, options)
+    fit_noise = noise(cell["seed"], "fit", B, shape, device=device)
+    t0 = time.perf_counter()
+    targets = teacher_targets(den, fit_noise, plan, K, teacher=teacher or "ddim")
+    return targets, time.perf_counter() - t0
 
 
 def _lambda_dims(lam: Lambdas) -> dict:
@@ -332,12 +452,13 @@ def _lambda_dims(lam: Lambdas) -> dict:
     return {"evaluation": list(range(n)), "param": list(range(p))}
 
 
-def _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, fit) -> Lambdas:
+def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
     """Rebuild the Lambdas of a cell from the store (fitting is not repeated on resume)."""
     from .grids import grid_key
 
+    label, nfe = cell["solver"], cell["nfe"]
     solver, options = solver_spec(label)
-    values = np.asarray(store.get("lambdas", solver=label, method=method, nfe=nfe, seed=seed))
+    values = np.asarray(store.get("lambdas", **cell))
     rows = values[:nfe]
     width = max(1, int(np.max(np.sum(~np.isnan(rows), axis=1))))
     return Lambdas(
@@ -346,31 +467,55 @@ def _stored_lambdas(store, den, label, nfe, seed, method, K, B, grid, teacher, f
         nfe=nfe,
         grid=grid_key(grid),
         options=options,
-        variant=method,
+        variant=cell["method"],
         model=den.name,
         schedule=den.schedule.describe(),
         K=K,
         B=B,
-        seed=seed,
+        seed=cell["seed"],
         teacher=teacher or "ddim",
         fit=fit,
     )
 
 
-def sweep_dims(solvers, nfes, methods, seeds) -> dict:
+def sweep_dims(solvers, nfes, methods, seeds, points=({},)) -> dict:
     all_nfes = sorted({n for lb in solvers for n in _nfes_for(nfes, lb)})
-    return {"solver": list(solvers), "method": list(methods), "nfe": all_nfes, "seed": list(seeds)}
+    dims = {"solver": list(solvers), "method": list(methods), "nfe": all_nfes, "seed": list(seeds)}
+    for name in GRID_DIMS:
+        values = [p[name] for p in points if name in p]
+        if values:
+            dims[name] = sorted(set(values))
+    return dims
+
+
+def sweep_points(cfg: dict) -> list[dict]:
+    """The extra sweep points a notebook's parameters ask for: ``K_values``/``B_values`` (Tab. 3, varied one
+    at a time around ``K``, ``B``) and ``lambda_values`` (a grid search, Tab. 4); ``[{}]`` for none."""
+    points = [{}]
+    if cfg.get("K_values") or cfg.get("B_values"):
+        points = one_at_a_time(
+            cfg.get("K_values") or [cfg["K"]], cfg.get("B_values") or [cfg["B"]], cfg["K"], cfg["B"]
+        )
+    if cfg.get("lambda_values"):
+        values = [float(v) for v in cfg["lambda_values"]]
+        if len(set(values)) != len(values):
+            raise ValueError(f"lambda_values has repeated values: {values}")
+        points = [{**p, "lambda_value": v} for p in points for v in values]
+    return points
 
 
 def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
 
     ``cfg`` needs ``model, solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and may set
-    ``model_options`` (for :func:`dode.zoo.load`), ``grid``, ``teacher``, ``fit``. Returns the results file, from which the notebook draws its figures.
+    ``model_options`` (for :func:`dode.zoo.load`), ``grid``, ``teacher``, ``fit`` and the extra sweep dimensions
+    of :func:`sweep_points` (``K_values``, ``B_values``, ``lambda_values``). Returns the results file, from which
+    the notebook draws its figures.
     """
     den = load_model(cfg["model"], device=cfg["device"], **(cfg.get("model_options") or {}))
     metric_name, metric = make_metric(den, device=cfg["device"])
-    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"])
+    points = _check_points(sweep_points(cfg), cfg["methods"])
+    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
     store = open_store(results_dir, stem, dims, key, cfg, den)
     quality_sweep(
@@ -379,6 +524,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
         metric,
         metric_name,
         **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")},
+        points=points,
         grid=cfg.get("grid"),
         teacher=cfg.get("teacher"),
         fit=cfg.get("fit", "ls"),

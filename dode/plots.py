@@ -33,6 +33,12 @@ __all__ = [
     "distance_table",
     "sample_grids",
     "sample_distance_table",
+    "paired_gains",
+    "paper_comparison",
+    "best_constant",
+    "ablation",
+    "lambda_search",
+    "paired_difference",
 ]
 
 METHOD_STYLE = {
@@ -41,6 +47,8 @@ METHOD_STYLE = {
     "d-ode-2": dict(color="C2", linestyle="-", marker="^"),
     "sep": dict(color="C0", linestyle="-", marker="v"),
     "all": dict(color="C4", linestyle="-", marker="D"),
+    "fixed": dict(color="C1", linestyle="-", marker="P"),
+    "lookahead": dict(color="C9", linestyle="-", marker="X"),
 }
 
 
@@ -59,6 +67,8 @@ def method_label(solver: str, method: str) -> str:
         "d-ode-2": f"D-{name}-2",
         "sep": f"D-{name}-Sep",
         "all": f"D-{name}-All",
+        "fixed": f"Fixed-D-{name}",
+        "lookahead": f"LA-{name}",
     }.get(method, f"{name} ({method})")
 
 
@@ -535,3 +545,173 @@ def sample_grids(ds, panel: str, nrow: int | None = None):
     fig.suptitle(f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _cell_text(mean: float, std: float, digits: int) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def paired_gains(ds, var: str, methods, base: str = "base", digits: int = 2):
+    """:func:`paired_gain` of several methods against ``base``, one row per (solver, method)."""
+    import pandas as pd
+
+    frames = []
+    for method in methods:
+        table = paired_gain(ds, var, method=method, base=base, digits=digits)
+        solvers = ds.coords["solver"].values.tolist()
+        table.index = [f"{method_label(s, base)} − {method_label(s, method)}" for s in solvers]
+        frames.append(table)
+    return pd.concat(frames)
+
+
+def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: int = 2):
+    """Ours (mean ± std over seeds) beside the paper's numbers, one row per paper row.
+
+    ``paper`` maps a row label to the paper's values at ``nfes`` (default :data:`dode.paper.NFES`);
+    ``rows`` maps the same label to the selection of our results that corresponds to it (e.g.
+    ``{"solver": "ddim", "method": "sep"}``). NFEs we did not run show "–".
+    """
+    import pandas as pd
+
+    from .paper import NFES
+
+    nfes = list(nfes or NFES)
+    ours_nfes = ds.coords["nfe"].values.tolist()
+    table = {}
+    for label, selection in rows.items():
+        da = ds[var].sel(selection)
+        cells = []
+        for i, n in enumerate(nfes):
+            if n in ours_nfes:
+                mean, std = mean_std(da.sel({"nfe": n}).expand_dims("nfe").transpose("nfe", "seed"))
+                cells.append(_cell_text(float(mean[0]), float(std[0]), digits))
+            else:
+                cells.append("–")
+            cells.append(f"{paper[label][i]:.2f}" if label in paper else "–")
+        table[label] = cells
+    columns = pd.MultiIndex.from_tuples([(f"NFE {n}", who) for n in nfes for who in ("ours", "paper")])
+    return pd.DataFrame.from_dict(table, orient="index", columns=columns)
+
+
+def best_constant(ds, var: str, methods=("fixed", "lookahead")):
+    """The grid search of a constant lambda: ``(reduced, best)``.
+
+    ``best[solver, method, nfe]`` is the grid value with the lowest mean ``var`` over seeds; ``reduced`` is
+    ``ds[var]`` without the ``lambda_value`` dimension, each constant-lambda method at its best value (the
+    other methods do not depend on lambda_value). The choice is made on the evaluation samples themselves,
+    as in a plain grid search, so the best value's score is optimistic by the selection.
+    """
+    import xarray as xr
+
+    da = ds[var]
+    mean = da.mean("seed", skipna=True)
+    reduced = da.isel({"lambda_value": 0}, drop=True).copy()
+    best = xr.full_like(reduced.isel({"seed": 0}, drop=True), np.nan)
+    for method in methods:
+        m = mean.sel({"method": method})
+        filled = m.fillna(np.inf)
+        idx = filled.argmin("lambda_value")
+        chosen = da.coords["lambda_value"].values[idx.values]
+        chosen = np.where(np.isfinite(m.min("lambda_value", skipna=True).values), chosen, np.nan)
+        best.loc[{"method": method}] = chosen
+        picked = da.sel({"method": method}).isel({"lambda_value": idx})
+        reduced.loc[{"method": method}] = picked.drop_vars("lambda_value", errors="ignore").transpose(
+            *reduced.sel({"method": method}).dims
+        )
+    return reduced.to_dataset(name=var), best
+
+
+def ablation(ds, var: str, vary: str, at: dict, solver: str = "ddim", method: str = "d-ode", ax=None):
+    """``var`` (mean ± std over seeds) of the D-solver against ``vary`` (K or B) with the other distillation
+    parameter fixed by ``at``, one line per NFE; the base solver's value, far above, in the title (Tab. 3 as
+    a figure)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.0))
+    notes = []
+    for i, nfe in enumerate(ds.coords["nfe"].values.tolist()):
+        da = ds[var].sel({"solver": solver, "method": method, "nfe": nfe, **at})
+        mean, std = mean_std(da.transpose(vary, "seed"))
+        x = da.coords[vary].values
+        ok = np.isfinite(mean)
+        if not ok.any():
+            continue
+        color = f"C{i}"
+        ax.errorbar(
+            x[ok],
+            mean[ok],
+            yerr=np.nan_to_num(std[ok]),
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"{method_label(solver, method)}, NFE {nfe}",
+        )
+        if (
+            "base" in ds.coords["method"].values.tolist()
+        ):  # far above on the scale of the D-solver: noted only
+            base = ds[var].sel({"solver": solver, "method": "base", "nfe": nfe, **at}).mean().item()
+            notes.append(f"{method_label(solver, 'base')} NFE {nfe}: {base:.2f}")
+    ax.set_xscale("log")
+    ax.set_xticks(ds.coords[vary].values)
+    ax.set_xticklabels([str(v) for v in ds.coords[vary].values.tolist()])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    fixed = ", ".join(f"{k} = {v}" for k, v in at.items())
+    ax.set_xlabel(vary)
+    ax.set_ylabel(var.upper())
+    ax.set_title(f"{vary} varies ({fixed})" + ("\n" + "; ".join(notes) if notes else ""), fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookahead", "fixed"), axes=None):
+    """Fig. 8b-c: ``var`` against the constant lambda of each constant-lambda method (mean ± std over seeds),
+    with the base solver and the fitted D-solver as dotted reference lines."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.0), squeeze=False)
+        axes = axes[0]
+    else:
+        fig = axes[0].figure
+    for ax, method in zip(axes, methods, strict=True):
+        da = ds[var].sel({"solver": solver, "method": method, "nfe": nfe})
+        mean, std = mean_std(da.transpose("lambda_value", "seed"))
+        x = da.coords["lambda_value"].values
+        ok = np.isfinite(mean)
+        ax.errorbar(
+            x[ok],
+            mean[ok],
+            yerr=np.nan_to_num(std[ok]),
+            capsize=3,
+            markersize=5,
+            label=method_label(solver, method),
+            **METHOD_STYLE.get(method, {}),
+        )
+        for ref in ("base", "d-ode"):
+            value = ds[var].sel({"solver": solver, "method": ref, "nfe": nfe}).mean().item()
+            ax.axhline(
+                value, linestyle=":", color=METHOD_STYLE[ref]["color"], label=method_label(solver, ref)
+            )
+        ax.set_xlabel(r"constant $\lambda$")
+        ax.set_yscale("log")
+        ax.set_title(f"{method_label(solver, method)}, NFE {nfe}")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(var.upper())
+    fig.tight_layout()
+    return fig
+
+
+def paired_difference(ds, var: str, method: str, reference: str, **selection) -> str:
+    """``method − reference`` of the same seeds (same evaluation noise) as a sentence: mean ± std over seeds
+    and in how many seeds ``method`` is lower (better for FD/FID)."""
+    da = ds[var].sel(selection)
+    diff = (da.sel({"method": method}) - da.sel({"method": reference})).values.ravel()
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return f"{method} − {reference}: no paired cells"
+    spread = f" ± {np.std(diff, ddof=1):.2f}" if diff.size > 1 else ""
+    return f"{method} − {reference}: {np.mean(diff):+.2f}{spread} ({int(np.sum(diff < 0))}/{diff.size} seeds lower)"

@@ -96,6 +96,69 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         {"smoke": [5], "cpu": [10], "paper": [10, 25, 50]},
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
+    # Tab. 3: ablation of the teacher's scale K (at B = 100) and of the fitting batch size B (at K = 10).
+    # cpu: NFE 10 only and 1,000 evaluation samples per cell (the 7 fits per seed and 8 sampling runs per
+    # seed fit the notebook's ~3 minutes only so); 3 seeds, for the spread over fitting batches
+    "08_ablation_K_B": {
+        "smoke": dict(
+            _SWEEP_SMOKE,
+            model="digits-eps-mini",
+            solvers=["ddim"],
+            nfes=[5],
+            methods=["base", "d-ode"],
+            K_values=[2, 4],
+            B_values=[4, 8],
+        ),
+        "cpu": dict(
+            _SWEEP_CPU,
+            model="digits-eps",
+            solvers=["ddim"],
+            nfes=[10],
+            methods=["base", "d-ode"],
+            K_values=[5, 10, 20, 30],
+            B_values=[5, 10, 50, 100],
+            n_samples=1000,
+            batch_size=1000,
+        ),
+        "paper": dict(
+            _SWEEP_PAPER,
+            model="ddpm-cifar10",
+            solvers=["ddim"],
+            nfes=[10, 25, 50],
+            methods=["base", "d-ode"],
+            K_values=[5, 10, 20, 30],
+            B_values=[5, 10, 50, 100],
+        ),
+    },
+    # Tab. 4, Fig. 8b-c: Fixed-D-DDIM and LA-DDIM with one constant lambda from a grid search, against the
+    # fitted D-DDIM. cpu: NFE 10 only, 2 seeds, a coarse grid (step 0.3) that brackets both optima on digits
+    "09_lookahead_fixed": {
+        "smoke": dict(
+            _SWEEP_SMOKE,
+            model="digits-eps-mini",
+            solvers=["ddim"],
+            nfes=[5],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.5, 1.0],
+        ),
+        "cpu": dict(
+            _SWEEP_CPU,
+            model="digits-eps",
+            solvers=["ddim"],
+            nfes=[10],
+            seeds=[0, 1],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.3, 0.6, 0.9, 1.2],
+        ),
+        "paper": dict(
+            _SWEEP_PAPER,
+            model="ddpm-cifar10",
+            solvers=["ddim"],
+            nfes=[10, 25, 50],
+            methods=["base", "d-ode", "fixed", "lookahead"],
+            lambda_values=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5],
+        ),
+    },
     # Fig. 2: cosine similarity between all denoising outputs of one long DDIM run (Euler in sigma on EDM
     # models), a noise-prediction and a data-prediction model side by side
     "01_denoiser_correlation": {
@@ -223,20 +286,27 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
 
 def network_evaluations(stem: str, profile: str) -> int:
     """Network evaluations of one sweep notebook under ``profile``: every (solver, NFE, seed, method) samples
-    ``n_samples`` in NFE evaluations, and every D-variant is first fitted on ``B`` noises (a teacher run of
-    ``K * NFE`` evaluations plus the student's ``NFE``). What a GPU box's run time scales with."""
+    ``n_samples`` in NFE evaluations, and the D-variants of a (solver, NFE, seed) are fitted on ``B`` noises
+    against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. What
+    a GPU box's run time scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
-    if "solvers" not in cfg:
+    if "solvers" not in cfg or any(k in cfg for k in ("K_values", "B_values", "lambda_values")):
         raise ValueError(
-            f"{stem} is not a sweep over solvers; network_evaluations counts sweep notebooks only"
+            f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
+            f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
     nfes = cfg["nfes"]
     fitted = sum(m != "base" for m in cfg["methods"])
     total = 0
     for solver in cfg["solvers"]:
         for nfe in nfes[solver] if isinstance(nfes, dict) else nfes:
-            per_seed = len(cfg["methods"]) * cfg["n_samples"] * nfe + fitted * cfg["B"] * (cfg["K"] + 1) * nfe
-            total += per_seed * len(cfg["seeds"])
+            sampling = len(cfg["methods"]) * cfg["n_samples"] * nfe
+            fitting = (cfg["B"] * cfg["K"] * nfe + fitted * cfg["B"] * nfe) if fitted else 0
+            total += (sampling + fitting) * len(cfg["seeds"])
     return total
+
+
+def _plain_sweep(cfg: dict) -> bool:
+    return "solvers" in cfg and not any(k in cfg for k in ("K_values", "B_values", "lambda_values"))

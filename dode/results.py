@@ -188,8 +188,11 @@ class ResultStore:
         return arr.sel(cell)
 
     # ------------------------------------------------------------------ writing
-    def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
-        """Store ``value`` at ``cell`` of ``var`` and write the file atomically.
+    def put(
+        self, var: str, value, extra_dims: dict[str, list] | None = None, flush: bool = True, **cell
+    ) -> None:
+        """Store ``value`` at ``cell`` of ``var`` and write the file atomically (``flush=False``: only in
+        memory, for a group of cells written together by one later :meth:`flush`).
 
         ``extra_dims`` gives a value's own dimensions beyond the sweep (e.g. ``evaluation``, ``param`` of
         fitted lambdas); shorter values are padded with NaN to the stored extent.
@@ -221,7 +224,7 @@ class ResultStore:
             value = padded
         self.ds[var].loc[cell] = value
         self._unwritten = True
-        if not self._deferred:
+        if flush and not self._deferred:
             self.flush()
 
     @contextlib.contextmanager

@@ -124,7 +124,7 @@ def test_quality_sweep_fills_resumes_and_pairs(tmp_path, digit_shaped_model):
 
 def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
     den, _ = digit_shaped_model
-    with pytest.raises(ValueError, match="methods must be 'base' or one of"):
+    with pytest.raises(ValueError, match="methods must be 'base', a D-ODE variant"):
         ex.quality_sweep(
             None,
             den,
@@ -133,7 +133,7 @@ def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
             solvers=["ddim"],
             nfes=[3],
             seeds=[0],
-            methods=["lookahead"],
+            methods=["la-ddim"],
             K=2,
             B=4,
             n_samples=4,
@@ -160,8 +160,168 @@ def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypat
         return den
 
     monkeypatch.setattr(ex, "load_model", counting_load)
-    cfg = ex.settings(PROTOCOLS["04_dpm_solver_pp"], "smoke")
-    ex.run_sweep("04_dpm_solver_pp", cfg, tmp_path, progress=False)
-    assert calls["n"] == network_evaluations("04_dpm_solver_pp", "smoke")
+    for stem in ("04_dpm_solver_pp", "07_formulations"):  # one D-variant; four sharing one teacher run
+        calls["n"] = 0
+        ex.run_sweep(stem, ex.settings(PROTOCOLS[stem], "smoke"), tmp_path, progress=False)
+        assert calls["n"] == network_evaluations(stem, "smoke"), stem
     with pytest.raises(ValueError, match="stem must be one of"):
         network_evaluations("99_nothing", "cpu")
+    with pytest.raises(ValueError, match="not a plain sweep"):
+        network_evaluations("08_ablation_K_B", "cpu")
+
+
+# ---- extra sweep dimensions: K and B (Tab. 3), constant lambdas (Tab. 4) ----
+
+
+def test_one_at_a_time_varies_K_then_B_around_the_default_and_sweep_points_combine():
+    points = ex.one_at_a_time([5, 10, 20], [5, 100], K=10, B=100)
+    assert points == [{"K": 5, "B": 100}, {"K": 10, "B": 100}, {"K": 20, "B": 100}, {"K": 10, "B": 5}]
+    cfg = {"K": 10, "B": 100, "lambda_values": [0.0, 0.5]}
+    assert ex.sweep_points(cfg) == [{"lambda_value": 0.0}, {"lambda_value": 0.5}]
+    assert ex.sweep_points({"K": 10, "B": 100}) == [{}]
+    dims = ex.sweep_dims(["ddim"], [5], ["base", "d-ode"], [0], points)
+    assert dims["K"] == [5, 10, 20] and dims["B"] == [5, 100]
+    with pytest.raises(ValueError, match="repeated values"):
+        ex.sweep_points({"K": 1, "B": 1, "lambda_values": [0.1, 0.1]})
+    with pytest.raises(ValueError, match="need lambda_value"):
+        ex._check_points([{}], ["base", "fixed"])
+    with pytest.raises(ValueError, match="may set"):
+        ex._check_points([{"eta": 1}], ["base"])
+
+
+def _sweep_store(tmp_path, den, kw, points):
+    dims = ex.sweep_dims(kw["solvers"], kw["nfes"], kw["methods"], kw["seeds"], points)
+    return ex.open_store(tmp_path, "08_test", dims, {"K": kw["K"], "B": kw["B"]}, {"profile": "smoke"}, den)
+
+
+def test_K_and_B_reach_distill_base_is_sampled_once_and_resume_skips_finished_cells(
+    tmp_path, digit_shaped_model, monkeypatch
+):
+    den, counting = digit_shaped_model
+    name, metric = ex.make_metric(den)
+    fits = []
+    real_distill = ex.distill
+
+    def recording_distill(den_, noise, solver, nfe, K, **kw):
+        fits.append((kw["seed"], K, noise.shape[0]))
+        return real_distill(den_, noise, solver, nfe, K, **kw)
+
+    monkeypatch.setattr(ex, "distill", recording_distill)
+    points = ex.one_at_a_time([2, 3], [4, 8], K=2, B=8)  # (2, 8), (3, 8), (2, 4)
+    kw = dict(solvers=["ddim"], nfes=[3], seeds=[0, 1], methods=["base", "d-ode"], K=2, B=8)
+    kw |= dict(n_samples=24, batch_size=24, progress=False)
+    store = _sweep_store(tmp_path, den, kw, points)
+    ex.quality_sweep(store, den, metric, name, points=points, **kw)
+    assert sorted(fits) == sorted((s, k, b) for s in (0, 1) for k, b in [(2, 8), (3, 8), (2, 4)])
+    ds = store.dataset()
+    fd = ds["fd"]
+    assert set(fd.dims) == {"solver", "method", "nfe", "seed", "K", "B"}
+    for p in points:
+        assert np.isfinite(fd.sel({"method": "d-ode", **p})).all()
+        # the base solver does not depend on K or B: one value per seed, stored at every point
+        np.testing.assert_array_equal(
+            fd.sel({"method": "base", **p}).values, fd.sel({"method": "base", **points[0]}).values
+        )
+    assert np.isnan(fd.sel({"method": "d-ode", "K": 3, "B": 4}).values).all()  # not in the design
+    # base sampled once per seed (not once per point): 2 seeds x (1 base + 3 D) runs of 3 evaluations,
+    # plus the teacher runs (K x 3 evaluations) and the student runs (3) of the 3 fits per seed
+    runs = 2 * 4 * 3 + 2 * ((2 * 3 + 3) + (3 * 3 + 3) + (2 * 3 + 3))
+    assert counting.calls == runs
+    # the stored lambdas are the fit with the point's K and B, which differ between points
+    lam, _ = ex.fit_lambdas(den, "ddim", 3, seed=1, K=3, B=8, shape=(1, 8, 8))
+    stored = ds["lambdas"].sel({"solver": "ddim", "method": "d-ode", "nfe": 3, "seed": 1, "K": 3, "B": 8})
+    np.testing.assert_array_equal(stored.values[:3, 0], lam.values[:, 0])
+    other = ds["lambdas"].sel({"solver": "ddim", "method": "d-ode", "nfe": 3, "seed": 1, "K": 2, "B": 4})
+    assert not np.allclose(stored.values[:3, 0], other.values[:3, 0])
+    # resume: nothing is recomputed; a lost metric cell is resampled without refitting
+    fits.clear()
+    counting.calls = 0
+    again = _sweep_store(tmp_path, den, kw, points)
+    ex.quality_sweep(again, den, metric, name, points=points, **kw)
+    assert counting.calls == 0 and fits == []
+    again.ds["fd"].loc[{"solver": "ddim", "method": "d-ode", "nfe": 3, "seed": 0, "K": 3, "B": 8}] = np.nan
+    ex.quality_sweep(again, den, metric, name, points=points, **kw)
+    assert counting.calls == 3 and fits == []
+    assert np.isclose(
+        again.get("fd", solver="ddim", method="d-ode", nfe=3, seed=0, K=3, B=8),
+        fd.sel({"solver": "ddim", "method": "d-ode", "nfe": 3, "seed": 0, "K": 3, "B": 8}),
+    )
+
+
+def test_constant_lambda_methods_follow_lambda_value_and_variants_share_one_teacher_run(
+    tmp_path, digit_shaped_model, monkeypatch
+):
+    import importlib
+
+    distill_module = importlib.import_module("dode.distill")  # dode.distill is also the function
+
+    den, _ = digit_shaped_model
+    name, metric = ex.make_metric(den)
+    teacher_runs = []
+    real_teacher = distill_module.teacher_targets
+
+    def counting_teacher(*args, **kw):
+        teacher_runs.append(args[3])
+        return real_teacher(*args, **kw)
+
+    monkeypatch.setattr(distill_module, "teacher_targets", counting_teacher)
+    points = ex.sweep_points({"K": 2, "B": 8, "lambda_values": [0.0, 0.4]})
+    methods = ["base", "d-ode", "d-ode-2", "fixed", "lookahead"]
+    kw = dict(solvers=["ddim"], nfes=[4], seeds=[0], methods=methods, K=2, B=8)
+    kw |= dict(n_samples=24, batch_size=24, progress=False)
+    store = _sweep_store(tmp_path, den, kw, points)
+    ex.quality_sweep(store, den, metric, name, points=points, **kw)
+    assert teacher_runs == [2]  # one teacher run for both variants
+    fd = store.dataset()["fd"].sel({"solver": "ddim", "nfe": 4, "seed": 0})
+
+    def at(method, c):
+        return float(fd.sel({"method": method, "lambda_value": c}))
+
+    # lambda = 0 is the base solver exactly, for both transforms
+    assert at("fixed", 0.0) == at("base", 0.0) == at("lookahead", 0.0)
+    # a nonzero constant changes the samples, and differently in eps and in x0
+    assert at("fixed", 0.4) != at("base", 0.4) and at("lookahead", 0.4) != at("fixed", 0.4)
+    assert at("d-ode", 0.0) == at("d-ode", 0.4)  # the fitted variant does not depend on lambda_value
+    # sharing the teacher run gives the lambdas of a fit that runs its own teacher
+    for variant in ("d-ode", "d-ode-2"):
+        own, _ = ex.fit_lambdas(den, "ddim", 4, seed=0, K=2, B=8, shape=(1, 8, 8), variant=variant)
+        stored = store.get("lambdas", solver="ddim", method=variant, nfe=4, seed=0, lambda_value=0.0)
+        np.testing.assert_allclose(stored[:4, : own.values.shape[1]], own.values, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="missing landing times"):
+        dode.distill(
+            den,
+            ex.noise(0, "fit", 8, (1, 8, 8)),
+            "ddim",
+            5,
+            K=2,
+            teacher_run=real_teacher(
+                den,
+                ex.noise(0, "fit", 8, (1, 8, 8)),
+                dode.solvers.make_plan(den.schedule, "ddim", 4, None, {}),
+                2,
+            ),
+        )
+
+
+def test_best_constant_picks_the_grid_point_with_the_lowest_seed_mean():
+    import xarray as xr
+
+    from dode import plots
+
+    fd = np.full((1, 3, 1, 2, 3), np.nan)  # solver, method, nfe, seed, lambda_value
+    fd[0, 0] = 5.0  # base: the same at every lambda
+    fd[0, 1, 0] = [[4.0, 2.0, 3.0], [4.5, 3.5, 1.0]]  # fixed: means 4.25, 2.75, 2.0 -> lambda 0.9
+    fd[0, 2, 0] = [[1.0, 2.0, 6.0], [1.5, 1.0, 6.0]]  # lookahead: means 1.25, 1.5, 6.0 -> lambda 0.3
+    coords = {"solver": ["ddim"], "method": ["base", "fixed", "lookahead"], "nfe": [10], "seed": [0, 1]}
+    ds = xr.Dataset(
+        {"fd": (tuple(coords) + ("lambda_value",), fd)}, coords=coords | {"lambda_value": [0.3, 0.6, 0.9]}
+    )
+    reduced, best = plots.best_constant(ds, "fd")
+    assert best.sel({"solver": "ddim", "nfe": 10, "method": "fixed"}).item() == 0.9
+    assert best.sel({"solver": "ddim", "nfe": 10, "method": "lookahead"}).item() == 0.3
+    np.testing.assert_array_equal(reduced["fd"].sel({"method": "fixed"}).values.ravel(), [3.0, 1.0])
+    np.testing.assert_array_equal(reduced["fd"].sel({"method": "lookahead"}).values.ravel(), [1.0, 1.5])
+    np.testing.assert_array_equal(reduced["fd"].sel({"method": "base"}).values.ravel(), [5.0, 5.0])
+    assert plots.paired_difference(reduced, "fd", "fixed", "base", nfe=10) == (
+        "fixed − base: -3.00 ± 1.41 (2/2 seeds lower)"
+    )
