@@ -292,7 +292,7 @@ def network_evaluations(stem: str, profile: str) -> int:
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
-    if "solvers" not in cfg or any(k in cfg for k in ("K_values", "B_values", "lambda_values")):
+    if not _plain_sweep(cfg):
         raise ValueError(
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
@@ -309,4 +309,7 @@ def network_evaluations(stem: str, profile: str) -> int:
 
 
 def _plain_sweep(cfg: dict) -> bool:
-    return "solvers" in cfg and not any(k in cfg for k in ("K_values", "B_values", "lambda_values"))
+    needed = ("solvers", "nfes", "methods", "seeds", "n_samples", "K", "B")
+    return all(k in cfg for k in needed) and not any(
+        k in cfg for k in ("K_values", "B_values", "lambda_values")
+    )

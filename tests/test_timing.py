@@ -105,5 +105,5 @@ def test_run_timing_refuses_bad_parameters_before_computing(tmp_path, change, ma
 def test_network_evaluations_names_the_timing_notebook_as_no_sweep():
     from dode.protocols import network_evaluations
 
-    with pytest.raises(ValueError, match="10_timing is not a sweep over solvers"):
+    with pytest.raises(ValueError, match="10_timing is not a plain sweep over solvers"):
         network_evaluations("10_timing", "paper")
