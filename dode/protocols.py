@@ -21,31 +21,12 @@ _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=5
 def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
     # model_options go to dode.zoo.load: e.g. {"path": "/ckpt/edm-cifar10-32x32-uncond-vp.pkl",
     # "edm_repo": "/src/edm"} on a GPU box whose checkpoints are local files
+    tables = {"smoke": _SWEEP_SMOKE, "cpu": _SWEEP_CPU, "paper": _SWEEP_PAPER}
     return {
-        "smoke": dict(
-            model=models[0],
-            solvers=solvers,
-            nfes=nfes["smoke"],
-            methods=list(methods),
-            model_options={},
-            **_SWEEP_SMOKE,
-        ),
-        "cpu": dict(
-            model=models[1],
-            solvers=solvers,
-            nfes=nfes["cpu"],
-            methods=list(methods),
-            model_options={},
-            **_SWEEP_CPU,
-        ),
-        "paper": dict(
-            model=models[2],
-            solvers=solvers,
-            nfes=nfes["paper"],
-            methods=list(methods),
-            model_options={},
-            **_SWEEP_PAPER,
-        ),
+        profile: dict(
+            model=model, solvers=solvers, nfes=nfes[profile], methods=list(methods), model_options={}, **table
+        )
+        for model, (profile, table) in zip(models, tables.items(), strict=True)
     }
 
 
