@@ -87,6 +87,20 @@ def mean_std(da, dim: str = "seed"):
     return mean, std
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log axis labelled 2, 5, 10 rather than 2 x 10^0 (FD values span one or two decades)."""
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
+
+    def two_and_five(value, _):
+        if value <= 0:
+            return ""
+        mantissa = value / 10 ** np.floor(np.log10(value))
+        return f"{value:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(two_and_five))
+
+
 def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, logy: bool = True, ylabel=None):
     """One panel per solver: ``var`` (mean +- std over seeds) against NFE, base vs D-variants (Fig. 3/4)."""
     import matplotlib.pyplot as plt
@@ -120,6 +134,7 @@ def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, lo
         ax.set_xlabel("NFE")
         if logy:
             ax.set_yscale("log")
+            _plain_log_ticks(ax)
         ax.legend(fontsize=8)
     axes[0].set_ylabel(ylabel or var.upper())
     fig.tight_layout()
