@@ -409,9 +409,10 @@ def quality_sweep(
                     device=device,
                     targets=targets,
                 )
-                for c in cells:  # the fit's cost includes its (shared) teacher run
-                    store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), flush=False, **c)
-                    store.put("fit_seconds", secs + teacher_secs, flush=False, **c)
+                with store.together():
+                    for c in cells:  # the fit's cost includes its (shared) teacher run
+                        store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), **c)
+                        store.put("fit_seconds", secs + teacher_secs, **c)
         elif kind == "constant":
             lam = Lambdas.constant_value(float(params["lambda_value"]), space=CONSTANT_METHODS[method])
         stats, secs = sample_stats(
@@ -428,10 +429,10 @@ def quality_sweep(
             device=device,
         )
         value = metric(stats)
-        for c in cells:
-            store.put("sample_seconds", secs, flush=False, **c)
-            store.put(metric_name, value, flush=False, **c)
-        store.flush()
+        with store.together():
+            for c in cells:
+                store.put("sample_seconds", secs, **c)
+                store.put(metric_name, value, **c)
 
 
 def _teacher_run(den, cell, K, B, shape, grid, teacher, device):

@@ -188,11 +188,9 @@ class ResultStore:
         return arr.sel(cell)
 
     # ------------------------------------------------------------------ writing
-    def put(
-        self, var: str, value, extra_dims: dict[str, list] | None = None, flush: bool = True, **cell
-    ) -> None:
-        """Store ``value`` at ``cell`` of ``var`` and write the file atomically (``flush=False``: only in
-        memory, for a group of cells written together by one later :meth:`flush`).
+    def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
+        """Store ``value`` at ``cell`` of ``var`` and write the file atomically (inside :meth:`together`: at
+        the end of the block, with the block's other puts).
 
         ``extra_dims`` gives a value's own dimensions beyond the sweep (e.g. ``evaluation``, ``param`` of
         fitted lambdas); shorter values are padded with NaN to the stored extent.
@@ -224,7 +222,7 @@ class ResultStore:
             value = padded
         self.ds[var].loc[cell] = value
         self._unwritten = True
-        if flush and not self._deferred:
+        if not self._deferred:
             self.flush()
 
     @contextlib.contextmanager
