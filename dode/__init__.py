@@ -33,3 +33,33 @@ __all__ = [
     "make_plan",
     "__version__",
 ]
+
+# Submodules reachable as attributes of ``dode`` (``dode.zoo.load(...)``, ``dode.metrics.FD()``) without
+# importing their heavier dependencies (diffusers, pytorch-fid, xarray) until first use.
+_SUBMODULES = {
+    "analysis",
+    "claims",
+    "classifier",
+    "data",
+    "embedded",
+    "experiments",
+    "gmm",
+    "metrics",
+    "nets",
+    "paper",
+    "plots",
+    "progressive",
+    "protocols",
+    "results",
+    "timing",
+    "train",
+    "zoo",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'dode' has no attribute {name!r}")

@@ -112,3 +112,15 @@ def test_point_lambda_infinite_at_zero():
 
     p = Point.at(dode.EDMSchedule(), 0.0)
     assert p.sigma == 0 and p.lam == math.inf and p.sigma_hat == 0
+
+
+def test_submodules_are_attributes_of_the_package():
+    import importlib
+
+    import dode
+
+    for name in dode._SUBMODULES:
+        assert getattr(dode, name) is importlib.import_module(f"dode.{name}")
+    assert callable(dode.zoo.load) and "digits-eps" in dode.zoo.available()
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        dode.nonexistent  # noqa: B018
