@@ -264,13 +264,7 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
                 lam = None
                 if method != "base":
                     lam, seconds = fitted[method]
-                    n_eval, n_param = lam.values.shape
-                    store.put(
-                        "lambdas",
-                        lam.values,
-                        extra_dims={"evaluation": list(range(n_eval)), "param": list(range(n_param))},
-                        **cell,
-                    )
+                    store.put("lambdas", lam.values, extra_dims=ex._lambda_dims(lam), **cell)
                     store.put("fit_seconds", seconds, **cell)
                 tr = sample(den, z, solver, nfe, lambdas=lam, trajectory=True, **options)
                 states = list(range(len(tr.state_times)))
@@ -357,13 +351,7 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
                     shape=ex.sample_shape(den),
                     device=cfg["device"],
                 )
-                n_eval, n_param = lam.values.shape
-                store.put(
-                    "lambdas",
-                    lam.values,
-                    extra_dims={"evaluation": list(range(n_eval)), "param": list(range(n_param))},
-                    **cell,
-                )
+                store.put("lambdas", lam.values, extra_dims=ex._lambda_dims(lam), **cell)
                 store.put("fit_seconds", seconds, **cell)
                 x = sample(den, z, solver, nfe, lambdas=lam, **options)
                 store.put("samples", x.cpu().numpy(), extra_dims=image_dims(x), method="d-ode", **cell)
