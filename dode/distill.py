@@ -24,7 +24,7 @@ import torch
 from .denoiser import Denoiser
 from .grids import grid_key, refine
 from .lambdas import TRANSFORM_SPACES, VARIANTS, Lambdas
-from .sampling import _check_noise, run
+from .sampling import STAGES, _check_noise, run
 from .solvers import Point, get_solver, make_plan
 
 __all__ = ["distill", "least_squares", "FITS"]
@@ -81,6 +81,7 @@ def distill(
     teacher: str | None = None,
     variant: str = "d-ode",
     space: str = "native",
+    stages: str = "per_time",
     fit: str = "ls",
     seed: int | None = None,
     teacher_run=None,
@@ -95,6 +96,9 @@ def distill(
         ``edm`` runs Heun as the teacher). Solver options are shared when the teacher is the solver itself.
     variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (METHOD section 5).
     space: prediction type the transform acts in (``native``: the model's own, as in the paper).
+    stages: which evaluations carry a lambda: ``per_time`` (one per landing time of the plan) or
+        ``per_stage`` (the paper's, every stage). They differ only for ``edm``, whose Heun corrector gets no
+        lambda of its own under ``per_time`` (why: :func:`dode.sampling.lambda_evaluations`).
     fit: closed-form fit method, one of :data:`FITS`.
     seed: the seed the fitting noise was drawn with, recorded with the lambdas.
     teacher_run: ``(teacher_plan, targets)`` from :func:`teacher_targets` on the *same* noise, plan, K and
@@ -108,6 +112,8 @@ def distill(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if space not in TRANSFORM_SPACES:
         raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
     if fit not in FITS:
         raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
@@ -124,7 +130,9 @@ def distill(
                 "with the same noise, solver, NFE, grid, K and teacher, or pass teacher_run=None"
             )
     t1 = time.perf_counter()
-    _, student_run = run(denoiser, noise, plan, variant=variant, space=space, fitter=FITS[fit](targets))
+    _, student_run = run(
+        denoiser, noise, plan, variant=variant, space=space, stages=stages, fitter=FITS[fit](targets)
+    )
     t2 = time.perf_counter()
 
     width = max([len(p) for p in student_run.fitted] + [1])
@@ -139,6 +147,7 @@ def distill(
         options=plan.options,
         variant=variant,
         space=space,
+        stages=stages,
         model=denoiser.name,
         schedule=denoiser.schedule.describe(),
         K=int(K),

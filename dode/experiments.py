@@ -40,6 +40,7 @@ __all__ = [
     "sweep_points",
     "method_kind",
     "CONSTANT_METHODS",
+    "FITTED_METHODS",
     "open_store",
     "model_record",
     "run_sweep",
@@ -75,6 +76,7 @@ METHOD_LABELS = {
     "d-ode-2": "D-…-2",
     "sep": "D-…-Sep",
     "all": "D-…-All",
+    "d-ode-per-stage": "D-… (λ per stage)",
     "fixed": "Fixed-D-",
     "lookahead": "LA-",
 }
@@ -190,6 +192,7 @@ def fit_lambdas(
     B: int,
     shape: tuple[int, ...],
     variant: str = "d-ode",
+    stages: str = "per_time",
     grid=None,
     teacher: str | None = None,
     fit: str = "ls",
@@ -212,6 +215,7 @@ def fit_lambdas(
         grid=grid,
         teacher=teacher,
         variant=variant,
+        stages=stages,
         fit=fit,
         seed=seed,
         teacher_run=targets,
@@ -264,6 +268,10 @@ def _nfes_for(nfes, label: str) -> list[int]:
     return list(nfes)
 
 
+#: fitted methods -> (D-ODE variant, stages): the variants of METHOD section 5 with one lambda per landing
+#: time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
+#: see dode.sampling.lambda_evaluations)
+FITTED_METHODS = {**{v: (v, "per_time") for v in VARIANTS}, "d-ode-per-stage": ("d-ode", "per_stage")}
 #: methods that sample with one constant lambda for every evaluation, chosen by grid search (METHOD section
 #: 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
 #: a constant), LA-DDIM's lookahead on the data predictions (Zhang et al. 2023)
@@ -279,12 +287,12 @@ def method_kind(method: str) -> str:
     """``base`` (the plain solver), ``fitted`` (a D-ODE variant distilled per seed) or ``constant``."""
     if method == "base":
         return "base"
-    if method in VARIANTS:
+    if method in FITTED_METHODS:
         return "fitted"
     if method in CONSTANT_METHODS:
         return "constant"
     raise ValueError(
-        f"methods must be 'base', a D-ODE variant {VARIANTS} or a constant-lambda method "
+        f"methods must be 'base', a fitted D-ODE method {tuple(FITTED_METHODS)} or a constant-lambda method "
         f"{tuple(CONSTANT_METHODS)}, got {method!r}"
     )
 
@@ -402,7 +410,8 @@ def quality_sweep(
                     K=k_fit,
                     B=b_fit,
                     shape=shape,
-                    variant=method,
+                    variant=FITTED_METHODS[method][0],
+                    stages=FITTED_METHODS[method][1],
                     grid=grid,
                     teacher=teacher,
                     fit=fit,
@@ -468,7 +477,8 @@ def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
         nfe=nfe,
         grid=grid_key(grid),
         options=options,
-        variant=cell["method"],
+        variant=FITTED_METHODS[cell["method"]][0],
+        stages=FITTED_METHODS[cell["method"]][1],
         model=den.name,
         schedule=den.schedule.describe(),
         K=K,

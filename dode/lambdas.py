@@ -38,14 +38,18 @@ _META_KEYS = (
     "teacher",
     "fit",
     "constant",
+    "stages",
 )
+#: what files written before ``stages`` existed were fitted with
+_META_DEFAULTS = {"stages": "per_stage"}
 
 
 class Lambdas:
     """Per-evaluation D-ODE parameters.
 
     ``values`` has shape ``(nfe, P)``; entries a variant does not use at an evaluation (the first
-    evaluation of a data-prediction model has no previous output) are NaN. For the one-parameter D-ODE,
+    evaluation of a data-prediction model has no previous output; with ``stages="per_time"``, Heun's
+    corrector, see :func:`dode.sampling.lambda_evaluations`) are NaN. For the one-parameter D-ODE,
     ``lam[k]`` is the float lambda of evaluation ``k``.
     """
 
@@ -67,6 +71,7 @@ class Lambdas:
         teacher: str | None = None,
         fit: str | None = None,
         constant: bool = False,
+        stages: str = "per_time",
         landing_times=None,
         info: dict | None = None,
     ):
@@ -79,6 +84,11 @@ class Lambdas:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if space not in TRANSFORM_SPACES:
             raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
+        from .sampling import STAGES
+
+        if stages not in STAGES:
+            raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
+        self.stages = stages
         self.values = values
         self.solver, self.nfe, self.grid = solver, nfe, grid
         self.options = dict(options or {})
@@ -91,9 +101,12 @@ class Lambdas:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def constant_value(cls, value: float, *, space: str = "native") -> Lambdas:
-        """One lambda for every evaluation (Fixed-D-DDIM; with ``space="x0"``, LA-DDIM's lookahead)."""
-        return cls([[float(value)]], solver=None, nfe=None, grid=None, space=space, constant=True)
+    def constant_value(cls, value: float, *, space: str = "native", stages: str = "per_time") -> Lambdas:
+        """One lambda for every evaluation that carries one (Fixed-D-DDIM; with ``space="x0"``, LA-DDIM's
+        lookahead)."""
+        return cls(
+            [[float(value)]], solver=None, nfe=None, grid=None, space=space, constant=True, stages=stages
+        )
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -191,7 +204,9 @@ class Lambdas:
 
     @classmethod
     def from_dataset(cls, ds) -> Lambdas:
-        meta = {key: json.loads(ds.attrs[key]) for key in _META_KEYS}
+        meta = {
+            key: json.loads(ds.attrs[key]) if key in ds.attrs else _META_DEFAULTS[key] for key in _META_KEYS
+        }
         landing = ds["landing_time"].values if "landing_time" in ds.coords else None
         return cls(
             ds["lambda"].values,
@@ -209,8 +224,10 @@ class Lambdas:
 
     def __repr__(self) -> str:
         if self.constant:
-            return f"Lambdas.constant_value({self.values[0, 0]!r}, space={self.space!r})"
+            return (
+                f"Lambdas.constant_value({self.values[0, 0]!r}, space={self.space!r}, stages={self.stages!r})"
+            )
         shown = np.array2string(
             self.values.squeeze(-1) if self.values.shape[1] == 1 else self.values, precision=3
         )
-        return f"Lambdas({self.variant}, solver={self.solver}, nfe={self.nfe}, grid={self.grid}, K={self.K}, B={self.B}: {shown})"
+        return f"Lambdas({self.variant}, {self.stages}, solver={self.solver}, nfe={self.nfe}, grid={self.grid}, K={self.K}, B={self.B}: {shown})"

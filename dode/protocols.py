@@ -63,6 +63,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             "cpu": {"ddim": [5, 10], "edm": [5, 9]},
             "paper": {"ddim": [2, 5, 10, 15, 25, 50], "edm": [3, 5, 7, 9, 15, 25, 35]},
         },
+        # the paper's lambda on every stage beside our default (one per landing time): they differ for Heun
+        methods=("base", "d-ode", "d-ode-per-stage"),
     ),
     # Fig. 9: DPM-Solver++(2M)
     "04_dpm_solver_pp": _sweep(

@@ -7,7 +7,8 @@ which
 2. forms the solver's estimate ``d_k``: the raw output, or a multistep solver's combination of its history,
 3. applies the D-ODE transform in the model's native prediction type (paper Eq. 10):
    ``d~_k = d_k + lambda_k (d_k - d_prev)``, ``d_prev`` being the previous estimate in evaluation order
-   (at the very first evaluation: the initial noise for noise prediction, no correction for data prediction),
+   (at the very first evaluation: the initial noise for noise prediction, no correction for data prediction)
+   -- at every evaluation that carries a lambda (:func:`lambda_evaluations`),
 4. optionally fits the parameters in closed form first (distillation, :mod:`dode.distill`),
 5. hands ``d~_k`` to the solver's affine stage update and records what was asked.
 
@@ -29,7 +30,32 @@ from .grids import grid_key
 from .lambdas import Lambdas
 from .solvers import Plan, Point, get_solver, make_plan
 
-__all__ = ["sample", "run", "Trajectory", "transform_columns"]
+__all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluations", "STAGES"]
+
+#: which evaluations carry a lambda (see :func:`lambda_evaluations`)
+STAGES = ("per_time", "per_stage")
+
+
+def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
+    """Whether each network evaluation of ``plan`` carries a D-ODE parameter.
+
+    ``per_stage`` is the paper's formulation (METHOD section 3): one lambda for every stage. ``per_time``
+    (our default) gives one lambda to each *landing time* of the plan, on the first evaluation that lands
+    there. The two differ only where consecutive stages land on the same time, i.e. EDM's Heun step, whose
+    corrector re-solves the step its predictor already took. There a corrector lambda turns the trapezoid
+    weights ``(1/2, 1/2)`` into ``((1 - lambda)/2, (1 + lambda)/2)``, which breaks Heun's second-order
+    condition; fitted sequentially against the teacher state the predictor was just fitted to, it comes out
+    near -1 (Heun collapsed to Euler) and made D-EDM worse than EDM from NFE 9 on (notebook 03). The
+    predictor's lambda acts along ``D(x_i) - D(x'_{i-1})``, two outputs at the same sigma, a difference of
+    the order of Heun's local correction, so it keeps the second order; the corrector output still counts as
+    the previous output of the next step (Eq. 10 unchanged).
+    """
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
+    landing = plan.landing_times
+    if stages == "per_stage":
+        return [True] * len(landing)
+    return [k == 0 or landing[k] != landing[k - 1] for k in range(len(landing))]
 
 
 @dataclass
@@ -88,6 +114,7 @@ class Evaluator:
         lambdas: Lambdas | None = None,
         variant: str = "d-ode",
         space: str = "native",
+        stages: str = "per_time",
         fitter: Fitter | None = None,
         record_trajectory: bool = False,
         record_at: set[float] | None = None,
@@ -97,6 +124,7 @@ class Evaluator:
         self.plan = plan
         self.lambdas = lambdas
         self.variant = variant
+        self.carries_lambda = lambda_evaluations(plan, stages)
         self.fitter = fitter
         self.native = denoiser.prediction
         solver_space = get_solver(plan.solver).space
@@ -151,10 +179,10 @@ class Evaluator:
         else:
             estimate = to(raw, self.native, self.transform_space)
 
-        if transform:
+        if transform and self.carries_lambda[k]:
             base, columns = transform_columns(self.variant, estimate, self.previous, self.n_virtual)
-        else:  # an intermediate stage that only feeds a later combined estimate: no lambda of its own
-            base, columns = estimate, []
+        else:  # no lambda of its own here (a stage re-solving the same time, or one that only feeds a later
+            base, columns = estimate, []  # combined estimate); its estimate may still be the next d_prev
 
         def land(d_t):
             return update(to(d_t, self.transform_space, self.formula_space))
@@ -251,7 +279,8 @@ def sample(
     nfe: number of network evaluations.
     grid: ``time_uniform``, ``logsnr_uniform``, ``quadratic``, ``edm`` or an explicit tensor of model times
         (default: ``time_uniform`` on VP, ``edm`` on EDM schedules).
-    lambdas: fitted :class:`~dode.Lambdas` (the D-ODE solver), or ``Lambdas.constant_value(c)``.
+    lambdas: fitted :class:`~dode.Lambdas` (the D-ODE solver), or ``Lambdas.constant_value(c)``; they carry
+        their variant, transform space and ``stages`` (which evaluations have a lambda).
     trajectory: return a :class:`Trajectory` with every state and denoising output instead of the samples.
     options: solver options, e.g. ``order`` for ``deis`` and ``dpm_solver``.
 
@@ -259,12 +288,12 @@ def sample(
     """
     noise = _check_noise(noise)
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
-    variant, space = "d-ode", "native"
+    variant, space, stages = "d-ode", "native", "per_time"
     if lambdas is not None:
         if not isinstance(lambdas, Lambdas):
             raise TypeError("lambdas must be a dode.Lambdas (use Lambdas.constant_value(c) for a constant)")
         lambdas.check_compatible(plan, denoiser, grid_key(grid))
-        variant, space = lambdas.variant, lambdas.space
+        variant, space, stages = lambdas.variant, lambdas.space, lambdas.stages
     bar = None
     if progress:
         from tqdm import tqdm
@@ -278,6 +307,7 @@ def sample(
             lambdas=lambdas,
             variant=variant,
             space=space,
+            stages=stages,
             record_trajectory=trajectory,
             progress=bar,
         )

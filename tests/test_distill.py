@@ -174,7 +174,7 @@ def test_lambdas_round_trip(tmp_path, gmm):
     path = lam.save(tmp_path / "lam.nc")
     back = dode.Lambdas.load(path)
     np.testing.assert_array_equal(back.values, lam.values)
-    assert back.metadata() == lam.metadata()
+    assert back.metadata() == lam.metadata() and back.stages == "per_time"
     assert (
         back.seed == 123 and back.K == 3 and back.B == 8 and back.teacher == "ddim" and back.model == "gmm-x0"
     )
@@ -216,5 +216,70 @@ def test_distill_bad_input(gmm):
         dode.distill(den, noise, "ddim", 5, space="v")
     with pytest.raises(ValueError, match="fit must be one of"):
         dode.distill(den, noise, "ddim", 5, fit="adam")
+    with pytest.raises(ValueError, match=r"stages must be one of \('per_time', 'per_stage'\), got 'each'"):
+        dode.distill(den, noise, "ddim", 5, stages="each")
+    with pytest.raises(ValueError, match="stages must be one of"):
+        dode.Lambdas([0.1, 0.2], solver="ddim", nfe=2, grid=None, stages="all")
     with pytest.raises(ValueError, match="teacher must be"):
         dode.distill(den, noise, "ddim", 5, teacher="dpm_solver")
+
+
+@pytest.mark.parametrize("solver,nfe,options", RUNS)
+def test_stages_differ_only_where_two_stages_land_on_the_same_time(gmm, solver, nfe, options):
+    """``per_time`` (default) and ``per_stage`` (the paper's) give the same lambdas for every solver whose
+    stages land on distinct times; for Heun, ``per_time`` leaves each corrector without a lambda."""
+    den = gmm.denoiser(SCHEDULES["edm"], "x0")
+    noise = make_noise(32, seed=3)
+    per_time = dode.distill(den, noise, solver, nfe, K=3, **options)
+    per_stage = dode.distill(den, noise, solver, nfe, K=3, stages="per_stage", **options)
+    assert per_time.stages == "per_time" and per_stage.stages == "per_stage"
+    landing = make_plan(den.schedule, solver, nfe, None, options).landing_times
+    shares_time = [k > 0 and landing[k] == landing[k - 1] for k in range(nfe)]
+    assert np.all(np.isfinite(per_stage.values[1:]))  # data prediction: no lambda at the first evaluation
+    for k in range(1, nfe):
+        if shares_time[k]:
+            assert np.isnan(per_time[k])
+        else:
+            assert np.isfinite(per_time[k])
+    assert any(shares_time) == (solver == "edm")
+    if solver != "edm":
+        np.testing.assert_array_equal(per_time.values, per_stage.values)
+    else:
+        assert not np.allclose(per_time.values[2::2], per_stage.values[2::2])
+
+
+def test_a_heun_corrector_lambda_reweights_the_trapezoid(gmm):
+    """Why Heun's corrector gets no lambda by default: with ``per_stage``, lambda = -1 on every corrector
+    (and 0 on the predictors) is exactly Euler on Heun's grid -- the corrector's lambda moves the trapezoid
+    weights (1/2, 1/2) to ((1 - lambda)/2, (1 + lambda)/2), away from second order."""
+    den = gmm.denoiser(SCHEDULES["edm"], "x0")
+    noise = make_noise(6, seed=5)
+    nfe = 9
+    values = np.array([np.nan] + [-1.0 if k % 2 else 0.0 for k in range(1, nfe)])
+    lam = dode.Lambdas(
+        values, solver="edm", nfe=nfe, grid=dode.grids.grid_key(None), stages="per_stage", model=den.name
+    )
+    euler = dode.sample(den, noise, "ddim", (nfe + 1) // 2)
+    torch.testing.assert_close(
+        dode.sample(den, noise, "edm", nfe, lambdas=lam), euler, rtol=1e-12, atol=1e-12
+    )
+    assert not torch.allclose(dode.sample(den, noise, "edm", nfe), euler, atol=1e-3)
+    # the same numbers with per_time never touch the correctors: plain Heun
+    heun_rows = dode.Lambdas(values, solver="edm", nfe=nfe, grid=dode.grids.grid_key(None), model=den.name)
+    torch.testing.assert_close(
+        dode.sample(den, noise, "edm", nfe, lambdas=heun_rows), dode.sample(den, noise, "edm", nfe)
+    )
+
+
+def test_lambdas_saved_before_stages_existed_load_as_per_stage(tmp_path, gmm):
+    den = gmm.denoiser(SCHEDULES["edm"], "x0")
+    lam = dode.distill(den, make_noise(8), "edm", 5, K=2, stages="per_stage")
+    ds = lam.to_dataset()
+    del ds.attrs["stages"]
+    ds.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    old = dode.Lambdas.load(tmp_path / "old.nc")
+    assert old.stages == "per_stage"
+    noise = make_noise(3)
+    assert torch.equal(
+        dode.sample(den, noise, "edm", 5, lambdas=old), dode.sample(den, noise, "edm", 5, lambdas=lam)
+    )
