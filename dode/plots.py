@@ -251,7 +251,7 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_xlabel("network evaluation k")
     ax.set_ylabel(r"$\lambda_k$")
-    ax.set_title(f"fitted lambdas at NFE {nfe}")
+    ax.set_title(f"fitted lambdas at NFE {nfe}" + ("" if method == "d-ode" else f" ({method})"))
     ax.legend(fontsize=8)
     return ax
 

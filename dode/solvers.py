@@ -184,6 +184,15 @@ _IPNDM_WEIGHTS = {
 
 
 class IPNDM(MultistepSolver):
+    """iPNDM (Zhang & Chen 2023; paper Eq. 20-24): DDIM fed with the fixed Adams-Bashforth combination of the
+    last outputs, lower orders while the history is short.
+
+    The fixed weights are the exact AB weights only for steps uniform in sigma_hat, the variable DDIM's update
+    integrates ``eps`` in; there iPNDM converges at order ~4. On the usual non-uniform grids (time-uniform,
+    logSNR, EDM's rho) they are first-order accurate in the step ratio, so iPNDM converges at order ~2
+    (tests/test_solvers.py measures both). Weights recomputed for the actual steps would be DEIS's rhoAB.
+    """
+
     name = "ipndm"
 
     def build_steps(self, schedule, times, orders, options):
