@@ -4,8 +4,12 @@
 * distillation: ``dode.distill`` time / (one teacher run + one student run on the same batch) (target <= 1.2).
 
 The network is a small convolutional net on CPU-sized images (3x32x32), so network time dominates as it does
-in practice. Base and D runs are interleaved and repeated; the ratio of the fastest runs is reported (the minimum is
-the estimate least disturbed by other load on a shared machine, as in ``timeit``).
+in practice. Base and D runs are interleaved (their order alternating between repeats) and repeated; reported
+are the ratio of the fastest runs (the minimum is the estimate least disturbed by other load on a shared
+machine, as in ``timeit``) and the median of the per-repeat paired ratios. Both scatter by a few percent
+between runs on a shared machine, more than the transform costs; so the script also times the same loops
+with a network that costs nothing (``NullNet``): the difference is the transform's own cost, and
+``1 + that cost / the real base time`` is the sampling ratio it implies, without the network's noise.
 
     python benchmarks/solver_overhead.py [--batch 64] [--nfe 10] [--repeats 5] [--threads 1]
 """
@@ -35,6 +39,13 @@ class SmallConvNet(torch.nn.Module):
         h = torch.nn.functional.silu(self.inp(x) + self.temb(t[:, None] / 1000.0)[:, :, None, None])
         h = torch.nn.functional.silu(self.mid(h))
         return self.out(h)
+
+
+class NullNet(torch.nn.Module):
+    """A "network" that costs nothing: what is left of a run's time is the solver loop and the transform."""
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
 
 
 def _time(fn) -> float:
@@ -72,25 +83,52 @@ def main() -> None:
         lam = dode.distill(den, fit_noise, solver, nfe, K=args.K)
         base_t, d_t, distill_t, parts_t = [], [], [], []
         plan = make_plan(schedule, solver, nfe)
-        for _ in range(args.repeats):
-            base_t.append(_time(lambda: dode.sample(den, noise, solver, nfe)))  # noqa: B023
-            d_t.append(_time(lambda: dode.sample(den, noise, solver, nfe, lambdas=lam)))  # noqa: B023
+        for r in range(args.repeats):
+            pair = [
+                ("base", lambda: dode.sample(den, noise, solver, nfe)),  # noqa: B023
+                ("d", lambda: dode.sample(den, noise, solver, nfe, lambdas=lam)),  # noqa: B023
+            ]
+            for name, fn in pair if r % 2 == 0 else pair[::-1]:
+                (base_t if name == "base" else d_t).append(_time(fn))
             distill_t.append(_time(lambda: dode.distill(den, fit_noise, solver, nfe, K=args.K)))  # noqa: B023
             # the reference: one teacher run (recording its targets) plus one plain student run
             parts_t.append(
                 _time(lambda: teacher_targets(den, fit_noise, plan, args.K))  # noqa: B023
                 + _time(lambda: run(den, fit_noise, plan))  # noqa: B023
             )
-        med = min
-        rows.append((solver, nfe, med(base_t), med(d_t), med(distill_t), med(parts_t)))
-    print(
-        f"{'solver':12s} {'nfe':>4s} {'base s':>8s} {'D s':>8s} {'D/base':>7s} {'distill s':>10s} "
-        f"{'teach+stud s':>13s} {'ratio':>6s}"
-    )
-    for solver, nfe, b, d, dist, parts in rows:
-        print(
-            f"{solver:12s} {nfe:4d} {b:8.3f} {d:8.3f} {d / b:7.3f} {dist:10.3f} {parts:13.3f} {dist / parts:6.3f}"
+        # the transform's own cost: the same loops around a network that costs nothing
+        null = dode.Denoiser(NullNet(), schedule, prediction, name="bench")
+        null_base, null_d = [], []
+        for _ in range(10 * args.repeats):
+            null_base.append(_time(lambda: dode.sample(null, noise, solver, nfe)))  # noqa: B023
+            null_d.append(_time(lambda: dode.sample(null, noise, solver, nfe, lambdas=lam)))  # noqa: B023
+        transform_s = min(null_d) - min(null_base)
+        paired = sorted(d / b for d, b in zip(d_t, base_t, strict=True))
+        rows.append(
+            (
+                solver,
+                nfe,
+                min(base_t),
+                min(d_t),
+                paired[len(paired) // 2],
+                transform_s,
+                min(distill_t),
+                min(parts_t),
+            )
         )
+    print(
+        f"{'solver':12s} {'nfe':>4s} {'base s':>8s} {'D s':>8s} {'D/base':>7s} {'median':>7s} "
+        f"{'transform ms':>13s} {'implied':>8s} {'distill s':>10s} {'teach+stud s':>13s} {'ratio':>6s}"
+    )
+    for solver, nfe, b, d, paired, transform_s, dist, parts in rows:
+        print(
+            f"{solver:12s} {nfe:4d} {b:8.3f} {d:8.3f} {d / b:7.3f} {paired:7.3f} {1e3 * transform_s:13.3f} "
+            f"{1 + transform_s / b:8.4f} {dist:10.3f} {parts:13.3f} {dist / parts:6.3f}"
+        )
+    print(
+        "D/base: fastest D run / fastest base run; median: median of the paired per-repeat ratios; "
+        "transform ms: D minus base around a network that costs nothing; implied: 1 + that / base"
+    )
     print("targets: D/base <= 1.02, distill/(teacher + student) <= 1.2")
 
 
