@@ -321,6 +321,19 @@ def _check_points(points, methods) -> list[dict]:
     return points
 
 
+def _same_as_per_time(method: str, label: str, nfe: int) -> bool:
+    """A per-stage method on a solver none of whose stages share a landing time (every solver but EDM's
+    Heun) fits and samples exactly what its per-time counterpart does (tested in test_distill)."""
+    from .sampling import lambda_evaluations
+    from .schedules import EDMSchedule
+    from .solvers import make_plan
+
+    if FITTED_METHODS[method][1] != "per_stage":
+        return False
+    solver, options = solver_spec(label)
+    return all(lambda_evaluations(make_plan(EDMSchedule(), solver, nfe, None, options)))
+
+
 def _work_units(solvers, nfes, seeds, methods, points):
     """``(cell, method, parameters, points)``: one sampling run each, stored at all its points."""
     units = []
@@ -328,6 +341,8 @@ def _work_units(solvers, nfes, seeds, methods, points):
         for nfe in _nfes_for(nfes, label):
             for seed in seeds:
                 for method in methods:
+                    if method in FITTED_METHODS and _same_as_per_time(method, label, nfe):
+                        continue  # identical to the per-time method by construction: not recomputed
                     depends = [d for d in _DEPENDS[method_kind(method)] if d in points[0]]
                     groups: dict[tuple, list[dict]] = {}
                     for p in points:

@@ -280,13 +280,23 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
+    from .experiments import FITTED_METHODS, _same_as_per_time, solver_spec
+    from .schedules import EDMSchedule
+    from .solvers import make_plan
+
     nfes = cfg["nfes"]
-    fitted = sum(m != "base" for m in cfg["methods"])
     total = 0
-    for solver in cfg["solvers"]:
-        for nfe in nfes[solver] if isinstance(nfes, dict) else nfes:
-            sampling = len(cfg["methods"]) * cfg["n_samples"] * nfe
-            fitting = (cfg["B"] * cfg["K"] * nfe + fitted * cfg["B"] * nfe) if fitted else 0
+    for label in cfg["solvers"]:
+        for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
+            methods = [
+                m for m in cfg["methods"] if not (m in FITTED_METHODS and _same_as_per_time(m, label, nfe))
+            ]
+            fitted = sum(m != "base" for m in methods)
+            solver, options = solver_spec(label)
+            # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
+            landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
+            sampling = len(methods) * cfg["n_samples"] * nfe
+            fitting = (cfg["B"] * cfg["K"] * landing + fitted * cfg["B"] * nfe) if fitted else 0
             total += (sampling + fitting) * len(cfg["seeds"])
     return total
 

@@ -124,7 +124,7 @@ def test_quality_sweep_fills_resumes_and_pairs(tmp_path, digit_shaped_model):
 
 def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
     den, _ = digit_shaped_model
-    with pytest.raises(ValueError, match="methods must be 'base', a D-ODE variant"):
+    with pytest.raises(ValueError, match="methods must be 'base', a fitted D-ODE method"):
         ex.quality_sweep(
             None,
             den,
@@ -160,7 +160,9 @@ def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypat
         return den
 
     monkeypatch.setattr(ex, "load_model", counting_load)
-    for stem in ("04_dpm_solver_pp", "07_formulations"):  # one D-variant; four sharing one teacher run
+    # one D-variant; four sharing one teacher run; Heun (one teacher time per step) and the per-stage method
+    # (computed for Heun only)
+    for stem in ("04_dpm_solver_pp", "07_formulations", "03_data_prediction"):
         calls["n"] = 0
         ex.run_sweep(stem, ex.settings(PROTOCOLS[stem], "smoke"), tmp_path, progress=False)
         assert calls["n"] == network_evaluations(stem, "smoke"), stem
