@@ -51,3 +51,13 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
     for page in html.rglob("*.html"):
         external = re.findall(r'<(?:script|link|img|iframe)[^>]*(?:src|href)="(https?:)?//', page.read_text())
         assert not external, f"{page.relative_to(html)} loads a resource from outside the site"
+
+
+def test_gpu_page_counts_are_the_ones_network_evaluations_gives():
+    from dode.protocols import network_evaluations
+
+    text = (REPO / "book" / "gpu.md").read_text()
+    rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \|", text, flags=re.M)
+    assert len(rows) >= 4
+    for stem, count in rows:
+        assert int(count.replace(",", "")) == network_evaluations(stem, "paper"), stem
