@@ -85,11 +85,11 @@ def main() -> None:
         plan = make_plan(schedule, solver, nfe)
         for r in range(args.repeats):
             pair = [
-                ("base", lambda: dode.sample(den, noise, solver, nfe)),  # noqa: B023
-                ("d", lambda: dode.sample(den, noise, solver, nfe, lambdas=lam)),  # noqa: B023
+                (base_t, lambda: dode.sample(den, noise, solver, nfe)),  # noqa: B023
+                (d_t, lambda: dode.sample(den, noise, solver, nfe, lambdas=lam)),  # noqa: B023
             ]
-            for name, fn in pair if r % 2 == 0 else pair[::-1]:
-                (base_t if name == "base" else d_t).append(_time(fn))
+            for times, fn in pair if r % 2 == 0 else pair[::-1]:
+                times.append(_time(fn))
             distill_t.append(_time(lambda: dode.distill(den, fit_noise, solver, nfe, K=args.K)))  # noqa: B023
             # the reference: one teacher run (recording its targets) plus one plain student run
             parts_t.append(

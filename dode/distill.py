@@ -23,8 +23,8 @@ import torch
 
 from .denoiser import Denoiser
 from .grids import grid_key, refine
-from .lambdas import TRANSFORM_SPACES, VARIANTS, Lambdas
-from .sampling import STAGES, _check_noise, run
+from .lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
+from .sampling import _check_noise, run
 from .solvers import Point, get_solver, make_plan
 
 __all__ = ["distill", "least_squares", "FITS"]

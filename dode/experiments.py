@@ -328,7 +328,7 @@ def _same_as_per_time(method: str, label: str, nfe: int) -> bool:
     from .schedules import EDMSchedule
     from .solvers import make_plan
 
-    if FITTED_METHODS[method][1] != "per_stage":
+    if FITTED_METHODS.get(method, (None, None))[1] != "per_stage":
         return False
     solver, options = solver_spec(label)
     return all(lambda_evaluations(make_plan(EDMSchedule(), solver, nfe, None, options)))
@@ -341,7 +341,7 @@ def _work_units(solvers, nfes, seeds, methods, points):
         for nfe in _nfes_for(nfes, label):
             for seed in seeds:
                 for method in methods:
-                    if method in FITTED_METHODS and _same_as_per_time(method, label, nfe):
+                    if _same_as_per_time(method, label, nfe):
                         continue  # identical to the per-time method by construction: not recomputed
                     depends = [d for d in _DEPENDS[method_kind(method)] if d in points[0]]
                     groups: dict[tuple, list[dict]] = {}

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES"]
+__all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
 
 #: D-ODE formulations (METHOD section 5): Eq. 10, Eq. 9 with two previous outputs, Sep, All
 VARIANTS = ("d-ode", "d-ode-2", "sep", "all")
 #: the prediction type the transform acts in; "native" = the model's own (the paper's D-ODE);
 #: "x0" with a constant lambda is LA-DDIM's lookahead on data predictions (Zhang et al. 2023)
 TRANSFORM_SPACES = ("native", "eps", "x0")
+#: which evaluations carry a lambda: one per landing time, or one per stage (dode.sampling.lambda_evaluations)
+STAGES = ("per_time", "per_stage")
 
 _META_KEYS = (
     "solver",
@@ -84,8 +86,6 @@ class Lambdas:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if space not in TRANSFORM_SPACES:
             raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
-        from .sampling import STAGES
-
         if stages not in STAGES:
             raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
         self.stages = stages

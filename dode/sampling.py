@@ -27,13 +27,10 @@ import torch
 
 from .denoiser import Denoiser, convert
 from .grids import grid_key
-from .lambdas import Lambdas
+from .lambdas import STAGES, Lambdas
 from .solvers import Plan, Point, get_solver, make_plan
 
-__all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluations", "STAGES"]
-
-#: which evaluations carry a lambda (see :func:`lambda_evaluations`)
-STAGES = ("per_time", "per_stage")
+__all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluations"]
 
 
 def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
@@ -157,7 +154,6 @@ class Evaluator:
         lands: Point,
         update,
         weights: tuple[float, ...] = (),
-        transform: bool = True,
     ):
         k = self.k
         raw = self.den(x, at.t)
@@ -179,10 +175,10 @@ class Evaluator:
         else:
             estimate = to(raw, self.native, self.transform_space)
 
-        if transform and self.carries_lambda[k]:
+        if self.carries_lambda[k]:
             base, columns = transform_columns(self.variant, estimate, self.previous, self.n_virtual)
-        else:  # no lambda of its own here (a stage re-solving the same time, or one that only feeds a later
-            base, columns = estimate, []  # combined estimate); its estimate may still be the next d_prev
+        else:  # a stage re-solving its step's landing time (Heun's corrector): no lambda of its own, but
+            base, columns = estimate, []  # its estimate is still the next evaluation's d_prev
 
         def land(d_t):
             return update(to(d_t, self.transform_space, self.formula_space))
@@ -203,10 +199,9 @@ class Evaluator:
         d_solver = to(corrected, self.transform_space, self.formula_space)
         x_next = update(d_solver)
 
-        if transform:
-            self.previous.insert(0, estimate)
-            if self.variant != "all":  # only D-DDIM-All looks further back than two outputs
-                del self.previous[2 + self.n_virtual :]
+        self.previous.insert(0, estimate)
+        if self.variant != "all":  # only D-DDIM-All looks further back than two outputs
+            del self.previous[2 + self.n_virtual :]
         if self.record_trajectory:
             tr = self.trajectory
             if k == 0:
