@@ -182,6 +182,24 @@ class FeatureStats:
             n = int(f["n"]) if "n" in f.files else None
             return cls.from_moments(f["mu"], f["sigma"], n)
 
+    def agrees_with(self, other: FeatureStats, rtol: float = 1e-5) -> bool:
+        """Whether two statistics are the same up to the rounding of the features they come from.
+
+        Features are float32 (relative rounding ~6e-8); the same features summed in another order (another
+        BLAS, thread count or machine) give moments that differ by ~1e-7 relative *as a whole*, while single
+        near-zero covariance entries can differ by 1e-3 relative. So the moments are compared as matrices:
+        ``||mu_a - mu_b|| <= rtol ||mu_b||`` and ``||Sigma_a - Sigma_b||_F <= rtol ||Sigma_b||_F``. With
+        ``rtol = 1e-5`` that leaves two orders of magnitude for rounding, and still refuses statistics of
+        other features or other data (a change of 1e-3 relative moves FD measurably).
+        """
+        mu_a, sigma_a = _moments(self)
+        mu_b, sigma_b = _moments(other)
+        if mu_a.shape != mu_b.shape:
+            return False
+        close_mu = np.linalg.norm(mu_a - mu_b) <= rtol * np.linalg.norm(mu_b)
+        close_sigma = np.linalg.norm(sigma_a - sigma_b) <= rtol * np.linalg.norm(sigma_b)
+        return bool(close_mu and close_sigma)
+
     def __repr__(self) -> str:
         return f"FeatureStats(n={self.n}, dim={self.dim})"
 

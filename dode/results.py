@@ -231,12 +231,19 @@ class ResultStore:
 
         A result made of several variables (a trajectory's norms, pixels and distances) then reaches the
         file whole or not at all, and a block of many small puts costs one file write instead of many."""
+        outermost = self._deferred == 0
+        if outermost:  # what memory holds before the block, restored if it raises
+            saved = (self.ds.copy(deep=True), self._unwritten)
         self._deferred += 1
         try:
             yield self
+        except BaseException:
+            if outermost:
+                self.ds, self._unwritten = saved
+            raise
         finally:
             self._deferred -= 1
-        if not self._deferred and self._unwritten:
+        if outermost and self._unwritten:
             self.flush()
 
     def flush(self) -> None:

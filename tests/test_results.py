@@ -71,3 +71,20 @@ def test_puts_made_together_reach_the_file_whole_or_not_at_all(tmp_path):
         raise RuntimeError("interrupted")
     reopened = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
     assert not reopened.has("x", method="b")
+
+
+def test_a_failed_block_leaves_memory_and_disk_as_they_were(tmp_path):
+    path = tmp_path / "r.nc"
+    store = ResultStore(path, {"method": ["a", "b", "c"]}, {"K": 1})
+    store.put("x", 1.0, method="a")
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), store.together():
+        store.put("x", 3.0, method="b")
+        store.put("new_var", 4.0, method="b")
+        raise RuntimeError("injected failure")
+    assert path.read_bytes() == before  # disk untouched
+    assert not store.has("x", method="b") and "new_var" not in store.dataset()  # memory rolled back
+    store.put("x", 5.0, method="c")  # the next, unrelated put must not carry the failed block to disk
+    reopened = ResultStore(path, {"method": ["a", "b", "c"]}, {"K": 1})
+    assert reopened.get("x", method="a") == 1.0 and reopened.get("x", method="c") == 5.0
+    assert not reopened.has("x", method="b") and "new_var" not in reopened.dataset()
