@@ -14,8 +14,8 @@ venv:
 	@$(PYTHON) scripts/bootstrap.py --venv $(VENV)
 
 book: venv
-	$(PY) -m dode.run_notebooks --profile $(PROFILE)
-	$(PY) -m dode.build_book
+	$(PY) -m dode.companion.run_notebooks --profile $(PROFILE)
+	$(PY) -m dode.companion.build_book
 
 test: venv
 	$(VENV)/bin/ruff check .
@@ -23,8 +23,9 @@ test: venv
 	$(PY) -m pytest
 
 models: venv
-	$(PY) -m dode.train --model all
-	$(PY) -m dode.classifier
+	$(PY) -m dode.zoo.train --model all
+	$(PY) -m dode.metrics.classifier
+	$(PY) -m dode.metrics digits-reference
 
 clean:
 	rm -rf book/_build book/executed

@@ -1,20 +1,31 @@
-"""dode: Distilled ODE solvers of diffusion models (D-ODE), the executable companion.
+"""dode: distilled ODE solvers of diffusion models (D-ODE solvers).
 
-Schedules and grids, denoiser wrappers, the base ODE solvers in one sampling loop, the D-ODE transform and
-its closed-form distillation, metrics and a model zoo; progressive distillation (Salimans & Ho 2022) as the
-network-training baseline of the cost comparison.
+The core, importable with only torch and numpy: noise schedules and time grids, the denoiser wrapper, the
+base ODE solvers in one sampling loop, the D-ODE transform and its closed-form distillation::
+
+    import dode
+    den = dode.Denoiser(my_eps_net, dode.VPSchedule.linear(), prediction="eps")
+    lambdas = dode.distill(den, noise, solver="dpm_solver++", nfe=10)
+    x = dode.sample(den, fresh_noise, solver="dpm_solver++", nfe=10, lambdas=lambdas)
+
+Beside the core, imported on first use only:
+
+- :mod:`dode.gmm`: an exact test bed (a Gaussian mixture whose denoiser is known in closed form);
+- :mod:`dode.zoo`: every model (the paper's checkpoints, the embedded digit models, their training,
+  progressive distillation);
+- :mod:`dode.metrics`: FD, FID and L2 to a reference;
+- :mod:`dode.companion`: the notebooks' harness (protocols, sweeps, results files, claims, plots, book).
 """
 
 __version__ = "0.1.0"
 
-from .denoiser import Denoiser
-from .distill import distill
-from .grids import GRIDS, make_grid
-from .lambdas import VARIANTS, Lambdas
-from .progressive import progressive_distillation
-from .sampling import Trajectory, sample
-from .schedules import EDMSchedule, Schedule, VPSchedule
-from .solvers import SOLVERS, make_plan
+from dode.denoiser import Denoiser
+from dode.distill import distill
+from dode.grids import GRIDS, make_grid
+from dode.lambdas import VARIANTS, Lambdas
+from dode.sampling import Trajectory, sample
+from dode.schedules import EDMSchedule, Schedule, VPSchedule
+from dode.solvers import SOLVERS, make_plan
 
 __all__ = [
     "Denoiser",
@@ -23,7 +34,6 @@ __all__ = [
     "make_grid",
     "VARIANTS",
     "Lambdas",
-    "progressive_distillation",
     "Trajectory",
     "sample",
     "EDMSchedule",
@@ -34,32 +44,13 @@ __all__ = [
     "__version__",
 ]
 
-# Submodules reachable as attributes of ``dode`` (``dode.zoo.load(...)``, ``dode.metrics.FD()``) without
-# importing their heavier dependencies (diffusers, pytorch-fid, xarray) until first use.
-_SUBMODULES = {
-    "analysis",
-    "claims",
-    "classifier",
-    "data",
-    "embedded",
-    "experiments",
-    "gmm",
-    "metrics",
-    "nets",
-    "paper",
-    "plots",
-    "progressive",
-    "protocols",
-    "results",
-    "timing",
-    "train",
-    "zoo",
-}
+# Reachable as attributes (``dode.zoo.load(...)``) without importing their dependencies until first use.
+_SUBMODULES = {"companion", "gmm", "metrics", "zoo"}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f"dode.{name}")
     raise AttributeError(f"module 'dode' has no attribute {name!r}")

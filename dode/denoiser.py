@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .schedules import Schedule
+from dode.schedules import Schedule
 
 __all__ = ["Denoiser", "PREDICTIONS", "to_eps", "to_x0", "convert"]
 

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .grids import grid_key, refine
-from .lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
-from .sampling import _check_noise, run
-from .solvers import Point, get_solver, make_plan
+from dode.denoiser import Denoiser
+from dode.grids import grid_key, refine
+from dode.lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
+from dode.sampling import _check_noise, run
+from dode.solvers import Point, get_solver, make_plan
 
 __all__ = ["distill", "least_squares", "FITS"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .denoiser import Denoiser
-from .schedules import Schedule
+from dode.denoiser import Denoiser
+from dode.schedules import Schedule
 
 __all__ = ["GaussianMixture"]
 

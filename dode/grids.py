@@ -26,7 +26,7 @@ import json
 
 import torch
 
-from .schedules import EDMSchedule, Schedule
+from dode.schedules import EDMSchedule, Schedule
 
 __all__ = ["GRIDS", "make_grid", "refine", "grid_key", "default_grid"]
 

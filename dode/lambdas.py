@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dode.files import atomic_write
 
 __all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
 
@@ -172,7 +172,7 @@ class Lambdas:
     def to_dataset(self):
         import xarray as xr
 
-        from . import __version__
+        from dode import __version__
 
         n, p = self.values.shape
         coords = {"evaluation": np.arange(n), "param": np.arange(p)}
@@ -190,17 +190,8 @@ class Lambdas:
 
     def save(self, path) -> Path:
         """Write NetCDF atomically (temp file in the same folder, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.to_dataset().to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        ds = self.to_dataset()
+        return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
     @classmethod
     def from_dataset(cls, ds) -> Lambdas:

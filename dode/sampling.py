@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .denoiser import Denoiser, convert
-from .grids import grid_key
-from .lambdas import STAGES, Lambdas
-from .solvers import Plan, Point, get_solver, make_plan
+from dode.denoiser import Denoiser, convert
+from dode.grids import grid_key
+from dode.lambdas import STAGES, Lambdas
+from dode.solvers import Plan, Point, get_solver, make_plan
 
 __all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluations"]
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .grids import make_grid
-from .schedules import Schedule
+from dode.grids import make_grid
+from dode.schedules import Schedule
 
 __all__ = ["Point", "Step", "Plan", "SOLVERS", "get_solver", "make_plan", "dpm_solver_orders"]
 

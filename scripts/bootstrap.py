@@ -4,7 +4,7 @@
 Called by every Makefile target that runs project code. It uses only the standard library, so it runs
 with any `python3` >= 3.10 before anything is installed.
 
-The install is one pip command, `pip install -c constraints.txt -e '.[test]'`, so that the resolver sees the
+The install is one pip command, `pip install -c constraints.txt -e '.[all,test]'`, so that the resolver sees the
 torch/torchvision pins together with everything that depends on them and cannot swap torch for another
 build. A stamp inside the venv records a hash of pyproject.toml and constraints.txt; while the hash is
 unchanged the bootstrap costs a few milliseconds and installs nothing.
@@ -47,7 +47,7 @@ def pip_command(venv_python: Path, repo: Path) -> list[str]:
         "-c",
         str(repo / "constraints.txt"),
         "-e",
-        f"{repo}[test]",
+        f"{repo}[all,test]",
     ]
 
 

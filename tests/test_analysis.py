@@ -1,4 +1,4 @@
-"""The analysis quantities of Fig. 2, 5, 7 and 11 (dode.analysis), on the exact Gaussian-mixture test bed."""
+"""The analysis quantities of Fig. 2, 5, 7 and 11 (dode.companion.analysis), on the exact Gaussian-mixture test bed."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from conftest import SCHEDULES, make_noise
 
 import dode
-from dode import analysis
+from dode.companion import analysis
 
 
 def test_cosine_matrix_is_symmetric_with_unit_diagonal_and_equals_a_direct_computation():

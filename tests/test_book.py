@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dode import build_book, run_notebooks
+from dode.companion import build_book, run_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
 
 
 def test_gpu_page_counts_are_the_ones_network_evaluations_gives():
-    from dode.protocols import network_evaluations
+    from dode.companion.protocols import network_evaluations
 
     text = (REPO / "book" / "gpu.md").read_text()
     rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \|", text, flags=re.M)

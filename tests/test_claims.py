@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dode import claims
+from dode.companion import claims
 
 
 def sweep(base, dode_, methods=("base", "d-ode"), nfes=(5, 10), solvers=("ddim",)):

@@ -9,9 +9,9 @@ import torch
 import dode
 from dode import zoo
 from dode.denoiser import Denoiser
-from dode.embedded import MODEL_IDS, MODELS_DIR, ModelFileError, load_card, load_denoiser
 from dode.schedules import EDMSchedule, VPSchedule
-from dode.train import default_config, train
+from dode.zoo.embedded import MODEL_IDS, MODELS_DIR, ModelFileError, load_card, load_denoiser
+from dode.zoo.train import default_config, train
 
 torch.set_num_threads(1)
 
@@ -82,13 +82,13 @@ def test_checksum_mismatch_names_the_file_and_the_retrain_command(tmp_path):
     with pytest.raises(ModelFileError, match="checksum mismatch") as err:
         load_denoiser("digits-eps-mini", tmp_path)
     assert str(weights) in str(err.value)
-    assert "python -m dode.train --model digits-eps --mini" in str(err.value)
+    assert "python -m dode.zoo.train --model digits-eps --mini" in str(err.value)
 
 
 def test_missing_files_and_bad_names(tmp_path):
     with pytest.raises(ModelFileError, match="missing") as err:
         load_denoiser("digits-edm", tmp_path)
-    assert "python -m dode.train --model digits-edm`" in str(err.value)
+    assert "python -m dode.zoo.train --model digits-edm`" in str(err.value)
     shutil.copy(MODELS_DIR / "digits-edm-mini.json", tmp_path)
     with pytest.raises(ModelFileError, match="weights .* are missing"):
         load_denoiser("digits-edm-mini", tmp_path)
@@ -100,7 +100,7 @@ def test_d_edm_beats_heun_on_the_digits_model():
     """The D-EDM hard case (issue #3, notebook 03): with one lambda per landing time, D-Heun fitted on 100
     noises improves Heun's FD on fresh samples at NFE 9, where the paper's lambda on every stage is worse
     than Heun (FD 11 vs 7 on 2,000 samples)."""
-    from dode import experiments as ex
+    from dode.companion import experiments as ex
     from dode.metrics import FD
 
     den = zoo.load("digits-edm")

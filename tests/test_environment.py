@@ -58,11 +58,26 @@ def environment_requirements() -> dict[str, Requirement]:
     return found
 
 
+def runtime_requirements() -> list[Requirement]:
+    """The core's dependencies and those of every extra but ``test`` (the extras' references to dode
+    itself left out): what the full installation of the README and environment.yml brings."""
+    project = pyproject()["project"]
+    lines = list(project["dependencies"])
+    for extra, extra_lines in project["optional-dependencies"].items():
+        if extra != "test":
+            lines += extra_lines
+    requirements = [Requirement(line) for line in lines]
+    return [r for r in requirements if canonicalize_name(r.name) != "dode"]
+
+
+def test_the_core_depends_on_torch_and_numpy_only():
+    assert sorted(pyproject()["project"]["dependencies"]) == ["numpy", "torch"]
+
+
 def test_environment_yml_names_every_runtime_dependency_with_its_bounds():
     listed = environment_requirements()
     missing, loosened = [], []
-    for line in pyproject()["project"]["dependencies"]:
-        requirement = Requirement(line)
+    for requirement in runtime_requirements():
         # an extra such as h5netcdf[h5py] pulls in a package of its own: conda must name it too
         for name in [requirement.name, *requirement.extras]:
             if canonicalize_name(name) not in listed:
@@ -81,7 +96,7 @@ def test_environment_yml_is_python_311_with_cuda_torch_and_installs_the_project(
     assert "python=3.11" in conda
     assert "pytorch-gpu" in conda, "the GPU environment needs a CUDA build of PyTorch"
     assert "torchvision" in conda
-    assert "-e .[test]" in pip
+    assert "-e .[all,test]" in pip
 
 
 def test_the_conda_spec_parser_maps_names_and_versions():
@@ -162,7 +177,7 @@ def test_bootstrap_installs_in_one_pip_command_with_the_constraints():
     command = bootstrap.pip_command(Path("/venv/bin/python"), REPO)
     assert command[:4] == ["/venv/bin/python", "-m", "pip", "install"]
     assert command[command.index("-c") + 1] == str(REPO / "constraints.txt")
-    assert command[command.index("-e") + 1] == f"{REPO}[test]"
+    assert command[command.index("-e") + 1] == f"{REPO}[all,test]"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dode
-from dode import experiments as ex
+from dode.companion import experiments as ex
 from dode.gmm import GaussianMixture
 
 
@@ -143,7 +143,7 @@ def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
 
 def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypatch):
     """The count that the GPU chapter's run-time estimates rest on is the number of calls a sweep makes."""
-    from dode.protocols import PROTOCOLS, network_evaluations
+    from dode.companion.protocols import PROTOCOLS, network_evaluations
 
     calls = {"n": 0}
     real_load = ex.load_model
@@ -308,7 +308,7 @@ def test_constant_lambda_methods_follow_lambda_value_and_variants_share_one_teac
 def test_best_constant_picks_the_grid_point_with_the_lowest_seed_mean():
     import xarray as xr
 
-    from dode import plots
+    from dode.companion import plots
 
     fd = np.full((1, 3, 1, 2, 3), np.nan)  # solver, method, nfe, seed, lambda_value
     fd[0, 0] = 5.0  # base: the same at every lambda

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dode import classifier as clf
 from dode import metrics as M
-from dode.data import load_digits
+from dode.metrics import classifier as clf
+from dode.zoo.data import load_digits
 
 # ---------------------------------------------------------------------------------------------------------
 # FeatureStats

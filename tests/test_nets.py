@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dode.nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters, timestep_embedding
-from dode.train import MINI_NET, REAL_NET
+from dode.zoo.nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters, timestep_embedding
+from dode.zoo.train import MINI_NET, REAL_NET
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def test_parameter_counts_of_the_shipped_configs():
 
 
 def test_attention_blocks_exist_only_where_asked():
-    from dode.nets import AttnBlock
+    from dode.zoo.nets import AttnBlock
 
     def n_attn(cfg):
         return sum(isinstance(m, AttnBlock) for m in UNet(cfg).modules())

@@ -26,7 +26,7 @@ import nbformat
 import papermill
 import pytest
 
-from dode import run_notebooks
+from dode.companion import run_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

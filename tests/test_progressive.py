@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import dode
-from dode import progressive as pd
 from dode import zoo
-from dode.data import load_digits
+from dode.zoo import progressive as pd
+from dode.zoo.data import load_digits
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dode.results import IncompatibleResults, ResultStore, provenance
+from dode.companion.results import IncompatibleResults, ResultStore, provenance
 
 DIMS = {"solver": ["ddim", "dpm_solver++"], "method": ["base", "d-ode"], "nfe": [5, 10], "seed": [0, 1]}
 KEY = {"model": "digits-eps", "K": 10, "B": 100, "n_samples": 2000}

@@ -1,4 +1,4 @@
-"""The cost tables of notebook 10 (dode.timing), on a results file with known cells."""
+"""The cost tables of notebook 10 (dode.companion.timing), on a results file with known cells."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dode import timing
-from dode.protocols import PROTOCOLS
+from dode.companion import timing
+from dode.companion.protocols import PROTOCOLS
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_run_timing_refuses_bad_parameters_before_computing(tmp_path, change, ma
 
 
 def test_network_evaluations_names_the_timing_notebook_as_no_sweep():
-    from dode.protocols import network_evaluations
+    from dode.companion.protocols import network_evaluations
 
     with pytest.raises(ValueError, match="10_timing is not a plain sweep over solvers"):
         network_evaluations("10_timing", "paper")

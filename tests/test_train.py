@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dode.nets import EDMPrecond, UNet
-from dode.train import (
+from dode.zoo.nets import EDMPrecond, UNet
+from dode.zoo.train import (
     MINI_NET,
     default_config,
     edm_loss,
@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 
 def _fixed_batch():
-    from dode.data import load_digits
+    from dode.zoo.data import load_digits
 
     return load_digits("train").images[:16]
 
@@ -124,7 +124,7 @@ def test_training_is_seeded_and_writes_a_complete_card(tmp_path):
 
 
 def _all_train_pixels_std():
-    from dode.data import load_digits
+    from dode.zoo.data import load_digits
 
     return load_digits("train").images.double().std()
 
@@ -168,7 +168,7 @@ def test_cli_trains_into_the_given_folder(tmp_path, capsys):
 def test_notebook_smoke_profile_writes_its_results_file(tmp_path):
     import xarray as xr
 
-    from dode import model_report
+    from dode.companion import model_report
 
     ds = model_report.run("smoke", models=["digits-edm"], results_dir=tmp_path, progress=False)
     on_disk = xr.open_dataset(tmp_path / model_report.RESULTS_NAME)
@@ -183,7 +183,7 @@ def test_notebook_smoke_profile_writes_its_results_file(tmp_path):
 
 
 def test_notebook_profiles_and_models_are_checked(capsys):
-    from dode import model_report
+    from dode.companion import model_report
 
     with pytest.raises(ValueError, match="profile must be one of"):
         model_report.run("laptop")

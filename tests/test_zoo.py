@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import dode
 from dode import zoo
 from dode.denoiser import Denoiser
+from dode.files import sha256_file
 from dode.schedules import EDMSchedule, VPSchedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the EDM-like network's module, for unpickling
@@ -257,7 +257,7 @@ def test_edm_from_file_url_is_cached_in_torch_home(tmp_path, monkeypatch):
     den = zoo.load("edm-ffhq-64", path=path.as_uri())
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "edm" / path.name
     assert cached.is_file()
-    assert den.info["sha256"] == zoo._sha256(path)
+    assert den.info["sha256"] == sha256_file(path)
     with pytest.raises(FileNotFoundError, match="not found"):
         zoo.load("edm-ffhq-64", path=tmp_path / "nothing.pkl")
     _pickle({"net": net}, tmp_path / "nokey.pkl")
@@ -266,7 +266,7 @@ def test_edm_from_file_url_is_cached_in_torch_home(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# embedded digits models: the zoo defers to dode.embedded.load_denoiser (written elsewhere)
+# embedded digits models: the zoo defers to dode.zoo.embedded.load_denoiser (written elsewhere)
 
 
 def test_digits_models_are_loaded_through_dode_embedded(monkeypatch):
@@ -276,10 +276,10 @@ def test_digits_models_are_loaded_through_dode_embedded(monkeypatch):
         calls.append((name, path))
         return Denoiser(lambda x, t: x, VPSchedule.linear(), "eps", name=name, info={"steps": 10})
 
-    fake = types.ModuleType("dode.embedded")
+    fake = types.ModuleType("dode.zoo.embedded")
     fake.load_denoiser = load_denoiser
-    monkeypatch.setitem(sys.modules, "dode.embedded", fake)
-    monkeypatch.setattr(dode, "embedded", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "dode.zoo.embedded", fake)
+    monkeypatch.setattr(zoo, "embedded", fake, raising=False)
     den = zoo.load("digits-eps-mini", path="weights.safetensors")
     assert calls == [("digits-eps-mini", "weights.safetensors")]
     assert den.info["steps"] == 10 and den.info["resolution"] == 8

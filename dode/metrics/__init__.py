@@ -7,7 +7,7 @@ to be in memory at once), and compared with the statistics of a reference data s
 computed by pytorch-fid's ``calculate_frechet_distance``).
 
 * :class:`FD` (profiles ``smoke`` and ``cpu``): features are the 64-d penultimate layer of the digit
-  classifier (:mod:`dode.classifier`); the reference is the digits' *train* split (see :class:`FD` for why).
+  classifier (:mod:`dode.metrics.classifier`); the reference is the digits' *train* split (see :class:`FD` for why).
 * :class:`FID` (profile ``paper``): the 2048-d final pool features of pytorch-fid's InceptionV3, compared with
   reference statistics of the paper's data sets stored as ``.npz`` files (:func:`reference_stats`).
 * :func:`l2_to_reference` / :func:`l2_distances`: distance of samples to the endpoints of a reference
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DATA_DIR, load_digits
+from dode.files import atomic_write, sha256_file
+from dode.zoo.data import DATA_DIR, load_digits
 
 __all__ = [
     "FeatureStats",
@@ -162,12 +163,12 @@ class FeatureStats:
 
     def save(self, path: str | Path, **extra) -> Path:
         """Write ``mu``, ``sigma`` (pytorch-fid's ``.npz`` keys), ``n`` and ``extra`` arrays, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), **extra)
-        os.replace(tmp, path)
-        return path
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), **extra)
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
@@ -264,14 +265,12 @@ def write_digits_reference(
     classifier_path: str | Path | None = None, path: str | Path = DIGITS_REFERENCE_PATH
 ) -> Path:
     """Compute and store the FD reference statistics (train split, classifier features) under ``data/``."""
-    from . import classifier as clf
+    from dode.metrics import classifier as clf
 
     classifier_path = Path(classifier_path or clf.CLASSIFIER_PATH)
     model = clf.load(classifier_path)
     stats = FD(classifier=model).reference  # a classifier object: its reference is computed, not loaded
-    return stats.save(
-        path, classifier_sha256=np.array(clf.sha256_file(classifier_path)), split=np.array("train")
-    )
+    return stats.save(path, classifier_sha256=np.array(sha256_file(classifier_path)), split=np.array("train"))
 
 
 class FD:
@@ -290,7 +289,7 @@ class FD:
     Parameters
     ----------
     classifier:
-        a :class:`~dode.classifier.DigitClassifier`, or a path to its weights; default the committed one.
+        a :class:`~dode.metrics.classifier.DigitClassifier`, or a path to its weights; default the committed one.
     reference:
         :class:`FeatureStats` or a path to an ``.npz``; default ``data/fid_stats/digits-train.npz``, which
         must have been computed from the same classifier weights (checked by sha256).
@@ -305,7 +304,7 @@ class FD:
         device: str | torch.device = "cpu",
         batch_size: int = 1000,
     ):
-        from . import classifier as clf
+        from dode.metrics import classifier as clf
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -333,17 +332,15 @@ class FD:
 
     @staticmethod
     def _load_digits_reference(classifier_path: Path) -> FeatureStats:
-        from . import classifier as clf
-
         path = DIGITS_REFERENCE_PATH
         if not path.exists():
             raise FileNotFoundError(
                 f"FD reference statistics not found at {path}; write them with "
-                "`python -m dode.classifier` (retrains) or dode.metrics.write_digits_reference()"
+                "`python -m dode.metrics digits-reference` (after `python -m dode.metrics.classifier` if retrained)"
             )
         with np.load(path) as f:
             recorded = str(f["classifier_sha256"]) if "classifier_sha256" in f.files else None
-        if recorded != clf.sha256_file(classifier_path):
+        if recorded != sha256_file(classifier_path):
             raise RuntimeError(
                 f"{path} was computed with other classifier weights than {classifier_path}; "
                 "recompute it with dode.metrics.write_digits_reference()"

@@ -1,7 +1,7 @@
 """The embedded models: small diffusion models trained on the 8x8 digits, shipped with the companion.
 
 Each model is a pair of files in ``data/models/``: ``<id>.safetensors`` (EMA weights) and ``<id>.json``
-(the model card written by :mod:`dode.train`: architecture, schedule, training recipe, loss curve, sha256
+(the model card written by :mod:`dode.zoo.train`: architecture, schedule, training recipe, loss curve, sha256
 of the weights, quality). :func:`load_denoiser` rebuilds the network from the card, verifies the weights'
 checksum and returns a ready :class:`~dode.denoiser.Denoiser`.
 
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .denoiser import Denoiser
-from .nets import UNetConfig
-from .schedules import EDMSchedule, VPSchedule
-from .train import MODEL_IDS, MODELS_DIR, build_network, sha256_file
+from dode.denoiser import Denoiser
+from dode.files import sha256_file
+from dode.schedules import EDMSchedule, VPSchedule
+from dode.zoo.nets import UNetConfig
+from dode.zoo.train import MODEL_IDS, MODELS_DIR, build_network
 
 __all__ = ["MODEL_IDS", "MODELS_DIR", "ModelFileError", "load_card", "load_denoiser", "model_files"]
 
@@ -35,7 +36,7 @@ class ModelFileError(RuntimeError):
 
 def _retrain_command(name: str) -> str:
     base = name.removesuffix("-mini")
-    return f"python -m dode.train --model {base}" + (" --mini" if name.endswith("-mini") else "")
+    return f"python -m dode.zoo.train --model {base}" + (" --mini" if name.endswith("-mini") else "")
 
 
 def model_files(name: str, path: str | Path | None = None) -> tuple[Path, Path]:

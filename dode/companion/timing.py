@@ -3,14 +3,14 @@
 One run on one machine measures both sides of the paper's claim that fitting D-ODE lambdas takes minutes
 where distilling the network itself takes far longer (METHOD section 6):
 
-* **ODE solvers** (:func:`dode.experiments.quality_sweep`): EDM's Heun sampler and DDIM in sigma (Euler)
+* **ODE solvers** (:func:`dode.companion.experiments.quality_sweep`): EDM's Heun sampler and DDIM in sigma (Euler)
   on the EDM model, base and D-ODE, at each NFE: the closed-form fit's wall time (``fit_seconds``), the
   pure sampling time of the evaluation samples (``sample_seconds``) and their FD/FID.
-* **Progressive distillation** (:mod:`dode.progressive`): a DDIM teacher of ``steps_start`` steps halved
+* **Progressive distillation** (:mod:`dode.zoo.progressive`): a DDIM teacher of ``steps_start`` steps halved
   down to ``steps_end``; each student's training time (``train_seconds``, ``cumulative_train_seconds``),
   sampling time and FD/FID, stored as method ``pd`` of solver ``ddim`` at NFE = its steps.
 
-Everything lands in one :class:`~dode.results.ResultStore` (resumable; finished students are saved next to
+Everything lands in one :class:`~dode.companion.results.ResultStore` (resumable; finished students are saved next to
 it and reused), and :func:`cost_table`, :func:`time_to_reach` and :func:`fd_vs_nfe` draw the notebook's
 table and figure from the stored file alone.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import experiments as ex
-from .progressive import (
+from dode.companion import experiments as ex
+from dode.zoo.progressive import (
     Halving,
     _default_images,
     halving_steps,
@@ -46,7 +46,7 @@ __all__ = [
     "fd_vs_cost",
 ]
 
-#: the keys of a notebook's ``pd`` parameter (the recipe of :func:`dode.progressive.progressive_distillation`)
+#: the keys of a notebook's ``pd`` parameter (the recipe of :func:`dode.zoo.progressive.progressive_distillation`)
 PD_KEYS = (
     "steps_start",
     "steps_end",
@@ -102,7 +102,7 @@ def student_stats(
 ):
     """Feature statistics of a student's samples of the evaluation noise of ``seed`` (the same noise every
     ODE solver of the run samples) and the pure sampling time."""
-    from .metrics import FeatureStats
+    from dode.metrics import FeatureStats
 
     stats, seconds = FeatureStats(), 0.0
     for start in range(0, n_samples, batch_size):
@@ -129,7 +129,7 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
     ``cfg`` needs ``model`` (and optionally ``model_options`` for :func:`dode.zoo.load`), ``nfes`` (a dict ``{"edm": [...], "ddim": [...]}``), ``seeds, K, B, n_samples,
     batch_size, device, threads`` (torch threads; 0 leaves torch's default) and ``pd`` (the recipe, see
     :data:`PD_KEYS`); ``pd_data`` (optional) is a ``.npy``/``.npz`` file of PD's training images
-    (:func:`dode.progressive.load_training_images`; required for models other than the embedded ones, whose
+    (:func:`dode.zoo.progressive.load_training_images`; required for models other than the embedded ones, whose
     default is the digits' train split); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
     the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples). Returns the
     results file.

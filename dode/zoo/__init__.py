@@ -3,7 +3,7 @@
 Three families, each wrapped so that the solvers see only a :class:`~dode.denoiser.Denoiser` (the network's
 native denoising output, its schedule and prediction type, METHOD section 1):
 
-* ``digits-*``: the embedded U-Nets trained on the 8x8 digits (:mod:`dode.embedded`; profiles smoke/cpu).
+* ``digits-*``: the embedded U-Nets trained on the 8x8 digits (:mod:`dode.zoo.embedded`; profiles smoke/cpu).
 * ``ddpm-*``: the DDPM checkpoints of Ho et al. in diffusers' format (``UNet2DModel`` + scheduler config),
   noise prediction, discrete VP schedule rebuilt in float64 from the scheduler's beta settings. Loaded from
   the Hugging Face hub on a machine with internet, or from a local folder (``path=``).
@@ -16,7 +16,6 @@ companion; the loaders are exercised by the tests on miniature checkpoints writt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import sys
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .denoiser import Denoiser
-from .schedules import EDMSchedule, VPSchedule
+from dode.denoiser import Denoiser
+from dode.files import sha256_file
+from dode.schedules import EDMSchedule, VPSchedule
 
 __all__ = ["available", "load", "MODELS", "EDMPickleImportError", "vp_schedule_from_scheduler_config"]
 
@@ -44,22 +44,22 @@ MODELS: dict[str, dict[str, Any]] = {
         "family": "embedded",
         "resolution": 8,
         "channels": 1,
-        "schedule": "vp (discrete, see dode.embedded)",
+        "schedule": "vp (discrete, see dode.zoo.embedded)",
         "prediction": "eps",
         "class_conditional": False,
         "label_dim": 0,
-        "source": "dode.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
+        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
         "fid_reference": "fd",
     },
     "digits-edm": {
         "family": "embedded",
         "resolution": 8,
         "channels": 1,
-        "schedule": "edm (see dode.embedded)",
+        "schedule": "edm (see dode.zoo.embedded)",
         "prediction": "x0",
         "class_conditional": False,
         "label_dim": 0,
-        "source": "dode.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
+        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
         "fid_reference": "fd",
     },
     "ddpm-cifar10": {
@@ -208,7 +208,7 @@ def load(
 def _load_embedded(name: str, path, **options) -> Denoiser:
     if options:
         raise TypeError(f"unexpected options for {name!r}: {sorted(options)} (only path= is accepted)")
-    from . import embedded  # lazily: the embedded models are optional for the paper profile
+    from dode.zoo import embedded  # lazily: the embedded models are optional for the paper profile
 
     den = embedded.load_denoiser(name, path=path)
     # the loaded model's own schedule and prediction type are authoritative over the listing
@@ -433,14 +433,6 @@ def _fetch_url(url: str) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _unpickle_network(path: Path) -> nn.Module:
     try:
         with open(path, "rb") as f:
@@ -490,7 +482,7 @@ def _load_edm(name: str, path, edm_repo: str | Path | None = None, **options) ->
         **meta,
         "zoo_name": name,
         "checkpoint": src,
-        "sha256": _sha256(file),
+        "sha256": sha256_file(file),
         "resolution": resolution,
         "channels": channels,
         "label_dim": label_dim,

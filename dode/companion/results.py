@@ -22,38 +22,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import platform
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ResultStore", "IncompatibleResults", "provenance", "git_commit", "write_netcdf"]
+from dode.files import atomic_write, git_commit
+
+__all__ = ["ResultStore", "IncompatibleResults", "provenance", "write_netcdf"]
 
 
 class IncompatibleResults(RuntimeError):
     """A results file holds cells computed under other parameters."""
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """The git commit of the dode source tree (with ``+dirty`` if it has local changes), or ``unknown``."""
-    root = Path(path) if path else Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _device_description() -> str:
@@ -69,7 +49,7 @@ def _device_description() -> str:
 
 def provenance(profile: str, params: dict, model: dict | None = None) -> dict:
     """Attributes recorded with every results file (all strings)."""
-    from . import __version__
+    from dode import __version__
 
     return {
         "profile": str(profile),
@@ -83,18 +63,8 @@ def provenance(profile: str, params: dict, model: dict | None = None) -> dict:
 
 
 def write_netcdf(ds, path: str | Path) -> Path:
-    """Write an xarray Dataset atomically: a temp file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write an xarray Dataset atomically (:func:`dode.files.atomic_write`)."""
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def _json_attr(value) -> str:

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .distill import distill, teacher_targets
-from .solvers import make_plan
+from dode.denoiser import Denoiser
+from dode.distill import distill, teacher_targets
+from dode.solvers import make_plan
 
 __all__ = [
     "cosine_similarity_matrix",
@@ -167,7 +167,7 @@ def fit_variants(
 
 
 def _time_variable(den: Denoiser) -> str:
-    from .schedules import EDMSchedule
+    from dode.schedules import EDMSchedule
 
     return "sigma" if isinstance(den.schedule, EDMSchedule) else "t"
 
@@ -178,8 +178,8 @@ def run_correlation(stem: str, cfg: dict, results_dir, progress: bool = True):
 
     ``cfg`` needs ``models, steps, n_samples, seed, device``. Stores ``similarity`` (model x step_i x
     step_j), ``eval_time`` (model time of each evaluation) and ``data_prediction`` (1 for x0 models)."""
-    from . import experiments as ex
-    from .sampling import sample
+    from dode.companion import experiments as ex
+    from dode.sampling import sample
 
     dens = {name: ex.load_model(name, device=cfg["device"]) for name in cfg["models"]}
     key = {k: cfg[k] for k in ("steps", "n_samples", "seed")}
@@ -210,9 +210,9 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     reference's ``reference_norm``, ``reference_time``, ``reference_pixels``, ``pixel_position``."""
     from tqdm import tqdm
 
-    from . import experiments as ex
-    from .lambdas import VARIANTS
-    from .sampling import sample
+    from dode.companion import experiments as ex
+    from dode.lambdas import VARIANTS
+    from dode.sampling import sample
 
     for m in cfg["methods"]:
         if m != "base" and m not in VARIANTS:
@@ -297,8 +297,8 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
     (panel x method x nfe x image dims), ``reference`` (model x image dims), ``lambdas``, ``fit_seconds``."""
     from tqdm import tqdm
 
-    from . import experiments as ex
-    from .sampling import sample
+    from dode.companion import experiments as ex
+    from dode.sampling import sample
 
     panels = [tuple(p) for p in cfg["panels"]]
     for p in panels:

@@ -1,8 +1,8 @@
 """Build the Jupyter Book into book/_build/html, fully offline once MathJax is cached.
 
-    python -m dode.build_book [--all]
+    python -m dode.companion.build_book [--all]
 
-Run `python -m dode.run_notebooks` first: the book renders the executed copies in book/executed/ and
+Run `python -m dode.companion.run_notebooks` first: the book renders the executed copies in book/executed/ and
 never executes anything itself (`execute_notebooks: off` in _config.yml).
 
 MathJax is served from the built site, not from a CDN. The npm package `mathjax` is installed once into
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from dode.run_notebooks import BookLayoutError, book_notebooks
+from dode.companion.run_notebooks import BookLayoutError, book_notebooks
 
 MATHJAX_VERSION = "3.2.2"
 MATHJAX_CACHE = ".cache/mathjax"  # npm --prefix folder
@@ -82,7 +82,9 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
     missing = [nb for nb in book_notebooks(repo) if not nb.executed.is_file()]
     if missing:
         names = ", ".join(nb.name for nb in missing)
-        raise BookLayoutError(f"not executed yet: {names}; run `python -m dode.run_notebooks` (or make book)")
+        raise BookLayoutError(
+            f"not executed yet: {names}; run `python -m dode.companion.run_notebooks` (or make book)"
+        )
     ensure_mathjax(repo)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [

@@ -16,21 +16,17 @@ change what a digit is (a mirrored 2 is not a digit) and the FD classifier would
 
 Command line::
 
-    python -m dode.train --model digits-eps|digits-edm|all [--mini] [--steps N] [--out DIR]
+    python -m dode.zoo.train --model digits-eps|digits-edm|all [--mini] [--steps N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -40,9 +36,10 @@ import numpy as np
 import torch
 from tqdm import tqdm  # plain bars: tqdm.auto warns in kernels without ipywidgets
 
-from .data import DATA_DIR, N_HELD_OUT, SPLIT_SEED, load_digits
-from .nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters
-from .schedules import EDMSchedule, VPSchedule
+from dode.files import atomic_write, git_state, sha256_file
+from dode.schedules import EDMSchedule, VPSchedule
+from dode.zoo.data import DATA_DIR, N_HELD_OUT, SPLIT_SEED, load_digits
+from dode.zoo.nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters
 
 __all__ = [
     "BASE_MODELS",
@@ -55,7 +52,6 @@ __all__ = [
     "edm_loss",
     "train",
     "save_model",
-    "sha256_file",
     "main",
 ]
 
@@ -204,52 +200,9 @@ def edm_loss(
     return (weight * (precond(noisy, sigma) - x0).pow(2)).mean()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _git_state() -> dict:
-    """Commit of the training code and whether ``dode/`` had uncommitted changes when training started."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "dode"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return {"git_commit": commit, "git_dirty": bool(dirty)}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": None}
-
-
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     # linear warm-up from lr/warmup to lr, then constant (the EMA does the averaging at the end)
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp creates the file private (0600); give it the permissions of a normally created file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(module: torch.nn.Module, card: dict, out_dir: Path) -> tuple[Path, Path]:
@@ -262,13 +215,13 @@ def save_model(module: torch.nn.Module, card: dict, out_dir: Path) -> tuple[Path
     state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in module.state_dict().items()}
     # one metadata key only: safetensors writes the metadata map in no fixed order, so with several keys
     # two identical trainings could give files with different checksums
-    _atomic_write_bytes(weights, lambda p: save_file(state, str(p), metadata={"model": name}))
+    atomic_write(weights, lambda p: save_file(state, str(p), metadata={"model": name}))
     card = {
         **card,
         "weights": {"file": weights.name, "sha256": sha256_file(weights), "content": "EMA weights"},
     }
     card_path = out_dir / f"{name}.json"
-    _atomic_write_bytes(card_path, lambda p: p.write_text(json.dumps(card, indent=1) + "\n"))
+    atomic_write(card_path, lambda p: p.write_text(json.dumps(card, indent=1) + "\n"))
     return weights, card_path
 
 
@@ -311,7 +264,8 @@ def train(
         torch.set_num_threads(int(threads))
     if (checkpoint_every or resume) and out_dir is None:
         raise ValueError("checkpoint_every and resume need an out_dir")
-    git = _git_state()
+    commit, dirty = git_state(("dode",))
+    git = {"git_commit": commit, "git_dirty": dirty}
     digits = load_digits("train")
     data = digits.images.to(torch.float32)
     sigma_data = float(data.double().std()) if cfg.kind == "edm" else None
@@ -401,7 +355,7 @@ def train(
                 "resumed_at": resumed_at,
                 "git": git,
             }
-            _atomic_write_bytes(ckpt_path, partial(torch.save, ckpt))
+            atomic_write(ckpt_path, partial(torch.save, ckpt))
     bar.close()
     wall = elapsed_before + time.perf_counter() - start
     if window:  # a last, shorter window
@@ -421,12 +375,12 @@ def train(
         "prediction": "eps" if cfg.kind == "eps" else "x0",
         "schedule": (vp_schedule(cfg) if cfg.kind == "eps" else edm_schedule(cfg)).describe(),
         "model_time": "float training index in [0, T-1]" if cfg.kind == "eps" else "sigma",
-        "architecture": {"class": "dode.nets.UNet", "config": cfg.net.to_dict()},
+        "architecture": {"class": "dode.zoo.nets.UNet", "config": cfg.net.to_dict()},
         "preconditioning": None
         if cfg.kind == "eps"
         else {
             "type": "edm",
-            "class": "dode.nets.EDMPrecond",
+            "class": "dode.zoo.nets.EDMPrecond",
             "sigma_data": sigma_data,
             "c_noise": "log(sigma)/4",
         },
@@ -477,7 +431,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dode.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dode.zoo.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=[*BASE_MODELS, "all"])
     parser.add_argument("--mini", action="store_true", help="train the miniature config (-mini model ids)")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")

@@ -1,7 +1,7 @@
 """What the experiment notebooks share: profiles, deterministic noise, fits, and resumable quality sweeps.
 
 A notebook stays thin: it resolves its parameters with :func:`settings`, calls :func:`quality_sweep` (or the
-smaller pieces below) with a :class:`~dode.results.ResultStore`, and draws its figures from the stored file.
+smaller pieces below) with a :class:`~dode.companion.results.ResultStore`, and draws its figures from the stored file.
 
 Noise is drawn from independent, named streams (:func:`noise`): the *fitting* batch of seed ``s`` and the
 *evaluation* samples of seed ``s`` come from different streams, so evaluation never includes the fitting
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .distill import distill
-from .lambdas import VARIANTS, Lambdas
-from .sampling import sample
+from dode.denoiser import Denoiser
+from dode.distill import distill
+from dode.lambdas import VARIANTS, Lambdas
+from dode.sampling import sample
 
 __all__ = [
     "PROFILES",
@@ -141,7 +141,7 @@ def noise(
 
 
 def load_model(name: str, device="cpu", **options) -> Denoiser:
-    from . import zoo
+    from dode import zoo
 
     return zoo.load(name, device=device, **options)
 
@@ -157,7 +157,7 @@ def sample_shape(den: Denoiser) -> tuple[int, int, int]:
 def make_metric(den: Denoiser, device="cpu", batch_size: int | None = None):
     """``(name, metric)``: FD in the digit classifier's features for the embedded models, Inception FID
     against the dataset's reference statistics for the paper's models."""
-    from . import metrics
+    from dode import metrics
 
     reference = den.info.get("fid_reference", "fd")
     if reference == "fd":
@@ -172,7 +172,7 @@ def model_record(den: Denoiser) -> dict:
 
 
 def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, den: Denoiser | None):
-    from .results import ResultStore, provenance
+    from dode.companion.results import ResultStore, provenance
 
     record = model_record(den) if den is not None else {}
     # results of another profile or model are never mixed in (nor overwritten): the store refuses them
@@ -251,7 +251,7 @@ def sample_batches(
 
 def sample_stats(den: Denoiser, metric, label: str, nfe: int, **kwargs):
     """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time."""
-    from .metrics import FeatureStats
+    from dode.metrics import FeatureStats
 
     stats, seconds = FeatureStats(), 0.0
     for x, dt in sample_batches(den, label, nfe, **kwargs):
@@ -324,9 +324,9 @@ def _check_points(points, methods) -> list[dict]:
 def _same_as_per_time(method: str, label: str, nfe: int) -> bool:
     """A per-stage method on a solver none of whose stages share a landing time (every solver but EDM's
     Heun) fits and samples exactly what its per-time counterpart does (tested in test_distill)."""
-    from .sampling import lambda_evaluations
-    from .schedules import EDMSchedule
-    from .solvers import make_plan
+    from dode.sampling import lambda_evaluations
+    from dode.schedules import EDMSchedule
+    from dode.solvers import make_plan
 
     if FITTED_METHODS.get(method, (None, None))[1] != "per_stage":
         return False
@@ -461,8 +461,8 @@ def quality_sweep(
 
 def _teacher_run(den, cell, K, B, shape, grid, teacher, device):
     """The teacher states of a (solver, NFE, seed) cell's fitting batch, and the seconds they took."""
-    from .distill import teacher_targets
-    from .solvers import make_plan
+    from dode.distill import teacher_targets
+    from dode.solvers import make_plan
 
     solver, options = solver_spec(cell["solver"])
     plan = make_plan(den.schedule, solver, cell["nfe"], grid, options)
@@ -479,7 +479,7 @@ def _lambda_dims(lam: Lambdas) -> dict:
 
 def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
     """Rebuild the Lambdas of a cell from the store (fitting is not repeated on resume)."""
-    from .grids import grid_key
+    from dode.grids import grid_key
 
     label, nfe = cell["solver"], cell["nfe"]
     solver, options = solver_spec(label)

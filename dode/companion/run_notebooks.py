@@ -1,6 +1,6 @@
 """Execute the book's notebooks with papermill, in the order of `_toc.yml`.
 
-    python -m dode.run_notebooks [--profile smoke|cpu|paper] [--only NAME ...] [--keep-going] [--list]
+    python -m dode.companion.run_notebooks [--profile smoke|cpu|paper] [--only NAME ...] [--keep-going] [--list]
 
 Conventions (shared with tests/test_notebooks.py):
 
@@ -27,12 +27,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from dode.files import atomic_write
 
 PROFILES = ("smoke", "cpu", "paper")
 EXECUTED_PREFIX = "book/executed/"
@@ -119,13 +120,6 @@ def machine_description() -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f"{path.name}.tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def record_run_times(path: Path, new_rows: list[dict[str, str]], book_order: list[str]) -> None:
     """Merge this run's rows into the table, keeping earlier rows of notebooks not run this time."""
     rows: dict[str, dict[str, str]] = {}
@@ -143,7 +137,8 @@ def record_run_times(path: Path, new_rows: list[dict[str, str]], book_order: lis
     )
     writer.writeheader()
     writer.writerows(ordered)
-    write_atomically(path, text.getvalue())
+    content = text.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_text(content))
 
 
 def notebook_parameters(source: Path) -> dict:

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .experiments import PRETTY
+from dode.companion.experiments import PRETTY
 
 __all__ = [
     "style",
@@ -584,13 +584,13 @@ def paired_gains(ds, var: str, methods, base: str = "base", digits: int = 2):
 def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: int = 2):
     """Ours (mean ± std over seeds) beside the paper's numbers, one row per paper row.
 
-    ``paper`` maps a row label to the paper's values at ``nfes`` (default :data:`dode.paper.NFES`);
+    ``paper`` maps a row label to the paper's values at ``nfes`` (default :data:`dode.companion.paper.NFES`);
     ``rows`` maps the same label to the selection of our results that corresponds to it (e.g.
     ``{"solver": "ddim", "method": "sep"}``). NFEs we did not run show "–".
     """
     import pandas as pd
 
-    from .paper import NFES
+    from dode.companion.paper import NFES
 
     nfes = list(nfes or NFES)
     ours_nfes = ds.coords["nfe"].values.tolist()

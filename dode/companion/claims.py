@@ -1,4 +1,4 @@
-"""The paper's claims (``dode.paper.CLAIMS``) checked against our results files.
+"""The paper's claims (``dode.companion.paper.CLAIMS``) checked against our results files.
 
 Each check reads the results of the notebooks that bear on one claim and returns a :class:`Verdict`: the
 claim, ``reproduced`` / ``partly`` / ``not reproduced`` / ``not run``, and the evidence in numbers. The
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .paper import CLAIMS
+from dode.companion.paper import CLAIMS
 
 __all__ = ["Verdict", "VERDICTS", "paired_gains", "check_all", "CHECKS", "metric_name"]
 
@@ -354,7 +354,7 @@ def check_cost(results: dict) -> Verdict:
     return Verdict("cost", verdict, "\n".join(lines))
 
 
-#: claim -> its check (every claim of dode.paper.CLAIMS has one)
+#: claim -> its check (every claim of dode.companion.paper.CLAIMS has one)
 CHECKS: dict[str, Callable[[dict], Verdict]] = {
     "d_beats_base": check_d_beats_base,
     "formulations": check_formulations,
@@ -381,7 +381,7 @@ def load_results(results_dir: str | Path, stems) -> dict:
 
 
 def check_all(results: dict) -> list[Verdict]:
-    """A verdict for every claim of the paper, in the order of ``dode.paper.CLAIMS``."""
+    """A verdict for every claim of the paper, in the order of ``dode.companion.paper.CLAIMS``."""
     out = []
     for claim in CLAIMS:
         check = CHECKS[claim]

@@ -1,6 +1,6 @@
 """Each notebook's parameters under each profile (``smoke`` | ``cpu`` | ``paper``).
 
-A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.experiments.settings` fills them from
+A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.companion.experiments.settings` fills them from
 the table below, and any value given to papermill overrides it. The ``cpu`` column is sized so that the
 whole book runs in about half an hour on two CPU cores (the embedded nets cost about 0.3 ms per sample and
 network evaluation there): the main sweeps keep the protocol's 2,000 evaluation samples and 3 seeds and
@@ -199,7 +199,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             device="cuda",
         ),
     },
-    # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.timing). PD recipes:
+    # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
     # paper = Salimans & Ho's released CIFAR-10 configuration (8192 -> 1 steps there, stopped at 2 here as
     # D-EDM needs 2 steps; 50k Adam steps of batch 128 per halving, lr 5e-5 annealed linearly to 0, no EMA,
     # grad clip 1, loss weight max(SNR, 1)); cpu = a few minutes in all: 2 halvings of 150 steps.
@@ -280,9 +280,9 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from .experiments import _same_as_per_time, solver_spec
-    from .schedules import EDMSchedule
-    from .solvers import make_plan
+    from dode.companion.experiments import _same_as_per_time, solver_spec
+    from dode.schedules import EDMSchedule
+    from dode.solvers import make_plan
 
     nfes = cfg["nfes"]
     total = 0

@@ -57,10 +57,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .grids import make_grid
-from .nets import EMA
-from .schedules import EDMSchedule
+from dode.denoiser import Denoiser
+from dode.files import atomic_write
+from dode.grids import make_grid
+from dode.schedules import EDMSchedule
+from dode.zoo.nets import EMA
 
 __all__ = [
     "LOSS_WEIGHTS",
@@ -89,7 +90,7 @@ class PDConfig:
     ``iterations_per_halving`` Adam steps of ``batch_size`` images train each student; the learning rate
     decays linearly to 0 over each halving (``lr_schedule="linear"``, Salimans & Ho) or stays constant.
     ``ema_decay = 0`` keeps no average (Salimans & Ho's CIFAR-10 setting); the EMA warms up as in
-    :class:`dode.nets.EMA`.
+    :class:`dode.zoo.nets.EMA`.
     """
 
     steps_start: int = 32
@@ -209,7 +210,7 @@ def teacher_two_steps(
 
 def sample_student(halving: Halving, noise: torch.Tensor, steps_start: int) -> torch.Tensor:
     """Samples of a student: dode's DDIM on the student's nested grid (float64)."""
-    from .sampling import sample
+    from dode.sampling import sample
 
     den = halving.denoiser
     return sample(den, noise, "ddim", halving.steps, grid=pd_grid(den.schedule, steps_start, halving.steps))
@@ -248,12 +249,12 @@ def load_training_images(path: str | Path) -> torch.Tensor:
 
 def _default_images(den: Denoiser) -> torch.Tensor:
     if den.info.get("source") == "embedded" or den.info.get("family") == "embedded":
-        from .data import load_digits
+        from dode.zoo.data import load_digits
 
         return load_digits("train").images.to(torch.float32)
     raise ValueError(
         f"data is required to distill {den.name!r}: the training images as a (N, C, H, W) tensor in [-1, 1] "
-        "(see dode.progressive.load_training_images)"
+        "(see dode.zoo.progressive.load_training_images)"
     )
 
 
@@ -326,14 +327,12 @@ def _student_denoiser(den: Denoiser, net: torch.nn.Module, steps: int, cfg: PDCo
 def _save_student(path_stem: Path, net: torch.nn.Module, payload: dict) -> None:
     from safetensors.torch import save_file
 
-    from .train import _atomic_write_bytes
-
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     weights = path_stem.with_suffix(".safetensors")
-    _atomic_write_bytes(weights, lambda p: save_file(state, str(p), metadata={"model": path_stem.name}))
+    atomic_write(weights, lambda p: save_file(state, str(p), metadata={"model": path_stem.name}))
     # the record goes last: a student counts as finished only once its record exists
     text = json.dumps(payload, indent=1, sort_keys=True) + "\n"
-    _atomic_write_bytes(path_stem.with_suffix(".json"), lambda p: p.write_text(text))
+    atomic_write(path_stem.with_suffix(".json"), lambda p: p.write_text(text))
 
 
 def _load_student(path_stem: Path, key: dict, template: torch.nn.Module, device) -> tuple | None:
@@ -367,8 +366,6 @@ def _train_halving(
 ) -> tuple[torch.nn.Module, dict]:
     """Train the ``steps``-step student of ``teacher`` (``2 * steps`` steps); return its EMA net and record."""
     from tqdm import tqdm
-
-    from .train import _atomic_write_bytes
 
     fine = pd_grid(den.schedule, cfg.steps_start, 2 * steps).to(device)
     starts, mids, ends = fine[:-1:2], fine[1::2], fine[2::2]  # student step i: starts[i] -> ends[i]
@@ -456,7 +453,7 @@ def _train_halving(
                 "elapsed_s": elapsed_before + time.perf_counter() - start,
                 "resumed_at": resumed_at,
             }
-            _atomic_write_bytes(ckpt_path, partial(torch.save, state))
+            atomic_write(ckpt_path, partial(torch.save, state))
     bar.close()
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize()

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dode.files import REPO_ROOT
+
 __all__ = ["Digits", "load_digits", "SPLIT_SEED", "N_HELD_OUT", "DATA_DIR"]
 
 SPLIT_SEED = 0
 N_HELD_OUT = 297  # 1,797 images: 1,500 train, 297 held out
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = REPO_ROOT / "data"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ def _check_recorded_split(split: dict[str, list[int]]) -> None:
         return
     recorded = json.loads(path.read_text())
     if recorded["train"] != split["train"] or recorded["held_out"] != split["held_out"]:
-        raise RuntimeError(f"the digits split computed by dode.data differs from the recorded one in {path}")
+        raise RuntimeError(
+            f"the digits split computed by dode.zoo.data differs from the recorded one in {path}"
+        )
 
 
 def load_digits(split: str = "train") -> Digits:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embedded import MODELS_DIR, load_card, load_denoiser
-from .train import BASE_MODELS, default_config, train
+from dode.zoo.embedded import MODELS_DIR, load_card, load_denoiser
+from dode.zoo.train import BASE_MODELS, default_config, train
 
 __all__ = [
     "PROFILES",
@@ -66,7 +66,7 @@ def paper_description() -> str:
         "(downloaded once on the GPU box); the embedded digits models are not used and nothing is trained here.",
     ]
     try:
-        from . import zoo  # written separately; optional here
+        from dode import zoo  # written separately; optional here
     except ImportError:
         lines.append("(dode.zoo is not available in this checkout)")
         return "\n".join(lines)
@@ -81,7 +81,7 @@ def paper_description() -> str:
 
 def _samples(name: str, models_dir: Path, profile: str, seed: int = 0) -> np.ndarray | None:
     try:
-        from . import sample
+        from dode import sample
     except ImportError:  # the solver core is not in this checkout
         return None
     den = load_denoiser(name, models_dir)
@@ -106,7 +106,7 @@ def run(
     """
     import xarray as xr
 
-    from .results import provenance, write_netcdf
+    from dode.companion.results import provenance, write_netcdf
 
     _check_profile(profile)
     models = _check_models(models)

@@ -7,22 +7,19 @@ classifier trained on the digits themselves (the usual stand-in on MNIST-like da
 linear read-out to the 10 classes.
 
 The classifier is trained by :func:`train` with a fixed seed on the *train* split of
-:func:`dode.data.load_digits`, and evaluated on the held-out split, which it never sees. Retrain with::
+:func:`dode.zoo.data.load_digits`, and evaluated on the held-out split, which it never sees. Retrain with::
 
-    python -m dode.classifier
+    python -m dode.metrics.classifier
 
 which writes ``data/models/digits-classifier.safetensors`` and its card ``digits-classifier.json``
-(accuracy, steps, seed, wall time, sha256, git commit), then the FD reference statistics
-(:func:`dode.metrics.write_digits_reference`), which depend on these weights.
+(accuracy, steps, seed, wall time, sha256, git commit). The FD reference statistics depend on these
+weights: rewrite them with ``python -m dode.metrics digits-reference``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DATA_DIR, load_digits
+from dode.files import atomic_write, git_commit, sha256_file
+from dode.zoo.data import DATA_DIR, load_digits
 
 __all__ = [
     "DigitClassifier",
@@ -156,47 +154,21 @@ def train(config: TrainConfig = TrainConfig(), verbose: bool = False) -> tuple[D
     return model, card
 
 
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            # only the files that define the training decide whether the recorded commit is exact
-            ["git", "status", "--porcelain", "--", "dode/classifier.py", "dode/data.py"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(model: DigitClassifier, card: dict, path: Path = CLASSIFIER_PATH) -> Path:
     """Write the weights (safetensors) and the card (JSON beside them), each atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    card = {**card, "sha256": sha256_file(path), "git_commit": _git_commit(), "file": path.name}
-    card_path = path.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    card = {
+        **card,
+        "sha256": sha256_file(path),
+        "git_commit": git_commit(("dode/metrics/classifier.py", "dode/zoo/data.py")),
+        "file": path.name,
+    }
+    text = json.dumps(card, indent=2) + "\n"
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -207,7 +179,7 @@ def load(path: Path | str = CLASSIFIER_PATH, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"digit classifier weights not found at {path}; train them with `python -m dode.classifier`"
+            f"digit classifier weights not found at {path}; train them with `python -m dode.metrics.classifier`"
         )
     card_path = path.with_suffix(".json")
     if card_path.exists():
@@ -232,19 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the run reproducible)")
-    parser.add_argument(
-        "--no-reference", action="store_true", help="do not rewrite the FD reference statistics under data/"
-    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, info = train(TrainConfig(seed=args.seed, steps=args.steps), verbose=True)
     path = save(model, info, args.out)
     print(f"held-out accuracy {info['held_out_accuracy']:.4f} in {info['wall_time_s']:.1f} s -> {path}")
-    if not args.no_reference:
-        from .metrics import write_digits_reference
-
-        ref = write_digits_reference(classifier_path=path)
-        print(f"FD reference statistics -> {ref}")
+    print("the FD reference statistics depend on these weights: `python -m dode.metrics digits-reference`")
 
 
 if __name__ == "__main__":
