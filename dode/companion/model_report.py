@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dode import sample, zoo
 from dode.zoo.embedded import MODELS_DIR, load_card, load_denoiser
 from dode.zoo.train import BASE_MODELS, default_config, train
 
@@ -65,25 +66,14 @@ def paper_description() -> str:
         "profile 'paper': the experiments run on real pretrained checkpoints loaded by dode.zoo",
         "(downloaded once on the GPU box); the embedded digits models are not used and nothing is trained here.",
     ]
-    try:
-        from dode import zoo  # written separately; optional here
-    except ImportError:
-        lines.append("(dode.zoo is not available in this checkout)")
-        return "\n".join(lines)
-    available = getattr(zoo, "available", None)
-    if callable(available):
-        for name, meta in available().items():
-            if meta.get("family") != "embedded":
-                where = meta.get("repo_id") or meta.get("url") or meta.get("source", "")
-                lines.append(f"  {name:28s} {meta.get('resolution', '?')}px  {where}")
+    for name, meta in zoo.available().items():
+        if meta.get("family") != "embedded":
+            where = meta.get("repo_id") or meta.get("url") or meta.get("source", "")
+            lines.append(f"  {name:28s} {meta.get('resolution', '?')}px  {where}")
     return "\n".join(lines)
 
 
-def _samples(name: str, models_dir: Path, profile: str, seed: int = 0) -> np.ndarray | None:
-    try:
-        from dode import sample
-    except ImportError:  # the solver core is not in this checkout
-        return None
+def _samples(name: str, models_dir: Path, profile: str, seed: int = 0) -> np.ndarray:
     den = load_denoiser(name, models_dir)
     solver, nfe = (SMOKE_SAMPLER if profile == "smoke" else SAMPLER)[den.info["card"]["kind"]]
     noise = torch.randn(N_SAMPLES[profile], 1, 8, 8, generator=torch.Generator().manual_seed(seed))
@@ -147,9 +137,8 @@ def run(
             coords={"model": ids},
         )
         grids = [_samples(i, models_dir, profile) for i in ids]
-        if all(g is not None for g in grids):
-            ds["samples"] = (("model", "sample", "y", "x"), np.stack(grids), {"range": "[-1, 1]"})
-            ds["samples"].attrs["sampler"] = json.dumps(SMOKE_SAMPLER if profile == "smoke" else SAMPLER)
+        ds["samples"] = (("model", "sample", "y", "x"), np.stack(grids), {"range": "[-1, 1]"})
+        ds["samples"].attrs["sampler"] = json.dumps(SMOKE_SAMPLER if profile == "smoke" else SAMPLER)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -157,10 +157,6 @@ class FeatureStats:
             out._frozen_sigma = sigma
         return out
 
-    @classmethod
-    def from_features(cls, features) -> FeatureStats:
-        return cls().update(features)
-
     def save(self, path: str | Path, **extra) -> Path:
         """Write ``mu``, ``sigma`` (pytorch-fid's ``.npz`` keys), ``n`` and ``extra`` arrays, atomically."""
 

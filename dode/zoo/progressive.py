@@ -290,10 +290,6 @@ def _round(x: float, digits: int = 5) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def _key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _state_sha(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
