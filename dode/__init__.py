@@ -17,8 +17,6 @@ Beside the core, imported on first use only:
 - :mod:`dode.companion`: the notebooks' harness (protocols, sweeps, results files, claims, plots, book).
 """
 
-__version__ = "0.1.0"
-
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.grids import GRIDS, make_grid
@@ -26,6 +24,7 @@ from dode.lambdas import VARIANTS, Lambdas
 from dode.sampling import Trajectory, sample
 from dode.schedules import EDMSchedule, Schedule, VPSchedule
 from dode.solvers import SOLVERS, make_plan
+from dode.version import __version__
 
 __all__ = [
     "Denoiser",

@@ -24,7 +24,7 @@ import torch
 from dode.denoiser import Denoiser
 from dode.grids import grid_key, refine
 from dode.lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
-from dode.sampling import _check_noise, run
+from dode.sampling import check_noise, run
 from dode.solvers import Point, get_solver, make_plan
 
 __all__ = ["distill", "least_squares", "FITS"]
@@ -105,7 +105,7 @@ def distill(
         teacher, to fit several variants on one teacher run (the teacher dominates the cost); checked to
         hold exactly this plan's landing times.
     """
-    noise = _check_noise(noise)
+    noise = check_noise(noise)
     if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
         raise ValueError(f"K must be an integer >= 1, got {K!r}")
     if variant not in VARIANTS:

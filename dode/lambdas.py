@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dode.files import atomic_write
+from dode.version import __version__
 
 __all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
 
@@ -171,8 +172,6 @@ class Lambdas:
 
     def to_dataset(self):
         import xarray as xr
-
-        from dode import __version__
 
         n, p = self.values.shape
         coords = {"evaluation": np.arange(n), "param": np.arange(p)}

@@ -240,7 +240,7 @@ def run(
     return x, ev
 
 
-def _check_noise(noise) -> torch.Tensor:
+def check_noise(noise) -> torch.Tensor:
     if not torch.is_tensor(noise):
         raise TypeError(f"noise must be a torch.Tensor of shape (batch, ...), got {type(noise).__name__}")
     if noise.ndim < 2 or noise.shape[0] == 0:
@@ -281,7 +281,7 @@ def sample(
 
     Returns float64 samples (or a Trajectory).
     """
-    noise = _check_noise(noise)
+    noise = check_noise(noise)
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
     variant, space, stages = "d-ode", "native", "per_time"
     if lambdas is not None:

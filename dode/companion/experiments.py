@@ -321,7 +321,7 @@ def _check_points(points, methods) -> list[dict]:
     return points
 
 
-def _same_as_per_time(method: str, label: str, nfe: int) -> bool:
+def same_as_per_time(method: str, label: str, nfe: int) -> bool:
     """A per-stage method on a solver none of whose stages share a landing time (every solver but EDM's
     Heun) fits and samples exactly what its per-time counterpart does (tested in test_distill)."""
     from dode.sampling import lambda_evaluations
@@ -341,7 +341,7 @@ def _work_units(solvers, nfes, seeds, methods, points):
         for nfe in _nfes_for(nfes, label):
             for seed in seeds:
                 for method in methods:
-                    if _same_as_per_time(method, label, nfe):
+                    if same_as_per_time(method, label, nfe):
                         continue  # identical to the per-time method by construction: not recomputed
                     depends = [d for d in _DEPENDS[method_kind(method)] if d in points[0]]
                     groups: dict[tuple, list[dict]] = {}

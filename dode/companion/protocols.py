@@ -280,7 +280,7 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from dode.companion.experiments import _same_as_per_time, solver_spec
+    from dode.companion.experiments import same_as_per_time, solver_spec
     from dode.schedules import EDMSchedule
     from dode.solvers import make_plan
 
@@ -288,7 +288,7 @@ def network_evaluations(stem: str, profile: str) -> int:
     total = 0
     for label in cfg["solvers"]:
         for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
-            methods = [m for m in cfg["methods"] if not _same_as_per_time(m, label, nfe)]
+            methods = [m for m in cfg["methods"] if not same_as_per_time(m, label, nfe)]
             fitted = sum(m != "base" for m in methods)
             solver, options = solver_spec(label)
             # the teacher refines each distinct landing time K-fold (Heun's two stages share one)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dode.files import atomic_write, git_commit
+from dode.version import __version__
 
 __all__ = ["ResultStore", "IncompatibleResults", "provenance", "write_netcdf"]
 
@@ -49,8 +50,6 @@ def _device_description() -> str:
 
 def provenance(profile: str, params: dict, model: dict | None = None) -> dict:
     """Attributes recorded with every results file (all strings)."""
-    from dode import __version__
-
     return {
         "profile": str(profile),
         "parameters": json.dumps(params, sort_keys=True, default=str),

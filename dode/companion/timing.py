@@ -27,11 +27,11 @@ import torch
 from dode.companion import experiments as ex
 from dode.zoo.progressive import (
     Halving,
-    _default_images,
     halving_steps,
     load_training_images,
     progressive_distillation,
     sample_student,
+    training_images_of,
 )
 
 __all__ = [
@@ -150,7 +150,7 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
     device = cfg["device"]
     den = ex.load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
     # PD's training images, checked before anything is computed: a paper model needs them from a file
-    images = load_training_images(cfg["pd_data"]) if cfg.get("pd_data") else _default_images(den)
+    images = load_training_images(cfg["pd_data"]) if cfg.get("pd_data") else training_images_of(den)
     metric_name, metric = ex.make_metric(den, device=device)
     shape = ex.sample_shape(den)
     solvers = list(dict.fromkeys([*nfes, "ddim"]))

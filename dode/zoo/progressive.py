@@ -75,6 +75,7 @@ __all__ = [
     "teacher_two_steps",
     "sample_student",
     "load_training_images",
+    "training_images_of",
     "progressive_distillation",
 ]
 
@@ -247,7 +248,8 @@ def load_training_images(path: str | Path) -> torch.Tensor:
     return images
 
 
-def _default_images(den: Denoiser) -> torch.Tensor:
+def training_images_of(den: Denoiser) -> torch.Tensor:
+    """The images a model was trained on, where dode has them (the embedded digits models)."""
     if den.info.get("source") == "embedded" or den.info.get("family") == "embedded":
         from dode.zoo.data import load_digits
 
@@ -533,7 +535,7 @@ def progressive_distillation(
         params = list(teacher.parameters())
         device = params[0].device if params else torch.device("cpu")
     device = torch.device(device)
-    images = _default_images(denoiser) if data is None else torch.as_tensor(data, dtype=torch.float32)
+    images = training_images_of(denoiser) if data is None else torch.as_tensor(data, dtype=torch.float32)
     if images.ndim != 4 or len(images) < cfg.batch_size:
         raise ValueError(
             f"data must be (N, C, H, W) images with N >= batch_size={cfg.batch_size}, got {tuple(images.shape)}"
