@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Reachable as attributes (``dode.zoo.load(...)``) without importing their dependencies until first use.
-_SUBMODULES = {"companion", "gmm", "metrics", "zoo"}
+_SUBMODULES = {"companion", "gmm", "metrics", "scheduler", "zoo"}
 
 
 def __getattr__(name: str):
