@@ -31,7 +31,7 @@ import weakref
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 import dode
 from dode.grids import grid_key
@@ -69,6 +69,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     """
 
     order = 1  # one step call per network evaluation, also for dode's multistage solvers
+    # their configs are read for the schedule alone; their other keys (clip_sample, ...) are dropped quietly
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
 
     @register_to_config
     def __init__(
