@@ -194,7 +194,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise AssertionError(
                 f"internal error: dode's run ended after {self._k} of {self.num_inference_steps}"
             )
-        self._state = state
+        self._state = state if kind == "evaluate" else None  # the final state is the pipeline's alone
         # a copy: the pipeline may modify it in place, the state stays dode's
         prev_sample = state.to(sample.dtype, copy=True)
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
@@ -343,7 +343,14 @@ def fit_lambdas(
     For a guided or otherwise conditioned model, wrap the combined network in a :class:`dode.Denoiser`
     yourself (schedule: :func:`dode.zoo.vp_schedule_from_scheduler_config`) and call :func:`dode.distill`.
     """
+    from diffusers import UNet2DModel
+
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    if not isinstance(unet, UNet2DModel):
+        raise TypeError(
+            "pipe_or_unet must be a diffusers UNet2DModel or a pipeline whose unet is one, "
+            f"got {type(unet).__name__} (for other networks build a dode.Denoiser and call dode.distill)"
+        )
     if scheduler_config is None:
         if not hasattr(pipe_or_unet, "scheduler"):
             raise ValueError("scheduler_config is required when pipe_or_unet is a UNet, not a pipeline")

@@ -162,6 +162,8 @@ def test_fit_lambdas_is_dode_distill_on_the_pipelines_unet(unet):
         fit_lambdas(unet, solver="ipndm", nfe=5)
     with pytest.raises(ValueError, match="n must be an integer"):
         fit_lambdas(pipe, n=0)
+    with pytest.raises(TypeError, match="UNet2DModel"):
+        fit_lambdas(torch.nn.Linear(2, 2), pipe.scheduler.config)
 
     # the scheduler takes solver and grid from the fitted lambdas, and reproduces the D-solver
     pipe.scheduler = DODEScheduler.from_config(pipe.scheduler.config, lambdas=lambdas)
@@ -188,6 +190,7 @@ def test_the_base_scheduler_on_ddims_timesteps_is_diffusers_ddim(unet):
 
 
 def test_the_config_round_trips_the_lambdas(tmp_path):
+    assert dode.scheduler.DODEScheduler is DODEScheduler  # reachable lazily from dode
     lambdas = _lambdas("dpm_solver++", 5, first=False)
     grid = [999.0, 700.0, 400.0, 200.0, 50.0, 0.0]
     sched = DODEScheduler(prediction_type="sample", grid=grid, lambdas=lambdas)
