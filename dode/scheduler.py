@@ -30,6 +30,7 @@ import weakref
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
@@ -343,8 +344,6 @@ def fit_lambdas(
     For a guided or otherwise conditioned model, wrap the combined network in a :class:`dode.Denoiser`
     yourself (schedule: :func:`dode.zoo.vp_schedule_from_scheduler_config`) and call :func:`dode.distill`.
     """
-    from diffusers import UNet2DModel
-
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
     if not isinstance(unet, UNet2DModel):
         raise TypeError(
