@@ -146,6 +146,65 @@ def test_a_guided_loop_calling_step_on_the_combined_output_reproduces_dode_sampl
     assert torch.equal(x, expected.to(torch.float32))
 
 
+def test_ditpipeline_with_guidance_reproduces_dode_sample():
+    """diffusers' own guided pipeline: DiT steps the doubled batch (both halves get the guided output) and
+    decodes the first half with its VAE."""
+    from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        sample_size=SIZE,
+        num_layers=1,
+        patch_size=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,  # DiT's learned variance: the pipeline hands step the first 4 channels
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    ).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4).eval()
+    solver, nfe, scale, classes = "dpm_solver++", 5, 2.0, [1, 2]
+    lambdas = _lambdas(solver, nfe)
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DODEScheduler(lambdas=lambdas))
+    pipe.set_progress_bar_config(disable=True)
+    states = []
+    step = pipe.scheduler.step
+
+    def spy(*args, **kwargs):
+        out = step(*args, **kwargs)
+        states.append(out.prev_sample)
+        return out
+
+    pipe.scheduler.step = spy
+    generator = torch.Generator().manual_seed(3)
+    images = pipe(
+        class_labels=classes,
+        guidance_scale=scale,
+        generator=generator,
+        num_inference_steps=nfe,
+        output_type="pt",
+    ).images
+
+    labels = torch.tensor(classes + [1000] * len(classes))  # DiT's null class
+
+    def network(x, t):
+        eps = transformer(torch.cat([x, x]), timestep=torch.cat([t, t]), class_labels=labels).sample[:, :4]
+        cond, null = eps.chunk(2)
+        return null + scale * (cond - null)
+
+    den = dode.Denoiser(network, dode.VPSchedule.linear())
+    noise = torch.randn(len(classes), 4, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    expected = dode.sample(den, noise, solver=solver, nfe=nfe, lambdas=lambdas).to(torch.float32)
+    assert torch.equal(states[-1], torch.cat([expected, expected]))
+    with torch.no_grad():
+        decoded = vae.decode(1 / vae.config.scaling_factor * expected).sample  # as the pipeline does
+    assert torch.equal(images, (decoded / 2 + 0.5).clamp(0, 1))
+
+
 def test_fit_lambdas_is_dode_distill_on_the_pipelines_unet(unet):
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     lambdas = fit_lambdas(pipe, solver="ipndm", nfe=5, n=4, K=2, seed=1)
