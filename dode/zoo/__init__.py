@@ -31,7 +31,15 @@ from dode.denoiser import Denoiser
 from dode.files import sha256_file
 from dode.schedules import EDMSchedule, VPSchedule
 
-__all__ = ["available", "load", "MODELS", "EDMPickleImportError", "vp_schedule_from_scheduler_config"]
+__all__ = [
+    "available",
+    "load",
+    "MODELS",
+    "EDMPickleImportError",
+    "vp_schedule_from_scheduler_config",
+    "prediction_from_scheduler_config",
+    "diffusers_denoiser",
+]
 
 _EDM_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 _EDM_SCHEDULE = {"type": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
@@ -274,6 +282,32 @@ class _DiffusersUNet(nn.Module):
         return self.unet(x, t.to(torch.float32), class_labels=class_labels, return_dict=False)[0]
 
 
+_PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0"}
+
+
+def prediction_from_scheduler_config(config: dict) -> str:
+    """dode's prediction type (``eps``/``x0``) for a diffusers scheduler config's ``prediction_type``."""
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {sorted(_PREDICTION_TYPES)} in the scheduler config, "
+            f"got {prediction_type!r}"
+        )
+    return _PREDICTION_TYPES[prediction_type]
+
+
+def diffusers_denoiser(unet: nn.Module, scheduler_config: dict, *, name: str | None = None) -> Denoiser:
+    """A diffusers ``UNet2DModel`` with the schedule and prediction type of its scheduler config.
+
+    The network is called exactly as a diffusers pipeline calls it at the float time ``t`` (a float32
+    timestep, see :class:`_DiffusersUNet`), so a pipeline and :func:`dode.sample` see the same outputs.
+    """
+    config = dict(scheduler_config)
+    prediction = prediction_from_scheduler_config(config)
+    schedule = vp_schedule_from_scheduler_config(config)
+    return Denoiser(_DiffusersUNet(unet.eval()), schedule, prediction, name=name)
+
+
 def _warn_on_mismatch(name: str, source: str, info: dict) -> None:
     """A checkpoint shaped unlike the model it is loaded as is allowed (e.g. a fine-tune), but said."""
     for key in ("resolution", "channels", "label_dim"):
@@ -322,13 +356,7 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
         unet, sched_config = _diffusers_from_hub(name, repo_id, revision)
         source = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
 
-    prediction_type = sched_config.get("prediction_type", "epsilon")
-    if prediction_type not in ("epsilon", "sample"):
-        raise ValueError(
-            f"{name!r}: scheduler prediction_type {prediction_type!r} is not supported "
-            "(supported: 'epsilon', 'sample')"
-        )
-    schedule = vp_schedule_from_scheduler_config(sched_config)
+    den = diffusers_denoiser(unet, sched_config, name=name)
     cfg = unet.config
     info = {
         **MODELS[name],
@@ -338,11 +366,12 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
         "channels": int(cfg.in_channels),
         "label_dim": int(cfg.num_class_embeds or 0),
         "class_conditional": bool(cfg.num_class_embeds),
-        "schedule": schedule.describe(),
-        "prediction": "eps" if prediction_type == "epsilon" else "x0",
+        "schedule": den.schedule.describe(),
+        "prediction": den.prediction,
     }
     _warn_on_mismatch(name, source, info)
-    return Denoiser(_DiffusersUNet(unet.eval()), schedule, info["prediction"], name=name, info=info)
+    den.info = info
+    return den
 
 
 def _diffusers_from_hub(name: str, repo_id: str, revision: str | None):
