@@ -14,7 +14,7 @@ Beside the core, imported on first use only:
 - :mod:`dode.zoo`: every model (the paper's checkpoints, the embedded digit models, their training,
   progressive distillation);
 - :mod:`dode.metrics`: FD, FID and L2 to a reference;
-- :mod:`dode.scheduler`: a D-solver as a diffusers scheduler (``DODEScheduler``, ``fit_lambdas``);
+- :mod:`dode.integrations.diffusers`: a D-solver as a diffusers scheduler (``DODEScheduler``, ``fit_lambdas``);
 - :mod:`dode.companion`: the notebooks' harness (protocols, sweeps, results files, claims, plots, book).
 """
 
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Reachable as attributes (``dode.zoo.load(...)``) without importing their dependencies until first use.
-_SUBMODULES = {"companion", "gmm", "metrics", "scheduler", "zoo"}
+_SUBMODULES = {"companion", "gmm", "integrations", "metrics", "zoo"}
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "dode"
-CORE_ONLY = ("dode.zoo", "dode.metrics", "dode.companion")
+CORE_ONLY = ("dode.zoo", "dode.metrics", "dode.companion", "dode.integrations")
 
 
 def module_name(path: Path) -> str:

@@ -21,7 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
-from dode.scheduler import DODEScheduler, fit_lambdas  # noqa: E402
+from dode.integrations.diffusers import DODEScheduler, fit_lambdas  # noqa: E402
 from dode.zoo import diffusers_denoiser  # noqa: E402
 
 BATCH, SIZE = 2, 8
@@ -249,7 +249,7 @@ def test_the_base_scheduler_on_ddims_timesteps_is_diffusers_ddim(unet):
 
 
 def test_the_config_round_trips_the_lambdas(tmp_path):
-    assert dode.scheduler.DODEScheduler is DODEScheduler  # reachable lazily from dode
+    assert dode.integrations.diffusers.DODEScheduler is DODEScheduler  # reachable lazily from dode
     lambdas = _lambdas("dpm_solver++", 5, first=False)
     grid = [999.0, 700.0, 400.0, 200.0, 50.0, 0.0]
     sched = DODEScheduler(prediction_type="sample", grid=grid, lambdas=lambdas)

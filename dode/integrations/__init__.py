@@ -1,0 +1,1 @@
+"""Integrations of the D-ODE solvers into other libraries' sampling code (:mod:`dode.integrations.diffusers`)."""
