@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -113,6 +114,11 @@ def _phi(s: Point, t: Point) -> float:
     return t.sigma * math.expm1(t.half_logsnr - s.half_logsnr)
 
 
+def _first_stage(x: torch.Tensor, s: Point, s_i: Point, eps: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver's first stage to ``s_i``: ``(alpha_si/alpha_s) x_s - sigma_si (e^(r_i h) - 1) eps_s`` (Eq. 26)."""
+    return (s_i.alpha / s.alpha) * x - _phi(s, s_i) * eps
+
+
 def _push(history: list, newest: torch.Tensor, keep: int) -> list:
     """Put ``newest`` in front of a multistep solver's ``history`` (newest first), keeping ``keep`` outputs."""
     history.insert(0, newest)
@@ -178,7 +184,7 @@ class DDIM(Solver):
     name = "ddim"
 
     def step(self, evaluate, x, st, history):
-        x_next, _ = evaluate(x, st.s, st.t, lambda eps: ddim_update(x, st.s, st.t, eps))
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t))
         return x_next
 
 
@@ -210,7 +216,7 @@ class IPNDM(Solver):
             outputs = _push(history, eps, keep=4)
             return _weighted(_IPNDM_WEIGHTS[len(outputs)], outputs)
 
-        x_next, _ = evaluate(x, st.s, st.t, lambda eps: ddim_update(x, st.s, st.t, eps), combine)
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t), combine)
         return x_next
 
 
@@ -246,7 +252,7 @@ class DEIS(Solver):
         def combine(eps):  # raw outputs at the last r + 1 evaluation times, newest first
             return _weighted(st.weights, _push(history, eps, keep=len(st.weights)))
 
-        x_next, _ = evaluate(x, st.s, st.t, lambda eps: ddim_update(x, st.s, st.t, eps), combine)
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t), combine)
         return x_next
 
 
@@ -378,22 +384,22 @@ class DPMSolver(Solver):
     def step(self, evaluate, x, st, history):
         s, t = st.s, st.t
         if st.order == 1:
-            x_next, _ = evaluate(x, s, t, lambda eps: ddim_update(x, s, t, eps))
+            x_next, _ = evaluate(x, s, t, partial(ddim_update, x, s, t))
             return x_next
         h = t.half_logsnr - s.half_logsnr
-        if st.order == 2:
+        if st.order == 2:  # Eq. 26-28
             r1 = 0.5
             s1 = st.stages[0]
-            u, eps_s = evaluate(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+            u, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
 
             def second_stage(e1):
                 return (t.alpha / s.alpha) * x - _phi(s, t) * eps_s - _phi(s, t) / (2 * r1) * (e1 - eps_s)
 
             x_next, _ = evaluate(u, s1, t, second_stage)
             return x_next
-        r1, r2 = 1 / 3, 2 / 3
+        r1, r2 = 1 / 3, 2 / 3  # Eq. 30-32
         s1, s2 = st.stages[0], st.stages[1]
-        u1, eps_s = evaluate(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+        u1, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
         c2 = s2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
 
         def second_stage(e1):
@@ -436,7 +442,7 @@ class EDMHeun(Solver):
 
     def step(self, evaluate, x, st, history):
         s, t = st.s, st.t
-        x_pred, eps_s = evaluate(x, s, t, lambda e: ddim_update(x, s, t, e))
+        x_pred, eps_s = evaluate(x, s, t, partial(ddim_update, x, s, t))
         if st.order == 1:
             return x_pred
 
