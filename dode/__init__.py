@@ -11,6 +11,7 @@ base ODE solvers in one sampling loop, the D-ODE transform and its closed-form d
 Beside the core, imported on first use only:
 
 - :mod:`dode.gmm`: an exact test bed (a Gaussian mixture whose denoiser is known in closed form);
+- :mod:`dode.reference`: plain-loop D-DDIM and D-Heun from the method chapter, to check the machinery by;
 - :mod:`dode.zoo`: every model (the paper's checkpoints, the embedded digit models, their training,
   progressive distillation);
 - :mod:`dode.metrics`: FD, FID and L2 to a reference;
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 # Reachable as attributes (``dode.zoo.load(...)``) without importing their dependencies until first use.
-_SUBMODULES = {"companion", "gmm", "integrations", "metrics", "zoo"}
+_SUBMODULES = {"companion", "gmm", "integrations", "metrics", "reference", "zoo"}
 
 
 def __getattr__(name: str):

@@ -1,16 +1,17 @@
-"""Closed-form distillation of a D-ODE solver (paper Sec. 3.3, Algorithm 1; METHOD section 4).
+"""Closed-form distillation of a D-ODE solver (paper Sec. 3.3, Algorithm 1; the method chapter, distillation).
 
 1. One fitting batch of initial noises.
 2. Teacher: DDIM (Euler in sigma on data-prediction models) by default, on a grid that *refines the student's
    own landing times* K-fold in the grid's variable; its states at those times are the targets. (The
    authors' code takes targets at teacher indices ``(i+1)K`` of a grid that does not refine the student's,
-   so most targets sit at other times than the student state they are matched to -- METHOD section 7.)
+   so most targets sit at other times than the student state they are matched to: the method chapter, flaws
+   of the authors' released code.)
 3. Student: the D-solver on the same noise, stage by stage. At each network evaluation the parameters are
    fitted in closed form against the teacher state at that evaluation's landing time, applied, and the run
    goes on from the corrected state (sequential fitting).
 4. The frozen parameters are returned as :class:`~dode.Lambdas` with everything that identifies them.
 
-The fit runs inside the one sampling loop through its fit hook (:class:`dode.sampling.Evaluator`), so
+The fit runs inside the one sampling loop through its hook (:class:`dode.sampling.Evaluate`), so
 every solver -- multistep, singlestep multi-stage, Heun -- is distilled by the same code.
 """
 
@@ -66,8 +67,7 @@ def teacher_targets(denoiser: Denoiser, noise: torch.Tensor, plan, K: int, teach
     coarse = torch.tensor([plan.start.t, *unique_landing], dtype=torch.float64)
     teacher_options = plan.options if teacher == plan.solver else {}
     teacher_plan = make_plan(schedule, teacher, None, refine(schedule, plan.grid, coarse, K), teacher_options)
-    _, teacher_run = run(denoiser, noise, teacher_plan, record_at=set(unique_landing))
-    return teacher_plan, teacher_run.recorded
+    return teacher_plan, run(denoiser, noise, teacher_plan, record_at=set(unique_landing)).recorded
 
 
 def distill(
@@ -94,7 +94,7 @@ def distill(
     K: the teacher takes K times more steps, on a grid refining the student's landing times.
     teacher: the teacher solver (default ``ddim``; ``ipndm``/``deis`` may teach themselves, Supp. 11;
         ``edm`` runs Heun as the teacher). Solver options are shared when the teacher is the solver itself.
-    variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (METHOD section 5).
+    variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (the method chapter, variants).
     space: prediction type the transform acts in (``native``: the model's own, as in the paper).
     stages: which evaluations carry a lambda: ``per_time`` (one per landing time of the plan) or
         ``per_stage`` (the paper's, every stage). They differ only for ``edm``, whose Heun corrector gets no
@@ -130,14 +130,14 @@ def distill(
                 "with the same noise, solver, NFE, grid, K and teacher, or pass teacher_run=None"
             )
     t1 = time.perf_counter()
-    _, student_run = run(
+    student = run(
         denoiser, noise, plan, variant=variant, space=space, stages=stages, fitter=FITS[fit](targets)
     )
     t2 = time.perf_counter()
 
-    width = max([len(p) for p in student_run.fitted] + [1])
+    width = max([len(p) for p in student.fitted] + [1])
     values = np.full((plan.nfe, width), np.nan)
-    for k, params in enumerate(student_run.fitted):
+    for k, params in enumerate(student.fitted):
         values[k, : len(params)] = params
     return Lambdas(
         values,

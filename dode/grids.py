@@ -7,7 +7,7 @@ uniform in their own variable ``u(t)`` between the schedule's ``t_max`` and ``t_
 name                uniform in                                  reference
 ==================  ==========================================  =====================================
 ``time_uniform``    ``t`` (the model's time input)              DDIM, DPM-Solver's "time_uniform"
-``logsnr_uniform``  half-logSNR ``lambda = log(alpha / sigma)``  DPM-Solver's "logSNR"
+``logsnr_uniform``  half-logSNR ``ell = log(alpha / sigma)``     DPM-Solver's "logSNR"
 ``quadratic``       ``sqrt(t)``                                 DDIM's "quad" skip
 ``edm``             ``sigma_hat^(1/rho)``, ``sigma_hat = sigma/alpha``  EDM (Karras et al. 2022, Eq. 5)
 ==================  ==========================================  =====================================
@@ -16,8 +16,8 @@ On a schedule that ``ends_at_zero`` (EDM) the ``N`` named points run from ``sigm
 and a final ``t_N = 0`` is appended, exactly as EDM's sampler does. An explicit grid is any decreasing 1-D
 tensor of model times.
 
-The same variable drives the teacher's grid in distillation (METHOD section 4): each student interval is cut
-into ``K`` pieces uniformly in ``u`` (:func:`refine`), so the teacher's grid *refines* the student's one.
+The same variable drives the teacher's grid in distillation (book/method.md, distillation): each student
+interval is cut into ``K`` pieces uniformly in ``u`` (:func:`refine`), so the teacher's grid *refines* the student's one.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _to_u(schedule: Schedule, name: str, t: torch.Tensor) -> torch.Tensor:
     if name == "quadratic":
         return torch.sqrt(t)
     if name == "logsnr_uniform":
-        return schedule.lambda_(t)
+        return schedule.half_logsnr(t)
     if name == "edm":
         return schedule.sigma_hat(t) ** (1.0 / _rho(schedule))
     raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor of model times, got {name!r}")
@@ -61,7 +61,7 @@ def _from_u(schedule: Schedule, name: str, u: torch.Tensor) -> torch.Tensor:
     if name == "quadratic":
         return u**2
     if name == "logsnr_uniform":
-        return schedule.t_from_lambda(u)
+        return schedule.t_from_half_logsnr(u)
     if name == "edm":
         return schedule.t_from_sigma_hat(u ** _rho(schedule))
     raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor of model times, got {name!r}")
@@ -124,7 +124,7 @@ def refine(schedule: Schedule, grid, times: torch.Tensor, K: int) -> torch.Tenso
 
     The result contains every entry of ``times`` exactly, so a teacher run on it passes through each of the
     student's landing times. Explicit grids, and the logSNR grid on an interval that ends at sigma = 0 (where
-    ``lambda`` is infinite), are refined in EDM's ``sigma_hat^(1/rho)``, which is finite and smooth there.
+    the half-logSNR is infinite), are refined in EDM's ``sigma_hat^(1/rho)``, which is finite and smooth there.
     """
     if K < 1:
         raise ValueError(f"K must be an integer >= 1, got {K}")

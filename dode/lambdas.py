@@ -1,7 +1,8 @@
 """Fitted D-ODE parameters and the metadata that identifies them.
 
-``Lambdas`` holds one row of parameters per network evaluation (METHOD section 3: a solver with NFE n has n
-lambdas; for the multi-parameter variants of section 5 a row has several). They are saved as NetCDF with
+``Lambdas`` holds one row of parameters per network evaluation (book/method.md, D-ODE transform: a solver
+with NFE n has n lambdas; for the multi-parameter variants of the method chapter's table of variants a row
+has several). They are saved as NetCDF with
 everything needed to refuse reusing them on another solver, NFE, grid, schedule or model.
 """
 
@@ -18,7 +19,7 @@ from dode.version import __version__
 
 __all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
 
-#: D-ODE formulations (METHOD section 5): Eq. 10, Eq. 9 with two previous outputs, Sep, All
+#: D-ODE formulations (the method chapter, variants): Eq. 10, Eq. 9 with two previous outputs, Sep, All
 VARIANTS = ("d-ode", "d-ode-2", "sep", "all")
 #: the prediction type the transform acts in; "native" = the model's own (the paper's D-ODE);
 #: "x0" with a constant lambda is LA-DDIM's lookahead on data predictions (Zhang et al. 2023)

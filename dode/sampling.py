@@ -1,26 +1,29 @@
-"""The one sampling loop, and the D-ODE transform that hooks into it once for every solver.
+"""The one sampling loop, and the hook through which the D-ODE transform joins it once for every solver.
 
-``run`` walks the solver's plan step by step; each network evaluation goes through :class:`Evaluator`,
-which
+:func:`run` walks the solver's plan step by step; every network evaluation of a step is one call of the hook
+``evaluate(x, at, lands, update, combine=None)`` (:class:`Evaluate`), which
 
-1. calls the network (its own dtype) and checks the output is finite,
-2. forms the solver's estimate ``d_k``: the raw output, or a multistep solver's combination of its history,
+1. calls the network (its own dtype) and notes, without a host sync, whether the output is finite
+   (:class:`FiniteCheck`: checked once, when the run ends);
+2. forms the solver's estimate ``d_k``: the raw output, or a multistep solver's ``combine`` of its history;
 3. applies the D-ODE transform in the model's native prediction type (paper Eq. 10):
    ``d~_k = d_k + lambda_k (d_k - d_prev)``, ``d_prev`` being the previous estimate in evaluation order
-   (at the very first evaluation: the initial noise for noise prediction, no correction for data prediction)
-   -- at every evaluation that carries a lambda (:func:`lambda_evaluations`),
-4. optionally fits the parameters in closed form first (distillation, :mod:`dode.distill`),
-5. hands ``d~_k`` to the solver's affine stage update and records what was asked.
+   (at the very first evaluation: the initial noise for noise prediction, no correction for data
+   prediction) -- at every evaluation that carries a lambda (:func:`lambda_evaluations`; the method
+   chapter, D-ODE transform: :class:`Transform`);
+4. optionally fits the parameters in closed form first (distillation, :mod:`dode.distill`: :func:`parameters`);
+5. hands ``d~_k`` to the solver's affine ``update`` and records what was asked (:class:`Recorder`).
 
 Because every stage update is affine in ``d~_k``, the state it lands on is
 ``x_base + sum_m p_m J_m`` with ``x_base = update(base)`` and ``J_m = update(base + v_m) - x_base``: the fit
-needs no solver-specific coefficient, only two calls of the update it already has.
+needs no solver-specific coefficient, only two calls of the update it already has (the method chapter,
+fitting lambda in closed form).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,13 +33,13 @@ from dode.grids import grid_key
 from dode.lambdas import STAGES, Lambdas
 from dode.solvers import Plan, Point, get_solver, make_plan
 
-__all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluations"]
+__all__ = ["sample", "run", "Run", "Trajectory", "transform_columns", "lambda_evaluations"]
 
 
 def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
     """Whether each network evaluation of ``plan`` carries a D-ODE parameter.
 
-    ``per_stage`` is the paper's formulation (METHOD section 3): one lambda for every stage. ``per_time``
+    ``per_stage`` is the paper's formulation: one lambda for every stage. ``per_time``
     (our default) gives one lambda to each *landing time* of the plan, on the first evaluation that lands
     there. The two differ only where consecutive stages land on the same time, i.e. EDM's Heun step, whose
     corrector re-solves the step its predictor already took. There a corrector lambda turns the trapezoid
@@ -45,7 +48,8 @@ def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
     near -1 (Heun collapsed to Euler) and made D-EDM worse than EDM from NFE 9 on (notebook 03). The
     predictor's lambda acts along ``D(x_i) - D(x'_{i-1})``, two outputs at the same sigma, a difference of
     the order of Heun's local correction, so it keeps the second order; the corrector output still counts as
-    the previous output of the next step (Eq. 10 unchanged).
+    the previous output of the next step (Eq. 10 unchanged). The method chapter (D-ODE transform) has the
+    measurements.
     """
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
@@ -74,8 +78,24 @@ class Trajectory:
     prediction: str
 
 
+@dataclass
+class Run:
+    """What :func:`run` returns: the final state and what the run fitted and recorded.
+
+    ``fitted[k]`` holds the parameters evaluation ``k`` applied (fitted, or taken from the given lambdas;
+    empty where it carries none); ``recorded`` the states at the asked model times (the last state landing
+    at a time wins: Heun's corrector); ``trajectory`` is set when asked for.
+    """
+
+    x: torch.Tensor
+    fitted: list[np.ndarray]
+    recorded: dict[float, torch.Tensor] = field(default_factory=dict)
+    trajectory: Trajectory | None = None
+
+
 def transform_columns(variant: str, d: torch.Tensor, previous: list[torch.Tensor], n_virtual: int):
-    """``(base, columns)`` with ``d~ = base + sum_m p_m columns[m]`` (METHOD sections 3 and 5).
+    """``(base, columns)`` with ``d~ = base + sum_m p_m columns[m]`` (paper Eq. 8-10; the method chapter,
+    variants compared in the paper).
 
     ``previous`` holds earlier estimates, most recent first; its last ``n_virtual`` entries are the virtual
     "previous output" of the first evaluation (the initial noise, noise prediction only).
@@ -92,128 +112,158 @@ def transform_columns(variant: str, d: torch.Tensor, previous: list[torch.Tensor
     raise ValueError(f"variant must be one of 'd-ode', 'd-ode-2', 'sep', 'all', got {variant!r}")
 
 
-# the most outputs a solver combines (iPNDM's fourth-order Adams-Bashforth weights)
-_MAX_HISTORY = 4
+class Transform:
+    """The D-ODE transform's memory across evaluations: the earlier estimates ``d_prev`` (paper Eq. 10).
 
-# A fitter gets (evaluation index, landing point, x_base, columns J_m, ) and returns the parameters p_m.
+    Estimates are kept in the transform's prediction type ``space``, most recent first. The first
+    evaluation of a noise-prediction transform sees the initial noise as its previous output (paper
+    Supp. 10.1); a data-prediction transform has no correction there.
+    """
+
+    def __init__(self, variant: str, space: str, carries_lambda: list[bool], noise: torch.Tensor):
+        self.variant, self.space, self.carries_lambda = variant, space, carries_lambda
+        self.n_virtual = 1 if space == "eps" else 0
+        self.previous: list[torch.Tensor] = [noise] if self.n_virtual else []
+
+    def columns(self, k: int, estimate: torch.Tensor):
+        """``(base, columns)`` of evaluation ``k``'s corrected estimate ``base + sum_m p_m columns[m]``."""
+        if self.carries_lambda[k]:
+            return transform_columns(self.variant, estimate, self.previous, self.n_virtual)
+        # a stage re-solving its step's landing time (Heun's corrector): no lambda of its own, but its
+        # estimate is still the next evaluation's d_prev
+        return estimate, []
+
+    def remember(self, estimate: torch.Tensor) -> None:
+        self.previous.insert(0, estimate)
+        if self.variant != "all":  # only D-DDIM-All looks further back than two outputs
+            del self.previous[2 + self.n_virtual :]
+
+
+# A fitter gets (evaluation index, landing point, x_base, columns J_m) and returns the parameters p_m.
 Fitter = Callable[[int, Point, torch.Tensor, list], np.ndarray]
 
 
-class Evaluator:
-    """One network evaluation of the loop: transform, fit hook, recording (see module docstring)."""
+def parameters(k, lands, base, columns, land, *, fitter: Fitter | None, lambdas: Lambdas | None):
+    """Evaluation ``k``'s D-ODE parameters as Python floats: fitted in closed form on the states ``land``
+    reaches (distillation), taken from ``lambdas``, or none."""
+    if not columns:
+        return []
+    if fitter is not None:
+        x_base = land(base)
+        jac = [land(base + v) - x_base for v in columns]
+        return [float(p) for p in np.asarray(fitter(k, lands, x_base, jac), dtype=np.float64)]
+    if lambdas is not None:
+        return [float(p) for p in lambdas.params(k, len(columns))]
+    return []
 
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        plan: Plan,
-        noise: torch.Tensor,
-        *,
-        lambdas: Lambdas | None = None,
-        variant: str = "d-ode",
-        space: str = "native",
-        stages: str = "per_time",
-        fitter: Fitter | None = None,
-        record_trajectory: bool = False,
-        record_at: set[float] | None = None,
-        progress=None,
-    ):
-        self.den = denoiser
+
+class FiniteCheck:
+    """Whether every network output of a run was finite, kept on the outputs' device: one host sync per run
+    (:meth:`raise_if_any`), and the first bad evaluation looked up only when there is one."""
+
+    def __init__(self, plan: Plan):
         self.plan = plan
-        self.lambdas = lambdas
-        self.variant = variant
-        self.carries_lambda = lambda_evaluations(plan, stages)
-        self.fitter = fitter
-        self.native = denoiser.prediction
-        solver_space = get_solver(plan.solver).space
-        self.formula_space = self.native if solver_space == "native" else solver_space
-        self.transform_space = self.native if space == "native" else space
-        self.k = 0
-        self.history: list[torch.Tensor] = []  # raw outputs in the formula space (multistep solvers)
-        self.keep_history = get_solver(plan.solver).multistep
-        # estimates in the transform space, most recent first; the first evaluation of a noise-prediction
-        # transform sees the initial noise as its previous output (paper Sec. 10.1)
-        self.n_virtual = 1 if self.transform_space == "eps" else 0
-        self.previous: list[torch.Tensor] = [noise] if self.n_virtual else []
-        self.fitted: list[np.ndarray] = []
-        self.record_trajectory = record_trajectory
-        self.trajectory: dict[str, list] = {
-            "states": [],
-            "state_times": [],
-            "outputs": [],
-            "corrected": [],
-            "eval_times": [],
-        }
+        self.flags: list[torch.Tensor] = []
+        self.times: list[float] = []
+
+    def note(self, raw: torch.Tensor, t: float) -> None:
+        self.flags.append(torch.isfinite(raw).all())
+        self.times.append(t)
+
+    def raise_if_any(self) -> None:
+        flags = torch.stack(self.flags)
+        if bool(flags.all()):
+            return
+        k = int(torch.nonzero(~flags)[0, 0])
+        raise FloatingPointError(
+            f"non-finite network output at evaluation {k} of {self.plan.nfe} "
+            f"(solver {self.plan.solver!r}, model time t={self.times[k]:.6g})"
+        )
+
+
+class Recorder:
+    """What a run keeps besides its final state: the states at asked times, the whole trajectory."""
+
+    def __init__(self, trajectory: bool, record_at: set[float] | None):
         self.record_at = record_at
         self.recorded: dict[float, torch.Tensor] = {}
-        self.progress = progress
+        self.lists: dict[str, list] | None = None
+        if trajectory:
+            self.lists = {
+                name: [] for name in ("states", "state_times", "outputs", "corrected", "eval_times")
+            }
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        at: Point,
-        lands: Point,
-        update,
-        weights: tuple[float, ...] = (),
-    ):
-        k = self.k
-        raw = self.den(x, at.t)
-        if not torch.isfinite(raw).all():
-            raise FloatingPointError(
-                f"non-finite network output at evaluation {k} of {self.plan.nfe} "
-                f"(solver {self.plan.solver!r}, model time t={at.t:.6g})"
-            )
+    def record(self, k, x, at, lands, x_next, raw, corrected) -> None:
+        if self.record_at is not None and lands.t in self.record_at:
+            self.recorded[lands.t] = x_next  # the last state landing at a time wins (Heun's corrector)
+        if self.lists is None:
+            return
+        tr = self.lists
+        if k == 0:
+            tr["states"].append(x.detach().cpu())
+            tr["state_times"].append(at.t)
+        tr["states"].append(x_next.detach().cpu())
+        tr["state_times"].append(lands.t)
+        tr["outputs"].append(raw.detach().cpu())
+        tr["corrected"].append(corrected.detach().cpu())
+        tr["eval_times"].append(at.t)
+
+    def trajectory(self, x: torch.Tensor, prediction: str) -> Trajectory | None:
+        if self.lists is None:
+            return None
+        tr = self.lists
+        return Trajectory(
+            x=x,
+            states=torch.stack(tr["states"]),
+            state_times=torch.tensor(tr["state_times"], dtype=torch.float64),
+            outputs=torch.stack(tr["outputs"]),
+            corrected=torch.stack(tr["corrected"]),
+            eval_times=torch.tensor(tr["eval_times"], dtype=torch.float64),
+            prediction=prediction,
+        )
+
+
+class Evaluate:
+    """The hook: one network evaluation of the loop (steps 1-5 of the module docstring)."""
+
+    def __init__(self, denoiser, plan, transform, *, fitter, lambdas, recorder, progress):
+        self.den, self.transform, self.recorder, self.progress = denoiser, transform, recorder, progress
+        self.fitter, self.lambdas = fitter, lambdas
+        self.native = denoiser.prediction
+        self.solver_space = get_solver(plan.solver).space
+        self.finite = FiniteCheck(plan)
+        self.fitted: list[np.ndarray] = []
+        self.k = 0
+
+    def __call__(self, x: torch.Tensor, at: Point, lands: Point, update, combine=None):
+        k, space = self.k, self.transform.space
 
         def to(d, src, dst):
             return convert(d, x, at.alpha, at.sigma, src, dst)
 
-        if self.keep_history:  # raw outputs in the formula space, most recent first
-            self.history.insert(0, to(raw, self.native, self.formula_space))
-            del self.history[_MAX_HISTORY:]
-        if weights:  # multistep: the solver's own combined estimate (METHOD section 3)
-            estimate = sum(w * h for w, h in zip(weights, self.history))
-            estimate = to(estimate, self.formula_space, self.transform_space)
-        else:
-            estimate = to(raw, self.native, self.transform_space)
+        raw = self.den(x, at.t)
+        self.finite.note(raw, at.t)
+        if combine is None:
+            estimate = to(raw, self.native, space)
+        else:  # multistep: the solver's own combined estimate, formed in its own space
+            estimate = to(combine(to(raw, self.native, self.solver_space)), self.solver_space, space)
+        base, columns = self.transform.columns(k, estimate)
 
-        if self.carries_lambda[k]:
-            base, columns = transform_columns(self.variant, estimate, self.previous, self.n_virtual)
-        else:  # a stage re-solving its step's landing time (Heun's corrector): no lambda of its own, but
-            base, columns = estimate, []  # its estimate is still the next evaluation's d_prev
-
-        def land(d_t):
-            return update(to(d_t, self.transform_space, self.formula_space))
+        def land(d):
+            return update(to(d, space, self.solver_space))
 
         if self.fitter is not None and columns:
-            x_base = land(base)
-            jac = [land(base + v) - x_base for v in columns]
-            params = np.asarray(self.fitter(k, lands, x_base, jac), dtype=np.float64)
-        elif self.lambdas is not None and columns:
-            params = self.lambdas.params(k, len(columns))
-        else:
-            params = np.zeros(0)
-        self.fitted.append(params)
-
+            self.finite.raise_if_any()  # fitting syncs anyway; never fit on a non-finite output
+        params = parameters(k, lands, base, columns, land, fitter=self.fitter, lambdas=self.lambdas)
+        self.fitted.append(np.asarray(params, dtype=np.float64))
         corrected = base
         for p, v in zip(params, columns):
-            corrected = corrected + float(p) * v
-        d_solver = to(corrected, self.transform_space, self.formula_space)
+            corrected = corrected + p * v
+        d_solver = to(corrected, space, self.solver_space)
         x_next = update(d_solver)
 
-        self.previous.insert(0, estimate)
-        if self.variant != "all":  # only D-DDIM-All looks further back than two outputs
-            del self.previous[2 + self.n_virtual :]
-        if self.record_trajectory:
-            tr = self.trajectory
-            if k == 0:
-                tr["states"].append(x.detach().cpu())
-                tr["state_times"].append(at.t)
-            tr["states"].append(x_next.detach().cpu())
-            tr["state_times"].append(lands.t)
-            tr["outputs"].append(raw.detach().cpu())
-            tr["corrected"].append(corrected.detach().cpu())
-            tr["eval_times"].append(at.t)
-        if self.record_at is not None and lands.t in self.record_at:
-            self.recorded[lands.t] = x_next  # the last state landing at a time wins (Heun's corrector)
+        self.transform.remember(estimate)
+        self.recorder.record(k, x, at, lands, x_next, raw, corrected)
         if self.progress is not None:
             self.progress.update(1)
         self.k += 1
@@ -224,23 +274,42 @@ def run(
     denoiser: Denoiser,
     noise: torch.Tensor,
     plan: Plan,
-    **evaluator_options,
-) -> tuple[torch.Tensor, Evaluator]:
-    """The sampling loop: start from ``x_T`` and let the solver take each planned step."""
+    *,
+    lambdas: Lambdas | None = None,
+    variant: str = "d-ode",
+    space: str = "native",
+    stages: str = "per_time",
+    fitter: Fitter | None = None,
+    trajectory: bool = False,
+    record_at: set[float] | None = None,
+    progress=None,
+) -> Run:
+    """The sampling loop: start from ``x_T`` and let the solver take each planned step through the hook.
+
+    ``space`` is the prediction type the D-ODE transform acts in (``native``: the model's own).
+    """
     solver = get_solver(plan.solver)
     noise = noise.to(torch.float64)
+    space = denoiser.prediction if space == "native" else space
+    transform = Transform(variant, space, lambda_evaluations(plan, stages), noise)
+    recorder = Recorder(trajectory, record_at)
+    evaluate = Evaluate(
+        denoiser, plan, transform, fitter=fitter, lambdas=lambdas, recorder=recorder, progress=progress
+    )
     x = denoiser.schedule.initial_state(noise, plan.start.t)
-    ev = Evaluator(denoiser, plan, noise, **evaluator_options)
+    history: list[torch.Tensor] = []  # a multistep solver's earlier raw outputs (its own to keep)
     for step in plan.steps:
-        x = solver.step(ev, x, step)
-    if ev.k != plan.nfe:
+        x = solver.step(evaluate, x, step, history)
+    if evaluate.k != plan.nfe:
         raise AssertionError(
-            f"internal error: {plan.solver} made {ev.k} network evaluations, planned {plan.nfe}"
+            f"internal error: {plan.solver} made {evaluate.k} network evaluations, planned {plan.nfe}"
         )
-    return x, ev
+    evaluate.finite.raise_if_any()
+    return Run(x, evaluate.fitted, recorder.recorded, recorder.trajectory(x, denoiser.prediction))
 
 
 def check_noise(noise) -> torch.Tensor:
+    """``noise`` checked to be a finite, non-empty batch tensor."""
     if not torch.is_tensor(noise):
         raise TypeError(f"noise must be a torch.Tensor of shape (batch, ...), got {type(noise).__name__}")
     if noise.ndim < 2 or noise.shape[0] == 0:
@@ -277,6 +346,7 @@ def sample(
     lambdas: fitted :class:`~dode.Lambdas` (the D-ODE solver), or ``Lambdas.constant_value(c)``; they carry
         their variant, transform space and ``stages`` (which evaluations have a lambda).
     trajectory: return a :class:`Trajectory` with every state and denoising output instead of the samples.
+    progress: show a tqdm bar (stderr) over the network evaluations.
     options: solver options, e.g. ``order`` for ``deis`` and ``dpm_solver``.
 
     Returns float64 samples (or a Trajectory).
@@ -295,7 +365,7 @@ def sample(
 
         bar = tqdm(total=plan.nfe, desc=f"{solver} nfe={plan.nfe}", leave=False)
     try:
-        x, ev = run(
+        result = run(
             denoiser,
             noise,
             plan,
@@ -303,21 +373,10 @@ def sample(
             variant=variant,
             space=space,
             stages=stages,
-            record_trajectory=trajectory,
+            trajectory=trajectory,
             progress=bar,
         )
     finally:
         if bar is not None:
             bar.close()
-    if not trajectory:
-        return x
-    tr = ev.trajectory
-    return Trajectory(
-        x=x,
-        states=torch.stack(tr["states"]),
-        state_times=torch.tensor(tr["state_times"], dtype=torch.float64),
-        outputs=torch.stack(tr["outputs"]),
-        corrected=torch.stack(tr["corrected"]),
-        eval_times=torch.tensor(tr["eval_times"], dtype=torch.float64),
-        prediction=denoiser.prediction,
-    )
+    return result.trajectory if trajectory else result.x

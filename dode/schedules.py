@@ -1,15 +1,16 @@
 """Noise schedules.
 
 A schedule maps the model's own time input ``t`` to the coefficients of the forward marginal
-``x_t = alpha(t) * x_0 + sigma(t) * noise`` (METHOD section 1):
+``x_t = alpha(t) * x_0 + sigma(t) * noise`` (book/method.md, models and schedules):
 
 * :class:`VPSchedule` -- discrete-time variance preserving models (DDPM). ``t`` is the training index as a
   float in ``[0, T-1]``; ``log alpha`` is interpolated piecewise-linearly between integer indices, as
   DPM-Solver does, so the discrete model can be solved in continuous time.
 * :class:`EDMSchedule` -- EDM's ``x = x_0 + sigma * noise``: ``t`` *is* sigma and ``alpha = 1``.
 
-Every solver works only through ``alpha``, ``sigma`` and the half-logSNR ``lambda_t = log(alpha_t / sigma_t)``
-and its inverse, so it runs unchanged on either schedule. All arithmetic here is float64.
+Every solver works only through ``alpha``, ``sigma`` and the half-logSNR
+``half_logsnr(t) = log(alpha_t / sigma_t)`` (the method chapter's ``ell``; "lambda" always means the D-ODE
+parameters) and its inverse, so it runs unchanged on either schedule. All arithmetic here is float64.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ class Schedule:
     def sigma(self, t) -> torch.Tensor:
         raise NotImplementedError
 
-    def lambda_(self, t) -> torch.Tensor:
+    def half_logsnr(self, t) -> torch.Tensor:
         """Half-logSNR ``log(alpha_t / sigma_t)``; ``+inf`` where sigma = 0."""
         t = _as_float64(t)
         return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
 
-    def t_from_lambda(self, lam) -> torch.Tensor:
-        """Inverse of :meth:`lambda_` (``lambda`` strictly decreases in ``t``)."""
+    def t_from_half_logsnr(self, ell) -> torch.Tensor:
+        """Inverse of :meth:`half_logsnr` (which strictly decreases in ``t``)."""
         raise NotImplementedError
 
     def sigma_hat(self, t) -> torch.Tensor:
@@ -57,7 +58,7 @@ class Schedule:
 
     def t_from_sigma_hat(self, sigma_hat) -> torch.Tensor:
         s = _as_float64(sigma_hat)
-        return self.t_from_lambda(-torch.log(s))
+        return self.t_from_half_logsnr(-torch.log(s))
 
     def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
         """The state ``x_T`` the sampler starts from, given standard normal ``noise``."""
@@ -137,18 +138,18 @@ class VPSchedule(Schedule):
         # sqrt(1 - alpha^2) computed as sqrt(-expm1(2 log alpha)) to keep precision near t = 0
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
-    def lambda_(self, t) -> torch.Tensor:
+    def half_logsnr(self, t) -> torch.Tensor:
         la = self.log_alpha(t)
         return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
 
-    def t_from_lambda(self, lam) -> torch.Tensor:
-        lam = _as_float64(lam)
-        # alpha^2 = sigmoid(2 lambda), so log alpha = -0.5 * log(1 + exp(-2 lambda)); then invert the
+    def t_from_half_logsnr(self, ell) -> torch.Tensor:
+        ell = _as_float64(ell)
+        # alpha^2 = sigmoid(2 ell), so log alpha = -0.5 * log(1 + exp(-2 ell)); then invert the
         # piecewise-linear log alpha(t) (decreasing) by interpolation.
-        log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * ell)
         flat = log_alpha.reshape(-1).cpu().numpy()
         t = np.interp(-flat, -self._log_alpha, np.arange(self.T, dtype=np.float64))
-        return torch.from_numpy(t).reshape(lam.shape).to(lam.device)
+        return torch.from_numpy(t).reshape(ell.shape).to(ell.device)
 
     def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
         # alpha^2 + sigma^2 = 1, so for unit-variance data x_T has unit variance: start from the noise itself,
@@ -197,11 +198,11 @@ class EDMSchedule(Schedule):
             raise ValueError("sigma (the EDM model time) must be >= 0")
         return t.clone()
 
-    def lambda_(self, t) -> torch.Tensor:
+    def half_logsnr(self, t) -> torch.Tensor:
         return -torch.log(self.sigma(t))
 
-    def t_from_lambda(self, lam) -> torch.Tensor:
-        return torch.exp(-_as_float64(lam))
+    def t_from_half_logsnr(self, ell) -> torch.Tensor:
+        return torch.exp(-_as_float64(ell))
 
     def initial_state(self, noise: torch.Tensor, t) -> torch.Tensor:
         # x = x_0 + sigma * noise with sigma_max >> sigma_data: start from sigma_max * noise, as EDM does.

@@ -1,25 +1,28 @@
-"""The base ODE solvers, each stated only as its plan (the times it visits) and its update rule.
+"""The base ODE solvers: each one's plan (the times it visits) and its whole update rule, in one class.
 
-Notation (METHOD section 2): a step goes from ``s`` to ``t``; ``alpha``, ``sigma`` are the schedule's
-coefficients, ``lambda = log(alpha / sigma)`` the half-logSNR, ``h = lambda_t - lambda_s`` and
-``sigma_hat = sigma / alpha``. In the rescaled variables ``x_hat = x / alpha`` the probability-flow ODE is
-``d x_hat / d sigma_hat = eps(x, t)`` on every schedule, which is why one set of formulas serves VP and EDM:
-DDIM is Euler's method in ``sigma_hat`` (exact exponential integrator for constant ``eps``), and EDM's Heun
-method is Heun's method in ``sigma_hat``.
+Notation (book/method.md, base solvers): a step goes from ``s`` to ``t``; ``alpha``, ``sigma`` are the
+schedule's coefficients, ``half_logsnr = log(alpha / sigma)`` (the method chapter's ``ell``),
+``h = half_logsnr_t - half_logsnr_s`` and ``sigma_hat = sigma / alpha``. In the rescaled variables
+``x_hat = x / alpha`` the probability-flow ODE is ``d x_hat / d sigma_hat = eps(x, t)`` on every schedule, which
+is why one set of formulas serves VP and EDM: DDIM is Euler's method in ``sigma_hat`` (exact exponential
+integrator for constant ``eps``), and EDM's Heun method is Heun's method in ``sigma_hat``.
 
-A solver never loops over time. The sampling loop (:mod:`dode.sampling`) calls ``solver.step`` once per
-step with an evaluator ``ev``; each call ``ev(x, at, lands, update)`` is one network evaluation at state
-``x`` and time ``at`` whose (D-ODE-transformed) denoising output feeds ``update``, an affine map to the
-state that evaluation produces at time ``lands``. Multistep solvers pass their fixed history weights as
-``weights``: the evaluator forms their combined estimate from the history of raw outputs. That is all a
-solver states; the D-ODE transform, the distillation fit, trajectory recording and NFE accounting live
-once, in the evaluator.
+A solver never loops over time. The sampling loop (:func:`dode.sampling.run`) calls ``solver.step`` once
+per step. Each network evaluation in a step is one call ``evaluate(x, at, lands, update, combine=None)``: the
+network at state ``x`` and time ``at``; a multistep solver's ``combine`` turns that raw output (in the
+solver's ``space``) into the solver's estimate, keeping the history it needs; the D-ODE transform corrects the
+estimate; ``update``, an affine map, takes the corrected estimate to the state at time ``lands``.
+``evaluate`` returns that state and the corrected estimate (in the solver's ``space``), which later stages of
+a singlestep step use. So a solver states its whole rule -- stages, history, combination, updates -- in its
+``step``; the D-ODE transform, the distillation fit, recording and NFE accounting live once, in the hook
+(:mod:`dode.sampling`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -43,7 +46,8 @@ class Point:
     sigma: float
 
     @property
-    def lam(self) -> float:
+    def half_logsnr(self) -> float:
+        """``log(alpha / sigma)`` (the method chapter's ``ell``); ``+inf`` where sigma = 0."""
         return math.inf if self.sigma == 0 else math.log(self.alpha / self.sigma)
 
     @property
@@ -61,8 +65,8 @@ class Step:
     """One solver step from ``s`` to ``t``.
 
     ``stages`` holds the landing point of each network evaluation of the step (the last is ``t``, except
-    for EDM's Heun step whose two stages both land at ``t``). ``weights`` are a multistep solver's
-    combination weights over its history, most recent first.
+    for EDM's Heun step whose two stages both land at ``t``). ``weights`` are the combination weights over
+    the history that DEIS and DPM-Solver++ fix when the plan is made, most recent first.
     """
 
     index: int
@@ -93,11 +97,11 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared update formulas (float64 tensors; all are affine in the denoising output)
+# The update formula several solvers share (float64 tensors; affine in the denoising output)
 
 
-def exp_euler(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch.Tensor:
-    """DDIM (METHOD section 2): ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps``.
+def ddim_update(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch.Tensor:
+    """DDIM (paper Eq. 11): ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps``.
 
     Written as ``alpha_t * (x_s/alpha_s + (sigma_hat_t - sigma_hat_s) eps)``, i.e. Euler in sigma_hat, which is
     the same number and stays finite when ``sigma_t = 0``.
@@ -107,16 +111,37 @@ def exp_euler(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch.T
 
 def _phi(s: Point, t: Point) -> float:
     """``sigma_t (e^h - 1)`` for finite ``h``."""
-    return t.sigma * math.expm1(t.lam - s.lam)
+    return t.sigma * math.expm1(t.half_logsnr - s.half_logsnr)
+
+
+def _first_stage(x: torch.Tensor, s: Point, s_i: Point, eps: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver's first stage to ``s_i``: ``(alpha_si/alpha_s) x_s - sigma_si (e^(r_i h) - 1) eps_s`` (Eq. 26)."""
+    return (s_i.alpha / s.alpha) * x - _phi(s, s_i) * eps
+
+
+def _push(history: list, newest: torch.Tensor, keep: int) -> list:
+    """Put ``newest`` in front of a multistep solver's ``history`` (newest first), keeping ``keep`` outputs."""
+    history.insert(0, newest)
+    del history[keep:]
+    return history
+
+
+def _weighted(weights, outputs) -> torch.Tensor:
+    return sum(w * e for w, e in zip(weights, outputs))
 
 
 class Solver:
-    """Base class: ``space`` is the prediction type the update formula (and a multistep combination) uses."""
+    """Base class: ``space`` is the prediction type the update formula (and a multistep combination) uses.
+
+    ``step(evaluate, x, st, history)`` takes one planned step from ``x`` and returns the new state. Each of its
+    network evaluations is one call ``evaluate(x, at, lands, update, combine=None)`` (see the module
+    docstring); ``history`` is a list the loop starts empty for every run and hands to every step, where a
+    multistep solver keeps its earlier raw outputs.
+    """
 
     name: str
     space: str = "eps"
     defaults: dict = {}
-    multistep = False  # combines earlier outputs (its steps pass ``weights`` to the evaluator)
     teacher_ok = True  # one stage ends on each grid point, so it can serve as a distillation teacher
 
     def check_options(self, options: dict) -> dict:
@@ -140,7 +165,7 @@ class Solver:
         points = [Point.at(schedule, float(t)) for t in times]
         return [Step(i, points[i], points[i + 1], o, (points[i + 1],)) for i, o in enumerate(orders)]
 
-    def step(self, ev, x: torch.Tensor, st: Step) -> torch.Tensor:
+    def step(self, evaluate, x: torch.Tensor, st: Step, history: list) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -158,23 +183,12 @@ class DDIM(Solver):
 
     name = "ddim"
 
-    def step(self, ev, x, st):
-        x_next, _ = ev(x, st.s, st.t, lambda eps: exp_euler(x, st.s, st.t, eps))
+    def step(self, evaluate, x, st, history):
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t))
         return x_next
 
 
-class MultistepSolver(Solver):
-    """A multistep solver: DDIM's step (or DPM-Solver++'s) fed with a fixed linear combination of the
-    history of outputs; the combination is the solver's estimate that the D-ODE transform acts on."""
-
-    multistep = True
-
-    def step(self, ev, x, st):
-        x_next, _ = ev(x, st.s, st.t, lambda eps: exp_euler(x, st.s, st.t, eps), weights=st.weights)
-        return x_next
-
-
-# iPNDM's Adams-Bashforth weights (Zhang & Chen 2023; paper Eq. 20-24), lower orders while history is short
+# iPNDM's Adams-Bashforth weights (Zhang & Chen 2023; paper Eq. 20-24), by the number of outputs combined
 _IPNDM_WEIGHTS = {
     1: (1.0,),
     2: (3 / 2, -1 / 2),
@@ -183,30 +197,38 @@ _IPNDM_WEIGHTS = {
 }
 
 
-class IPNDM(MultistepSolver):
+class IPNDM(Solver):
     """iPNDM (Zhang & Chen 2023; paper Eq. 20-24): DDIM fed with the fixed Adams-Bashforth combination of the
     last outputs, lower orders while the history is short.
 
-    The fixed weights are the exact AB weights only for steps uniform in sigma_hat, the variable DDIM's update
-    integrates ``eps`` in; there iPNDM converges at order ~4. On the usual non-uniform grids (time-uniform,
-    logSNR, EDM's rho) they are first-order accurate in the step ratio, so iPNDM converges at order ~2
-    (tests/test_solvers.py measures both). Weights recomputed for the actual steps would be DEIS's rhoAB.
+    The combination is the solver's estimate ``eps'``, the one the D-ODE transform acts on (Eq. 25); the
+    history holds the raw outputs. The fixed weights are the exact AB weights only for steps uniform in
+    sigma_hat, the variable DDIM's update integrates ``eps`` in; there iPNDM converges at order ~4. On the
+    usual non-uniform grids (time-uniform, logSNR, EDM's rho) they are first-order accurate in the step
+    ratio, so iPNDM converges at order ~2 (tests/test_solvers.py measures both). Weights recomputed for the
+    actual steps would be DEIS's rhoAB.
     """
 
     name = "ipndm"
 
-    def build_steps(self, schedule, times, orders, options):
-        steps = super().build_steps(schedule, times, orders, options)
-        return [_with_weights(st, _IPNDM_WEIGHTS[min(st.index + 1, 4)]) for st in steps]
+    def step(self, evaluate, x, st, history):
+        def combine(eps):  # raw outputs e_0 (this one), e_1, e_2, e_3
+            outputs = _push(history, eps, keep=4)
+            return _weighted(_IPNDM_WEIGHTS[len(outputs)], outputs)
+
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t), combine)
+        return x_next
 
 
-class DEIS(MultistepSolver):
+class DEIS(Solver):
     """DEIS tAB of order r (Zhang & Chen 2023; paper Eq. 33-36).
 
     ``x_t = (alpha_t/alpha_s) x_s + sum_j C_j eps_j`` with ``C_j = alpha_t * integral of L_j(tau) d sigma_hat``
     over the step, ``L_j`` the Lagrange basis in the model time ``tau`` through the last ``r + 1`` evaluation
     times. Since ``sum_j L_j = 1``, ``sum_j C_j`` is DDIM's coefficient, so DEIS is DDIM fed with the estimate
-    ``eps' = sum_j w_j eps_j`` where ``w_j`` = mean of ``L_j`` over the step in sigma_hat. r = 0 is DDIM.
+    ``eps' = sum_j w_j eps_j`` where ``w_j`` = mean of ``L_j`` over the step in sigma_hat (fixed by the plan:
+    ``Step.weights``, fewer while the history is short). r = 0 is DDIM. The D-ODE transform acts on
+    ``eps'`` (Eq. 35-36).
     """
 
     name = "deis"
@@ -225,6 +247,13 @@ class DEIS(MultistepSolver):
             nodes = [steps[st.index - j].s.t for j in range(min(options["order"], st.index) + 1)]
             out.append(_with_weights(st, tuple(_deis_weights(schedule, st.s, st.t, nodes))))
         return out
+
+    def step(self, evaluate, x, st, history):
+        def combine(eps):  # raw outputs at the last r + 1 evaluation times, newest first
+            return _weighted(st.weights, _push(history, eps, keep=len(st.weights)))
+
+        x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t), combine)
+        return x_next
 
 
 def _with_weights(st: Step, weights) -> Step:
@@ -257,10 +286,11 @@ def _deis_weights(schedule: Schedule, s: Point, t: Point, nodes: list[float]) ->
     return acc / (edges[-1] - edges[0])
 
 
-class DPMSolverPP(MultistepSolver):
+class DPMSolverPP(Solver):
     """DPM-Solver++(2M) (Lu et al. 2022b), in data prediction form:
     ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) D``, ``D = (1 + 1/(2r)) x0_s - 1/(2r) x0_prev``,
-    ``r = h_prev / h``. The first step, and a step into sigma = 0 (where h is infinite), are first order."""
+    ``r = h_prev / h``. The first step, and a step into sigma = 0 (where h is infinite), are first order
+    (``Step.weights`` holds the two weights, or just 1). The D-ODE transform acts on ``D``."""
 
     name = "dpm_solver++"
     space = "x0"
@@ -273,19 +303,22 @@ class DPMSolverPP(MultistepSolver):
                 weights = (1.0,)
             else:
                 prev = steps[st.index - 1]
-                r = (prev.t.lam - prev.s.lam) / (st.t.lam - st.s.lam)
+                r = (prev.t.half_logsnr - prev.s.half_logsnr) / (st.t.half_logsnr - st.s.half_logsnr)
                 weights = (1 + 1 / (2 * r), -1 / (2 * r))
             out.append(_with_weights(st, weights))
         return out
 
-    def step(self, ev, x, st):
+    def step(self, evaluate, x, st, history):
         s, t = st.s, st.t
+
+        def combine(x0):  # raw data predictions x0_s, x0_prev
+            return _weighted(st.weights, _push(history, x0, keep=2))
 
         def update(x0):
             ratio = t.sigma / s.sigma
-            return ratio * x - t.alpha * math.expm1(-(t.lam - s.lam)) * x0
+            return ratio * x - t.alpha * math.expm1(-(t.half_logsnr - s.half_logsnr)) * x0
 
-        x_next, _ = ev(x, s, t, update, weights=st.weights)
+        x_next, _ = evaluate(x, s, t, update, combine)
         return x_next
 
 
@@ -306,8 +339,10 @@ def dpm_solver_orders(nfe: int, order: int) -> list[int]:
 class DPMSolver(Solver):
     """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022a; paper Eq. 26-32), orders composed to hit the NFE.
 
-    The intermediate times are ``s_k = lambda^-1(lambda_s + r_k h)``; each stage's network evaluation lands
-    there. A step into sigma = 0 (EDM schedules) has infinite ``h`` and is taken with order 1.
+    The intermediate times are ``s_k = t(half_logsnr_s + r_k h)``; each stage's network evaluation lands
+    there. A step into sigma = 0 (EDM schedules) has infinite ``h`` and is taken with order 1. Each stage's
+    output gets its own D-ODE transform (Eq. 29-32), and the corrected ``eps_s`` that ``evaluate`` returns is
+    the one the later stages of the step use.
     """
 
     name = "dpm_solver"
@@ -338,44 +373,45 @@ class DPMSolver(Solver):
         for i, order in enumerate(orders):
             s, t = points[i], points[i + 1]
             fractions = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}[order]
+            h = t.half_logsnr - s.half_logsnr
             inner = [
-                Point.at(schedule, float(schedule.t_from_lambda(torch.tensor(s.lam + r * (t.lam - s.lam)))))
+                Point.at(schedule, float(schedule.t_from_half_logsnr(torch.tensor(s.half_logsnr + r * h))))
                 for r in fractions
             ]
             steps.append(Step(i, s, t, order, (*inner, t)))
         return steps
 
-    def step(self, ev, x, st):
+    def step(self, evaluate, x, st, history):
         s, t = st.s, st.t
         if st.order == 1:
-            x_next, _ = ev(x, s, t, lambda eps: exp_euler(x, s, t, eps))
+            x_next, _ = evaluate(x, s, t, partial(ddim_update, x, s, t))
             return x_next
-        h = t.lam - s.lam
-        if st.order == 2:
+        h = t.half_logsnr - s.half_logsnr
+        if st.order == 2:  # Eq. 26-28
             r1 = 0.5
             s1 = st.stages[0]
-            u, eps_s = ev(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+            u, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
 
             def second_stage(e1):
                 return (t.alpha / s.alpha) * x - _phi(s, t) * eps_s - _phi(s, t) / (2 * r1) * (e1 - eps_s)
 
-            x_next, _ = ev(u, s1, t, second_stage)
+            x_next, _ = evaluate(u, s1, t, second_stage)
             return x_next
-        r1, r2 = 1 / 3, 2 / 3
+        r1, r2 = 1 / 3, 2 / 3  # Eq. 30-32
         s1, s2 = st.stages[0], st.stages[1]
-        u1, eps_s = ev(x, s, s1, lambda e: (s1.alpha / s.alpha) * x - _phi(s, s1) * e)
+        u1, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
         c2 = s2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
 
         def second_stage(e1):
             return (s2.alpha / s.alpha) * x - _phi(s, s2) * eps_s - c2 * (e1 - eps_s)
 
-        u2, _ = ev(u1, s1, s2, second_stage)
+        u2, _ = evaluate(u1, s1, s2, second_stage)
         c3 = (t.sigma / r2) * (math.expm1(h) / h - 1)
 
         def third_stage(e2):
             return (t.alpha / s.alpha) * x - _phi(s, t) * eps_s - c3 * (e2 - eps_s)
 
-        x_next, _ = ev(u2, s2, t, third_stage)
+        x_next, _ = evaluate(u2, s2, t, third_stage)
         return x_next
 
 
@@ -384,7 +420,8 @@ class EDMHeun(Solver):
 
     Euler predictor to ``x'``, then the trapezoid corrector with the output at ``(x', t)``; the last step is
     Euler only (on EDM schedules it ends at sigma = 0), so N grid steps cost 2N - 1 evaluations.
-    Like DDIM, the D-ODE transform acts in the model's native prediction type (Eq. 46-51 for data prediction).
+    Like DDIM, the D-ODE transform acts in the model's native prediction type (Eq. 46-51 for data
+    prediction); the corrector uses the predictor's corrected ``eps_s``.
     """
 
     name = "edm"
@@ -403,17 +440,16 @@ class EDMHeun(Solver):
         points = [Point.at(schedule, float(t)) for t in times]
         return [Step(i, points[i], points[i + 1], o, (points[i + 1],) * o) for i, o in enumerate(orders)]
 
-    def step(self, ev, x, st):
+    def step(self, evaluate, x, st, history):
         s, t = st.s, st.t
-        x_pred, eps_s = ev(x, s, t, lambda e: exp_euler(x, s, t, e))
+        x_pred, eps_s = evaluate(x, s, t, partial(ddim_update, x, s, t))
         if st.order == 1:
             return x_pred
-        x_next, _ = ev(
-            x_pred,
-            t,
-            t,
-            lambda e1: (t.alpha / s.alpha) * x + t.alpha * (t.sigma_hat - s.sigma_hat) * 0.5 * (eps_s + e1),
-        )
+
+        def trapezoid(e1):
+            return (t.alpha / s.alpha) * x + t.alpha * (t.sigma_hat - s.sigma_hat) * 0.5 * (eps_s + e1)
+
+        x_next, _ = evaluate(x_pred, t, t, trapezoid)
         return x_next
 
 

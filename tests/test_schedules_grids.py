@@ -26,9 +26,9 @@ def test_vp_interpolates_log_alpha_linearly():
 @pytest.mark.parametrize(
     "sched", [dode.VPSchedule.linear(), dode.VPSchedule.cosine(T=4000), dode.EDMSchedule()]
 )
-def test_lambda_inverse(sched):
+def test_half_logsnr_inverse(sched):
     t = torch.linspace(sched.t_min, sched.t_max, 97, dtype=torch.float64)
-    back = sched.t_from_lambda(sched.lambda_(t))
+    back = sched.t_from_half_logsnr(sched.half_logsnr(t))
     np.testing.assert_allclose(back.numpy(), t.numpy(), rtol=1e-9, atol=1e-9)
 
 
@@ -68,10 +68,10 @@ def test_edm_grid_is_karras_formula():
     np.testing.assert_allclose(make_grid(sched, "edm", n)[:-1].numpy(), expected, rtol=1e-12)
 
 
-def test_logsnr_grid_is_uniform_in_lambda():
+def test_logsnr_grid_is_uniform_in_half_logsnr():
     vp = dode.VPSchedule.linear()
-    lam = vp.lambda_(make_grid(vp, "logsnr_uniform", 8)).numpy()
-    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+    ell = vp.half_logsnr(make_grid(vp, "logsnr_uniform", 8)).numpy()
+    np.testing.assert_allclose(np.diff(ell), np.diff(ell)[0], rtol=1e-9)
 
 
 def test_explicit_grid_checks():
@@ -107,11 +107,11 @@ def test_refine_is_uniform_in_the_grid_variable():
         refine(sched, "edm", coarse, 0)
 
 
-def test_point_lambda_infinite_at_zero():
+def test_point_half_logsnr_infinite_at_zero():
     from dode.solvers import Point
 
     p = Point.at(dode.EDMSchedule(), 0.0)
-    assert p.sigma == 0 and p.lam == math.inf and p.sigma_hat == 0
+    assert p.sigma == 0 and p.half_logsnr == math.inf and p.sigma_hat == 0
 
 
 def test_submodules_are_attributes_of_the_package():
