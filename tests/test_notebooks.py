@@ -215,7 +215,10 @@ def check_samples(ds, cfg: dict) -> None:
     for model, label in cfg["panels"]:
         panel = f"{model}/{label}"
         for nfe in per_solver(cfg["nfes"], label):
-            images = {m: ds["samples"].sel({"method": m, "panel": panel, "nfe": nfe}).values for m in ("base", "d-ode")}
+            images = {
+                m: ds["samples"].sel({"method": m, "panel": panel, "nfe": nfe}).values
+                for m in ("base", "d-ode")
+            }
             for method, values in images.items():
                 assert np.all(np.isfinite(values)) and values.std() > 0, f"{method} samples of {panel} {nfe}"
             assert not np.array_equal(images["base"], images["d-ode"]), f"{panel} NFE {nfe}"
@@ -235,7 +238,9 @@ def check_timing(ds, cfg: dict) -> None:
         assert_positive(ds["cumulative_train_seconds"].sel(nfe=steps), f"PD training up to {steps} steps")
         assert int(ds["train_iterations"].sel(nfe=steps)) == recipe["iterations_per_halving"]
         for seed in cfg["seeds"]:
-            assert_positive(ds["fd"].sel({"solver": "ddim", "method": "pd", "nfe": steps, "seed": seed}), f"PD {steps}")
+            assert_positive(
+                ds["fd"].sel({"solver": "ddim", "method": "pd", "nfe": steps, "seed": seed}), f"PD {steps}"
+            )
 
 
 def check_reproduction(ds, cfg: dict) -> None:
