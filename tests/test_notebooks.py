@@ -28,6 +28,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,3 +489,30 @@ def test_runner_requires_a_profile_parameter(tmp_path, capsys):
     write_notebook(repo / "notebooks" / "01_noparams.ipynb", "x = 1", parameters="seed = 0")
     assert run_notebooks.run(repo, "smoke", results_dir=repo / "results", progress=False) == 1
     assert "no `profile` parameter" in capsys.readouterr().out
+
+
+def test_command_line_lists_validates_stops_at_a_failure_or_keeps_going(tmp_path, capsys):
+    toc = (
+        "format: jb-book\nroot: book/intro\nchapters:\n"
+        "  - file: book/executed/01_broken\n  - file: book/executed/02_plain\n"
+    )
+    repo = make_book(tmp_path, toc, {"01_broken": "raise ValueError('diverged')", "02_plain": "x = 1"})
+    command = [sys.executable, "-m", "dode.companion.run_notebooks", "--repo", str(repo), "--list"]
+    listed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert listed.splitlines() == ["notebooks/01_broken.ipynb", "notebooks/02_plain.ipynb"]
+
+    with pytest.raises(SystemExit) as exit_status:
+        run_notebooks.main(["--repo", str(repo), "--profile", "gpu"])
+    assert exit_status.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+    assert run_notebooks.main(["--repo", str(repo), "--only", "09_missing"]) == 2
+    assert "error: --only names notebooks that _toc.yml does not list: 09_missing" in capsys.readouterr().err
+
+    executed = repo / "book" / "executed"
+    assert run_notebooks.main(["--repo", str(repo), "--profile", "smoke"]) == 1
+    out = capsys.readouterr().out
+    assert "results in data/results/smoke/" in out  # a smoke run never meets the cpu results
+    assert not (executed / "02_plain.ipynb").exists(), "the run went on after a failure"
+    assert run_notebooks.main(["--repo", str(repo), "--profile", "smoke", "--keep-going"]) == 1
+    assert (executed / "02_plain.ipynb").is_file()
+    assert "FAILED notebook(s): 01_broken" in capsys.readouterr().out
+    assert [row["notebook"] for row in read_run_times(repo / "data" / "results")] == ["02_plain"]
