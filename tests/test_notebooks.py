@@ -286,6 +286,13 @@ def test_notebook_computed_what_its_parameters_declare_under_the_smoke_profile(p
     CHECKS[path.stem](results, smoke_settings(path.stem) if path.stem in PROTOCOLS else {})
 
 
+def test_the_smoke_book_ran_every_listed_notebook_in_the_order_of_the_toc(smoke_book):
+    order = [notebook.name for notebook in run_notebooks.book_notebooks(REPO)]
+    assert re.findall(r"\[\d+/\d+\] (\S+): [0-9.]+ s", smoke_book.output) == order
+    rows = read_run_times(smoke_book.repo / run_notebooks.RESULTS_DIR)
+    assert [row["notebook"] for row in rows] == order and {row["profile"] for row in rows} == {"smoke"}
+
+
 #: the call of each computing notebook's compute cell, and the function it names
 RERUNS = {
     "01_denoiser_correlation": ("analysis.run_correlation", analysis.run_correlation),
