@@ -149,6 +149,7 @@ def distill(
         space=space,
         stages=stages,
         model=denoiser.name,
+        checkpoint=denoiser.info.get("sha256"),
         schedule=denoiser.schedule.describe(),
         K=int(K),
         B=int(noise.shape[0]),

@@ -2,8 +2,9 @@
 
 ``Lambdas`` holds one row of parameters per network evaluation (book/method.md, D-ODE transform: a solver
 with NFE n has n lambdas; for the multi-parameter variants of the method chapter's table of variants a row
-has several). They are saved as NetCDF with
-everything needed to refuse reusing them on another solver, NFE, grid, schedule or model.
+has several). They are saved as NetCDF with everything needed to refuse reusing them on another solver,
+NFE, grid, schedule or model (by name and, where the model's info records one, by the sha256 of its
+weights: a retrained checkpoint keeps its name).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _META_KEYS = (
     "variant",
     "space",
     "model",
+    "checkpoint",
     "schedule",
     "K",
     "B",
@@ -44,8 +46,8 @@ _META_KEYS = (
     "constant",
     "stages",
 )
-#: what files written before ``stages`` existed were fitted with
-_META_DEFAULTS = {"stages": "per_stage"}
+#: what older files lack: ``stages`` (files before it were fitted per stage), ``checkpoint`` (unrecorded)
+_META_DEFAULTS = {"stages": "per_stage", "checkpoint": None}
 
 
 class Lambdas:
@@ -68,6 +70,7 @@ class Lambdas:
         variant: str = "d-ode",
         space: str = "native",
         model: str | None = None,
+        checkpoint: str | None = None,
         schedule: dict | None = None,
         K: int | None = None,
         B: int | None = None,
@@ -95,7 +98,8 @@ class Lambdas:
         self.solver, self.nfe, self.grid = solver, nfe, grid
         self.options = dict(options or {})
         self.variant, self.space = variant, space
-        self.model, self.schedule = model, schedule
+        # the sha256 of the weights they were fitted on (``denoiser.info["sha256"]``), None if unrecorded
+        self.model, self.checkpoint, self.schedule = model, checkpoint, schedule
         self.K, self.B, self.seed, self.teacher, self.fit = K, B, seed, teacher, fit
         self.constant = bool(constant)
         self.landing_times = None if landing_times is None else np.asarray(landing_times, dtype=np.float64)
@@ -142,7 +146,7 @@ class Lambdas:
 
     # ------------------------------------------------------------------ compatibility
     def check_compatible(self, plan, denoiser, grid_key: str) -> None:
-        """Refuse lambdas fitted for another solver, NFE, grid, solver options, schedule or model."""
+        """Refuse lambdas fitted for another solver, NFE, grid, solver options, schedule, model or checkpoint."""
         if self.constant:
             return
         problems = []
@@ -158,6 +162,9 @@ class Lambdas:
             problems.append(f"schedule {self.schedule} (asked: {denoiser.schedule.describe()})")
         if self.model is not None and denoiser.name is not None and self.model != denoiser.name:
             problems.append(f"model {self.model!r} (asked: {denoiser.name!r})")
+        asked = denoiser.info.get("sha256")
+        if None not in (self.checkpoint, asked) and self.checkpoint != asked:
+            problems.append(f"checkpoint sha256 {self.checkpoint} (asked: {asked})")
         if problems:
             raise ValueError(
                 "these lambdas were fitted for " + "; ".join(problems) + ", refit them with dode.distill"

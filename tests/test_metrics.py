@@ -183,7 +183,38 @@ def test_fd_streams_batches_and_checks_input(fd):
     with pytest.raises(ValueError, match="NaN"):
         fd(torch.full((4, 1, 8, 8), float("nan")))
     assert M.fd(images) == pytest.approx(whole, rel=1e-12)
-    assert M.data_floor() == pytest.approx(whole, rel=1e-12)  # the floor is the held-out split's FD
+
+
+def _frechet_by_eigendecomposition(a, b) -> float:
+    """The Frechet distance of two Gaussians by symmetric eigendecompositions (numpy only), not by
+    pytorch-fid's scipy.linalg.sqrtm: Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2)."""
+    (mu1, s1), (mu2, s2) = a, b
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root @ s2 @ root)
+    return float(
+        np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
+    )
+
+
+def test_data_floor_is_the_held_out_splits_distance_to_the_train_split():
+    """Recomputed from scratch: the committed classifier's features of both splits, numpy's mean and
+    covariance, and the Frechet distance by eigendecomposition (none of FD, FeatureStats, the cached
+    reference file or pytorch-fid)."""
+    net = clf.load().eval()
+
+    def moments(split):
+        with torch.no_grad():
+            features = net.features(load_digits(split).images.float()).double().numpy()
+        return features.mean(axis=0), np.cov(features, rowvar=False)
+
+    held_out, train = moments("held_out"), moments("train")
+    expected = _frechet_by_eigendecomposition(held_out, train)
+    # float32 features computed in other batches (the cached reference: 1000 + 500) and another matrix square
+    # root agree to ~1e-7 relative (measured 7.7e-8); dropping one of the 297 held-out images moves the floor
+    # by 6e-3, so 1e-6 tells rounding from any change of data, split or classifier
+    assert M.data_floor() == pytest.approx(expected, rel=1e-6)
+    assert M.FD().data_floor() == pytest.approx(expected, rel=1e-6)
 
 
 def test_fd_missing_reference_names_its_path(monkeypatch, tmp_path):
@@ -206,6 +237,23 @@ def test_reference_stats_missing_file_names_path_and_source(tmp_path):
     np.savez(tmp_path / "imagenet-64x64.npz", mu=np.zeros(64), sigma=np.eye(64))
     with pytest.raises(ValueError, match="2048"):
         M.reference_stats("imagenet-64", directory=tmp_path)
+
+
+def test_reference_statistics_are_looked_up_in_dode_fid_stats(tmp_path, monkeypatch):
+    """A GPU box keeps the 2048-d statistics outside the checkout: $DODE_FID_STATS names the folder, an
+    explicit directory beats it, and without either they are looked up in data/fid_stats."""
+    monkeypatch.delenv("DODE_FID_STATS", raising=False)
+    assert M.reference_stats_path("cifar10") == M.FID_STATS_DIR / "cifar10-32x32.npz"
+    elsewhere = tmp_path / "stats"
+    elsewhere.mkdir()
+    mu = np.random.default_rng(0).normal(size=2048)
+    np.savez(elsewhere / "cifar10-32x32.npz", mu=mu, sigma=np.eye(2048))
+    monkeypatch.setenv("DODE_FID_STATS", str(elsewhere))
+    assert M.reference_stats_path("cifar10") == elsewhere / "cifar10-32x32.npz"
+    np.testing.assert_array_equal(M.reference_stats("cifar10").mu, mu)
+    assert M.reference_stats_path("cifar10", directory=tmp_path) == tmp_path / "cifar10-32x32.npz"
+    with pytest.raises(FileNotFoundError, match=str(elsewhere / "ffhq-64x64.npz")):
+        M.reference_stats("ffhq-64")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,7 +315,7 @@ class _RecordingInception(torch.nn.Module):
         return [(pooled @ self.proj).reshape(x.shape[0], 2048, 1, 1)]
 
 
-def test_fid_runs_on_standin_weights(standin_torch_home, monkeypatch):
+def test_fid_loads_its_weights_from_the_hub_cache(standin_torch_home, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
     assert M.inception_weights_path() == standin_torch_home / "hub" / "checkpoints" / M.INCEPTION_WEIGHTS_FILE
     # pytorch-fid must find the file in the cache; a download would go through this function
@@ -279,11 +327,50 @@ def test_fid_runs_on_standin_weights(standin_torch_home, monkeypatch):
     loaded = fid.model.blocks[0][0].conv.weight
     torch.testing.assert_close(loaded, saved["Conv2d_1a_3x3.conv.weight"], rtol=0, atol=0)
 
-    # one real forward pass through the 2048-d pool (two images, resized to 299x299 by pytorch-fid)
-    samples = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    feats = fid.features(samples)
-    assert feats.shape == (2, 2048) and feats.dtype == torch.float64
-    assert torch.isfinite(feats).all() and feats.std() > 0
+
+def _png_files(levels: torch.Tensor, folder) -> list[str]:
+    """8-bit images (N, C, H, W) saved as PNG files, greyscale when C == 1, as a sampler's outputs are saved."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, image in enumerate(levels.to(torch.uint8).numpy()):
+        pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        files.append(str(folder / f"{i}.png"))
+    return files
+
+
+@pytest.mark.parametrize("channels", [3, 1], ids=["rgb", "grey"])
+def test_fid_features_are_pytorch_fids_own_on_the_same_weights(
+    standin_torch_home, monkeypatch, tmp_path, channels
+):
+    """pytorch-fid's own pipeline is the exact reference: PNG files read by its ImagePathDataset (PIL,
+    ToTensor, grey converted to RGB), its InceptionV3 built as its command line builds it, its
+    get_activations and calculate_activation_statistics."""
+    from pytorch_fid.fid_score import calculate_activation_statistics, get_activations
+    from pytorch_fid.inception import InceptionV3
+
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    # samples on the 8-bit grid, so that the PNG files hold exactly the levels dode quantizes them to
+    levels = torch.randint(0, 256, (3, channels, 16, 16), generator=torch.Generator().manual_seed(channels))
+    samples = levels / 127.5 - 1
+    files = _png_files(levels, tmp_path / "png")
+    # the same batches on both sides (3 images, one batch): a batch-dependent kernel choice is not tested here
+    fid = M.FID(batch_size=3)
+    ours = fid.features(samples).numpy()
+    reference_net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    theirs = get_activations(files, reference_net, batch_size=3, dims=2048, device="cpu", num_workers=0)
+    # the same float32 network on the same inputs: at most float32 rounding apart (2^-23 = 1.2e-7 relative per
+    # operation; measured bit-identical). One 8-bit level of one pixel moves the features by 1.7e-4 of their
+    # largest, so 1e-6 of it separates rounding from any difference of input mapping or weights
+    scale = np.abs(theirs).max()
+    assert scale > 0 and np.std(theirs) > 0
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6 * scale)
+    mu, sigma = calculate_activation_statistics(files, reference_net, batch_size=3, dims=2048, num_workers=0)
+    stats = fid.stats(samples)
+    np.testing.assert_allclose(stats.mu, mu, rtol=0, atol=1e-6 * np.abs(mu).max())
+    np.testing.assert_allclose(stats.sigma, sigma, rtol=0, atol=1e-6 * np.abs(sigma).max())
 
 
 def test_fid_maps_images_and_streams(standin_torch_home, monkeypatch, tmp_path):

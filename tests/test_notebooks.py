@@ -12,24 +12,42 @@ them too):
    global attribute `profile`, and resumes from that file only when the profile matches.
 4. Under `profile="smoke"` it finishes in seconds on a CPU.
 
-Each notebook found in notebooks/ is smoke-run by papermill with `results_dir` pointing at a temporary
-folder, so new notebooks are covered without editing this file.
+The book's runner smoke-runs every notebook of `_toc.yml`, in its order, into one temporary results folder
+(notebooks outside the book after it), as `make book PROFILE=smoke` does; each results file is then opened
+and checked for what its notebook's parameters declare (finite metrics, finite non-zero lambdas, a verdict
+for every claim), and rerunning a notebook on its finished results must evaluate no network. A new
+notebook that writes results needs an entry in CHECKS.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import csv
+import io
+import json
 import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import papermill
 import pytest
+import torch
+import xarray
 
-from dode.companion import run_notebooks
+import dode
+from dode.companion import analysis, claims, paper, run_notebooks, timing
+from dode.companion import experiments as ex
+from dode.companion.protocols import PROTOCOLS
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 NOTEBOOK_IDS = [path.stem for path in NOTEBOOKS]
 
 
@@ -45,28 +63,289 @@ def test_notebook_is_committed_clean_with_the_parameter_conventions(path):
     assert parameters["profile"]["default"].strip("'\"") == "cpu", "the embedded default profile is cpu"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
-def test_notebook_runs_under_the_smoke_profile(path, tmp_path):
-    declares_results = "results_dir" in papermill.inspect_notebook(str(path))
-    results_dir = tmp_path / "results"
-    parameters = {"profile": "smoke"}
-    if declares_results:
-        parameters["results_dir"] = str(results_dir)
-    papermill.execute_notebook(
-        str(path),
-        str(tmp_path / path.name),
-        parameters=parameters,
-        kernel_name="python3",
-        cwd=str(path.parent),
-        progress_bar=False,
-    )
-    if declares_results:
-        import xarray
+# ---- the whole book under the smoke profile, into one results folder, and what each notebook computed ----
 
-        results_file = results_dir / f"{path.stem}.nc"
-        assert results_file.is_file(), f"{path.name} declares results_dir but wrote no {results_file.name}"
-        with xarray.open_dataset(results_file) as results:
-            assert results.attrs.get("profile") == "smoke"
+
+@dataclass(frozen=True)
+class SmokeBook:
+    repo: Path  # a copy of the book's layout: _toc.yml and notebooks/
+    results_dir: Path  # the one results folder every notebook wrote into
+    output: str  # what the runner printed
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory) -> SmokeBook:
+    """The book's runner executes every notebook of `_toc.yml`, in its order, into one shared results folder
+    (as `make book PROFILE=smoke` does), so 11_reproduction grades the results of the notebooks before it.
+
+    The runner writes the executed copies into `book/executed/` and the wall times into
+    `data/results/run_times.csv` of the repository it runs; it runs on a copy of the book's layout so that
+    this checkout's built book and timings table stay untouched. Notebooks outside the book are run after
+    it, into the same folder."""
+    repo = tmp_path_factory.mktemp("book")
+    shutil.copy(REPO / "_toc.yml", repo / "_toc.yml")
+    (repo / "notebooks").mkdir()
+    for path in NOTEBOOKS:
+        shutil.copy(path, repo / "notebooks" / path.name)
+    results_dir = run_notebooks.default_results_dir(repo, "smoke")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = run_notebooks.run(repo, "smoke", progress=False)
+        if status == 0:
+            for path in run_notebooks.notebooks_outside_book(repo):
+                outside = run_notebooks.BookNotebook(path.stem, path, repo / "outside" / path.name)
+                run_notebooks.execute(outside, "smoke", results_dir, progress=False)
+    assert status == 0, printed.getvalue()
+    return SmokeBook(repo, results_dir, printed.getvalue())
+
+
+def smoke_settings(stem: str) -> dict:
+    """The parameters a notebook resolves when papermill passes only profile="smoke"."""
+    return ex.settings(PROTOCOLS[stem], "smoke")
+
+
+def per_solver(nfes, label: str) -> list[int]:
+    return list(nfes[label]) if isinstance(nfes, dict) else list(nfes)
+
+
+def sweep_points(cfg: dict) -> list[dict]:
+    """The grid points a sweep notebook asks for, written out from the protocols: Tab. 3 varies K at B and B
+    at K (one at a time), Tab. 4 searches the constant lambda over `lambda_values`."""
+    points = [{}]
+    if cfg.get("K_values") or cfg.get("B_values"):
+        points = [{"K": k, "B": cfg["B"]} for k in cfg.get("K_values") or [cfg["K"]]]
+        points += [{"K": cfg["K"], "B": b} for b in cfg.get("B_values") or [cfg["B"]]]
+    if cfg.get("lambda_values"):
+        points = [{**p, "lambda_value": v} for p in points for v in cfg["lambda_values"]]
+    return points
+
+
+def assert_fitted_lambdas(lambdas, nfe: int, where: str) -> None:
+    """A fit stores one row per network evaluation (NaN where the variant has no parameter, e.g. the first
+    evaluation of a data-prediction model); zero lambdas are the plain solver, i.e. no fit at all."""
+    lambdas = np.asarray(lambdas, dtype=np.float64)
+    rows = lambdas[:nfe]
+    assert not np.isinf(rows).any(), f"{where}: infinite lambdas {rows}"
+    fitted = rows[np.isfinite(rows)]
+    assert fitted.size and np.any(fitted != 0), f"{where}: no fitted lambda, or all zero: {rows}"
+    assert np.isnan(lambdas[nfe:]).all(), f"{where}: lambdas beyond its {nfe} evaluations"
+
+
+def assert_positive(values, where: str) -> None:
+    values = np.asarray(values, dtype=np.float64)
+    assert np.all(np.isfinite(values)) and np.all(values > 0), f"{where}: {values}"
+
+
+def check_sweep(ds, cfg: dict) -> None:
+    """Every (solver, NFE, seed, method, grid point) the parameters declare holds a finite metric and
+    sampling time; a fitted method holds finite, non-zero lambdas and a fit time; a D-ODE method scores other
+    than its base solver on the same noise (the same value would mean its lambdas never reached the sampler)."""
+    metric = "fd"  # the digits models are scored by FD
+    assert metric in ds, f"no {metric} in {list(ds.data_vars)}"
+    for label in cfg["solvers"]:
+        for nfe in per_solver(cfg["nfes"], label):
+            for seed in cfg["seeds"]:
+                for point in sweep_points(cfg):
+                    base = {"solver": label, "nfe": nfe, "seed": seed, **point}
+                    base_value = float(ds[metric].sel({**base, "method": "base"}))
+                    for method in cfg["methods"]:
+                        if method == "d-ode-per-stage" and label != "edm":
+                            # only EDM's Heun has two stages landing at one time; elsewhere per stage and
+                            # per landing time are the same fit, which the sweep does not repeat
+                            continue
+                        cell = {**base, "method": method}
+                        where = f"{metric} at {cell}"
+                        assert_positive(ds[metric].sel(cell), where)
+                        assert_positive(ds["sample_seconds"].sel(cell), f"sample_seconds at {cell}")
+                        if method == "base":
+                            continue
+                        assert float(ds[metric].sel(cell)) != base_value, f"{where} equals the base solver's"
+                        if ex.method_kind(method) == "fitted":
+                            assert_fitted_lambdas(ds["lambdas"].sel(cell), nfe, f"lambdas at {cell}")
+                            assert_positive(ds["fit_seconds"].sel(cell), f"fit_seconds at {cell}")
+
+
+def check_models(ds, cfg: dict) -> None:
+    # the smoke profile trains the miniature configuration of each model the notebook names
+    models = papermill.inspect_notebook(str(NOTEBOOK_DIR / "00_train_models.ipynb"))["models"]["default"]
+    mini = [f"{m}-mini" for m in ast.literal_eval(models)]
+    assert ds.coords["model"].values.tolist() == mini
+    for name in mini:
+        one = ds.sel(model=name)
+        assert_positive(one["final_loss"], f"final loss of {name}")
+        assert np.isfinite(one["loss"]).any(), f"no loss curve for {name}"
+        assert int(one["n_parameters"]) > 0
+        samples = one["samples"].values
+        assert np.all(np.isfinite(samples)) and np.all(np.abs(samples) <= 1), f"samples of {name}"
+        assert samples.std() > 0, f"the samples of {name} are constant"
+
+
+def check_correlation(ds, cfg: dict) -> None:
+    assert ds.coords["model"].values.tolist() == cfg["models"]
+    for name in cfg["models"]:
+        sim = ds["similarity"].sel(model=name).values
+        assert sim.shape == (cfg["steps"], cfg["steps"]) and np.all(np.isfinite(sim)), name
+        # the cosine similarity of an output with itself is 1 to float64 rounding (measured 1e-15 off)
+        np.testing.assert_allclose(np.diag(sim), 1.0, rtol=0, atol=1e-9)
+        assert np.all(np.abs(sim) <= 1 + 1e-9) and sim.min() < 0.999, f"{name}: {sim.min()}"
+        assert_positive(ds["eval_time"].sel(model=name), f"eval_time of {name}")
+
+
+def check_trajectories(ds, cfg: dict) -> None:
+    for var in ("reference_norm", "reference_pixels"):
+        assert np.all(np.isfinite(ds[var].values)), var
+    for label in cfg["solvers"]:
+        for nfe in cfg["nfes"]:
+            base = {"solver": label, "nfe": nfe}
+            for method in cfg["methods"]:
+                cell = {**base, "method": method}
+                for var in ("norm", "pixels", "distance"):
+                    values = ds[var].sel(cell).values
+                    assert values.shape[0] == nfe + 1 and np.all(np.isfinite(values)), f"{var} at {cell}"
+                if method != "base":
+                    assert_fitted_lambdas(ds["lambdas"].sel(cell), nfe, f"lambdas at {cell}")
+                    assert_positive(ds["fit_seconds"].sel(cell), f"fit_seconds at {cell}")
+                    end = ds["distance"].sel(cell).isel(state=-1).values
+                    base_end = ds["distance"].sel({**base, "method": "base"}).isel(state=-1).values
+                    assert not np.array_equal(end, base_end), f"{cell} ends where the base solver does"
+
+
+def check_samples(ds, cfg: dict) -> None:
+    assert ds.coords["panel"].values.tolist() == [f"{model}/{label}" for model, label in cfg["panels"]]
+    for model in {model for model, _ in cfg["panels"]}:
+        assert np.all(np.isfinite(ds["reference"].sel(model=model).values)), f"reference of {model}"
+    for model, label in cfg["panels"]:
+        panel = f"{model}/{label}"
+        for nfe in per_solver(cfg["nfes"], label):
+            images = {
+                m: ds["samples"].sel({"method": m, "panel": panel, "nfe": nfe}).values
+                for m in ("base", "d-ode")
+            }
+            for method, values in images.items():
+                assert np.all(np.isfinite(values)) and values.std() > 0, f"{method} samples of {panel} {nfe}"
+            assert not np.array_equal(images["base"], images["d-ode"]), f"{panel} NFE {nfe}"
+            assert_fitted_lambdas(ds["lambdas"].sel(panel=panel, nfe=nfe), nfe, f"lambdas of {panel} {nfe}")
+
+
+def check_timing(ds, cfg: dict) -> None:
+    check_sweep(ds, {**cfg, "solvers": list(cfg["nfes"]), "methods": ["base", "d-ode"]})
+    recipe = cfg["pd"]
+    students = []
+    steps = recipe["steps_start"] // 2
+    while steps >= recipe["steps_end"]:
+        students.append(steps)
+        steps //= 2
+    assert students, recipe
+    for steps in students:
+        assert_positive(ds["cumulative_train_seconds"].sel(nfe=steps), f"PD training up to {steps} steps")
+        assert int(ds["train_iterations"].sel(nfe=steps)) == recipe["iterations_per_halving"]
+        for seed in cfg["seeds"]:
+            assert_positive(
+                ds["fd"].sel({"solver": "ddim", "method": "pd", "nfe": steps, "seed": seed}), f"PD {steps}"
+            )
+
+
+def check_reproduction(ds, cfg: dict) -> None:
+    verdicts = dict(zip(ds.coords["claim"].values.tolist(), ds["verdict"].values.tolist(), strict=True))
+    assert sorted(verdicts) == sorted(paper.CLAIMS)
+    # every claim is graded from the notebooks' results: "not run" would mean a results file was missing
+    assert all(v in claims.VERDICTS and v != "not run" for v in verdicts.values()), verdicts
+    assert all(str(e).strip() for e in ds["evidence"].values)
+    sources = json.loads(ds.attrs["sources"])
+    assert sources and all(sources.values()), sources
+
+
+#: what each notebook's results file must hold under the smoke profile; a notebook that writes results
+#: needs an entry here
+CHECKS = {
+    "00_train_models": check_models,
+    "01_denoiser_correlation": check_correlation,
+    "02_noise_prediction": check_sweep,
+    "03_data_prediction": check_sweep,
+    "04_dpm_solver_pp": check_sweep,
+    "05_trajectories": check_trajectories,
+    "06_samples": check_samples,
+    "07_formulations": check_sweep,
+    "08_ablation_K_B": check_sweep,
+    "09_lookahead_fixed": check_sweep,
+    "10_timing": check_timing,
+    "11_reproduction": check_reproduction,
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_notebook_computed_what_its_parameters_declare_under_the_smoke_profile(path, smoke_book):
+    if "results_dir" not in papermill.inspect_notebook(str(path)):
+        return  # it ran (the fixture checks that) and has no results to look at
+    results_file = smoke_book.results_dir / f"{path.stem}.nc"
+    assert results_file.is_file(), f"{path.name} declares results_dir but wrote no {results_file.name}"
+    assert path.stem in CHECKS, f"add what {path.name} computes to CHECKS in {Path(__file__).name}"
+    with xarray.open_dataset(results_file, engine="h5netcdf") as results:
+        results = results.load()
+    assert results.attrs.get("profile") == "smoke"
+    CHECKS[path.stem](results, smoke_settings(path.stem) if path.stem in PROTOCOLS else {})
+
+
+def test_the_smoke_book_ran_every_listed_notebook_in_the_order_of_the_toc(smoke_book):
+    order = [notebook.name for notebook in run_notebooks.book_notebooks(REPO)]
+    assert re.findall(r"\[\d+/\d+\] (\S+): [0-9.]+ s", smoke_book.output) == order
+    rows = read_run_times(smoke_book.repo / run_notebooks.RESULTS_DIR)
+    assert [row["notebook"] for row in rows] == order and {row["profile"] for row in rows} == {"smoke"}
+
+
+#: the call of each computing notebook's compute cell, and the function it names
+RERUNS = {
+    "01_denoiser_correlation": ("analysis.run_correlation", analysis.run_correlation),
+    "02_noise_prediction": ("ex.run_sweep", ex.run_sweep),
+    "03_data_prediction": ("ex.run_sweep", ex.run_sweep),
+    "04_dpm_solver_pp": ("ex.run_sweep", ex.run_sweep),
+    "05_trajectories": ("analysis.run_trajectories", analysis.run_trajectories),
+    "06_samples": ("analysis.run_samples", analysis.run_samples),
+    "07_formulations": ("ex.run_sweep", ex.run_sweep),
+    "08_ablation_K_B": ("ex.run_sweep", ex.run_sweep),
+    "09_lookahead_fixed": ("ex.run_sweep", ex.run_sweep),
+    "10_timing": ("timing.run_timing", timing.run_timing),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(RERUNS))
+def test_rerunning_a_notebook_on_its_finished_results_evaluates_no_network(stem, smoke_book, monkeypatch):
+    """A rerun finds every cell stored: no forward pass of any network (denoiser, classifier, PD student)
+    and no write. The notebook's compute cell is called in this process, where network calls can be
+    counted; the source check ties the call to the notebook."""
+    call, compute = RERUNS[stem]
+    source = "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4).cells)
+    assert f"{call}(STEM, cfg, results_dir)" in source, f"{stem} no longer computes with {call}"
+    results_file = smoke_book.results_dir / f"{stem}.nc"
+    before = results_file.read_bytes()
+    forward_passes = []
+    module_call = torch.nn.Module.__call__
+    denoiser_call = dode.Denoiser.__call__
+
+    def counted_module(self, *args, **kwargs):
+        forward_passes.append(type(self).__name__)
+        return module_call(self, *args, **kwargs)
+
+    def counted_denoiser(self, *args, **kwargs):
+        forward_passes.append(f"Denoiser {self.name}")
+        return denoiser_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counted_module)
+    monkeypatch.setattr(dode.Denoiser, "__call__", counted_denoiser)
+    assert compute(stem, smoke_settings(stem), smoke_book.results_dir, progress=False) == results_file
+    assert forward_passes == [], f"{len(forward_passes)} forward passes, first {forward_passes[:5]}"
+    assert results_file.read_bytes() == before
+
+
+def test_the_reproduction_page_refuses_results_of_another_profile(smoke_book, capsys):
+    # the smoke book's results read as the cpu profile's: every one is stale
+    status = run_notebooks.run(
+        smoke_book.repo, "cpu", only=["11_reproduction"], results_dir=smoke_book.results_dir, progress=False
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "ValueError: results of ['01_denoiser_correlation'" in out
+    assert "were computed under another profile than 'cpu'" in out
 
 
 def test_the_book_lists_only_notebooks_that_exist_and_pages_that_exist():
@@ -217,3 +496,30 @@ def test_runner_requires_a_profile_parameter(tmp_path, capsys):
     write_notebook(repo / "notebooks" / "01_noparams.ipynb", "x = 1", parameters="seed = 0")
     assert run_notebooks.run(repo, "smoke", results_dir=repo / "results", progress=False) == 1
     assert "no `profile` parameter" in capsys.readouterr().out
+
+
+def test_command_line_lists_validates_stops_at_a_failure_or_keeps_going(tmp_path, capsys):
+    toc = (
+        "format: jb-book\nroot: book/intro\nchapters:\n"
+        "  - file: book/executed/01_broken\n  - file: book/executed/02_plain\n"
+    )
+    repo = make_book(tmp_path, toc, {"01_broken": "raise ValueError('diverged')", "02_plain": "x = 1"})
+    command = [sys.executable, "-m", "dode.companion.run_notebooks", "--repo", str(repo), "--list"]
+    listed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert listed.splitlines() == ["notebooks/01_broken.ipynb", "notebooks/02_plain.ipynb"]
+
+    with pytest.raises(SystemExit) as exit_status:
+        run_notebooks.main(["--repo", str(repo), "--profile", "gpu"])
+    assert exit_status.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+    assert run_notebooks.main(["--repo", str(repo), "--only", "09_missing"]) == 2
+    assert "error: --only names notebooks that _toc.yml does not list: 09_missing" in capsys.readouterr().err
+
+    executed = repo / "book" / "executed"
+    assert run_notebooks.main(["--repo", str(repo), "--profile", "smoke"]) == 1
+    out = capsys.readouterr().out
+    assert "results in data/results/smoke/" in out  # a smoke run never meets the cpu results
+    assert not (executed / "02_plain.ipynb").exists(), "the run went on after a failure"
+    assert run_notebooks.main(["--repo", str(repo), "--profile", "smoke", "--keep-going"]) == 1
+    assert (executed / "02_plain.ipynb").is_file()
+    assert "FAILED notebook(s): 01_broken" in capsys.readouterr().out
+    assert [row["notebook"] for row in read_run_times(repo / "data" / "results")] == ["02_plain"]

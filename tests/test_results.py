@@ -1,10 +1,16 @@
+"""Resumable results files: cells written as they finish, refusal of incomparable or unreadable files."""
+
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
+import dode
+from dode.companion import experiments as ex
 from dode.companion.results import IncompatibleResults, ResultStore, provenance
+from dode.gmm import GaussianMixture
 
 DIMS = {"solver": ["ddim", "dpm_solver++"], "method": ["base", "d-ode"], "nfe": [5, 10], "seed": [0, 1]}
 KEY = {"model": "digits-eps", "K": 10, "B": 100, "n_samples": 2000}
@@ -88,3 +94,76 @@ def test_a_failed_block_leaves_memory_and_disk_as_they_were(tmp_path):
     reopened = ResultStore(path, {"method": ["a", "b", "c"]}, {"K": 1})
     assert reopened.get("x", method="a") == 1.0 and reopened.get("x", method="c") == 5.0
     assert not reopened.has("x", method="b") and "new_var" not in reopened.dataset()
+
+
+def test_a_crash_while_writing_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "r.nc"
+    store = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
+    store.put("x", 1.0, method="a")
+    before = path.read_bytes()
+    real_to_netcdf = xr.Dataset.to_netcdf
+
+    def dies_half_way(ds, target, *args, **kwargs):
+        real_to_netcdf(ds, target, *args, **kwargs)
+        data = Path(target).read_bytes()
+        Path(target).write_bytes(data[: len(data) // 2])  # the process dies with half the file written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        store.put("x", 2.0, method="b")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]  # no temp file left behind
+    reopened = ResultStore(path, {"method": ["a", "b"]}, {"K": 1})
+    assert reopened.get("x", method="a") == 1.0 and not reopened.has("x", method="b")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not netcdf"])
+def test_a_truncated_or_foreign_file_is_refused_with_what_to_do(tmp_path, damage):
+    path = tmp_path / "r.nc"
+    ResultStore(path, {"method": ["a"]}, {"K": 1}).put("x", 1.0, method="a")
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "not netcdf": b"fd,12.5\n"}[damage])
+    with pytest.raises(IncompatibleResults, match="not a readable NetCDF4 results file") as err:
+        ResultStore(path, {"method": ["a"]}, {"K": 1})
+    assert str(path) in str(err.value) and "Move or delete it to recompute" in str(err.value)
+    assert path.stat().st_size < len(data)  # the file is left for its owner to look at
+
+
+def test_a_netcdf_file_of_another_program_is_refused(tmp_path):
+    path = tmp_path / "r.nc"
+    xr.Dataset({"fd": ("nfe", [1.0, 2.0])}, coords={"nfe": [5, 10]}).to_netcdf(path, engine="h5netcdf")
+    with pytest.raises(IncompatibleResults, match="was not written by a dode ResultStore; move it away"):
+        ResultStore(path, {"method": ["a"]}, {"K": 1})
+
+
+def _named_denoiser(name: str) -> dode.Denoiser:
+    gmm = GaussianMixture.random(n_components=2, dim=4, seed=0)
+    base = gmm.denoiser(dode.VPSchedule.linear(), "eps")
+    return dode.Denoiser(base.fn, base.schedule, "eps", name=name, info={"channels": 1, "resolution": 2})
+
+
+@pytest.mark.parametrize(
+    "other, refused",
+    [
+        ({"profile": "cpu"}, r"profile: stored 'smoke', asked 'cpu'"),
+        (
+            {"model": "digits-edm"},
+            r"model: stored \{.*'name': 'digits-eps'.*\}, asked \{.*'name': 'digits-edm'",
+        ),
+    ],
+    ids=["profile", "model"],
+)
+def test_a_notebook_store_refuses_results_of_another_profile_or_model(tmp_path, other, refused):
+    dims = {"method": ["base"], "nfe": [5]}
+
+    def store(profile="smoke", model="digits-eps"):
+        params = {"profile": profile, "K": 10}
+        return ex.open_store(tmp_path, "02_noise_prediction", dims, {"K": 10}, params, _named_denoiser(model))
+
+    store().put("fd", 12.5, method="base", nfe=5)
+    with pytest.raises(IncompatibleResults, match=refused):
+        store(**other)
+    # the refused run leaves the stored cell as it was
+    assert store().get("fd", method="base", nfe=5) == 12.5

@@ -1,14 +1,20 @@
-"""Training of the embedded models: losses, determinism, resume, model cards, CLI."""
+"""Training of the embedded models: losses, determinism, resume, model cards, CLI, `make models`."""
 
 import dataclasses
+import importlib
 import json
 import math
+import shlex
+import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dode.zoo.nets import EDMPrecond, UNet
 from dode.zoo.train import (
+    BASE_MODELS,
     MINI_NET,
     default_config,
     edm_loss,
@@ -191,3 +197,38 @@ def test_notebook_profiles_and_models_are_checked(capsys):
         model_report.run("smoke", models=["digits-vp"])
     assert model_report.run("paper") is None
     assert "dode.zoo" in capsys.readouterr().out
+
+
+#: what each `make models` step is given on top of its Makefile arguments: the miniature configuration, two
+#: steps and a temporary output folder, so the real recipes' commands run in seconds and write nothing here
+def _small(tmp_path):
+    classifier = tmp_path / "classifier" / "digits-classifier.safetensors"
+    return classifier, {
+        "dode.zoo.train": ["--mini", "--steps", "2", "--out", str(tmp_path / "models"), "--no-progress"],
+        "dode.metrics.classifier": ["--steps", "2", "--out", str(classifier)],
+        "dode.metrics": ["--classifier", str(classifier), "--out", str(tmp_path / "digits-train.npz")],
+    }
+
+
+def test_make_models_runs_the_models_then_the_classifier_then_its_reference(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    # -n prints the recipe's commands without running any (nor the venv rule it depends on)
+    printed = subprocess.run(
+        ["make", "-n", "-s", "models"], cwd=repo, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    commands = [shlex.split(line) for line in printed.splitlines() if " -m dode." in line]
+    modules = [args[args.index("-m") + 1] for args in commands]
+    classifier, small = _small(tmp_path)
+    # the FD reference depends on the classifier's weights, so it must be written after them
+    assert modules == ["dode.zoo.train", "dode.metrics.classifier", "dode.metrics"], printed
+    for args, module in zip(commands, modules, strict=True):
+        argv = args[args.index("-m") + 2 :] + small[module]
+        entry = importlib.import_module(module if module != "dode.metrics" else "dode.metrics.__main__")
+        assert entry.main(argv) in (0, None), f"{module} {argv}"
+    for name in BASE_MODELS:
+        card = json.loads((tmp_path / "models" / f"{name}-mini.json").read_text())
+        assert card["training"]["steps"] == 2
+    assert json.loads(classifier.with_suffix(".json").read_text())["steps"] == 2
+    with np.load(tmp_path / "digits-train.npz") as reference:
+        assert str(reference["classifier_sha256"]) == sha256_file(classifier)
+        assert reference["mu"].shape == (64,) and np.all(np.isfinite(reference["sigma"]))

@@ -34,7 +34,8 @@ __all__ = ["ResultStore", "IncompatibleResults", "provenance", "write_netcdf"]
 
 
 class IncompatibleResults(RuntimeError):
-    """A results file holds cells computed under other parameters."""
+    """A results file cannot be resumed: it holds cells computed under other parameters, or it is not a
+    readable dode results file (truncated, say by an interrupted copy, or another program's file)."""
 
 
 def _device_description() -> str:
@@ -94,8 +95,17 @@ class ResultStore:
         self.ds = xr.Dataset(coords=self.coords)
         self._deferred, self._unwritten = 0, False
         if self.path.exists():
-            with xr.open_dataset(self.path, engine="h5netcdf") as stored:
-                stored = stored.load()
+            try:
+                with xr.open_dataset(self.path, engine="h5netcdf") as stored:
+                    stored = stored.load()
+            except OSError as err:
+                # dode writes atomically, so an unreadable file was cut short elsewhere (a copy, a full
+                # disk) or is not a NetCDF4 file at all; h5py's own message names neither case
+                raise IncompatibleResults(
+                    f"{self.path} is not a readable NetCDF4 results file ({type(err).__name__}: {err}); "
+                    "it may be truncated or written by another program. Move or delete it to recompute, "
+                    "or use another results_dir."
+                ) from err
             stored_key = json.loads(stored.attrs.get("comparability_key", "null"))
             if stored_key != self.key:
                 raise IncompatibleResults(self._describe_mismatch(stored_key))
