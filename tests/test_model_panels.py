@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import matplotlib
 import pytest
+import torch
 import xarray as xr
 
 from dode.companion import experiments as ex
@@ -70,3 +71,25 @@ def test_a_two_model_sweep_draws_one_panel_per_model_and_solver(stem, models, so
 
     identities = json.loads(ds.attrs["identities"])
     assert identities[models[1]]["settings"]["B"] == 4 and identities[models[0]]["settings"]["B"] == 8
+
+
+def test_class_labels_are_a_stream_like_the_noise():
+    from dode import Denoiser, VPSchedule
+
+    whole = ex.class_labels(0, "eval", 600, 1000)
+    assert whole.dtype == torch.int64 and 0 <= int(whole.min()) and int(whole.max()) < 1000
+    # sample i has the same class however the stream is batched, and streams differ by purpose and seed
+    assert torch.equal(ex.class_labels(0, "eval", 100, 1000, start=250), whole[250:350])
+    assert not torch.equal(ex.class_labels(0, "fit", 600, 1000), whole)
+    assert not torch.equal(ex.class_labels(1, "eval", 600, 1000), whole)
+    conditional = Denoiser(lambda x, t, class_labels=None: x, VPSchedule.linear(), info={"label_dim": 1000})
+    bound = ex.conditioned(conditional, 0, "eval", 100, start=250)
+    assert torch.equal(bound.model_kwargs["class_labels"], whole[250:350])
+    unconditional = Denoiser(lambda x, t: x, VPSchedule.linear(), info={"label_dim": 0})
+    assert ex.conditioned(unconditional, 0, "eval", 100) is unconditional
+
+
+def test_models_must_be_a_list():
+    cfg = ex.settings(PROTOCOLS["02_noise_prediction"], "smoke", models="digits-eps")
+    with pytest.raises(ValueError, match="models must be a list of dode.zoo names, got 'digits-eps'"):
+        ex.run_sweep("02_noise_prediction", cfg, "unused")

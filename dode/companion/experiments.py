@@ -635,9 +635,11 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
     draws its figures.
     """
+    if "models" in cfg and not isinstance(cfg["models"], list | tuple):
+        raise ValueError(f"models must be a list of dode.zoo names, got {cfg['models']!r}")
     names = list(cfg["models"]) if "models" in cfg else [cfg["model"]]
     if len(set(names)) != len(names) or not names:
-        raise ValueError(f"models must name distinct models, got {names}")
+        raise ValueError(f"models must name distinct dode.zoo models, got {names}")
     loaded = {}
     for name in names:
         den = load_model(name, device=cfg["device"], model_options=cfg.get("model_options"))
