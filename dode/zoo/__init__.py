@@ -1,7 +1,8 @@
 """The model zoo: every pretrained model of the companion behind one call, ``load(name) -> Denoiser``.
 
 Each family is wrapped so that the solvers see only a :class:`~dode.denoiser.Denoiser` (the network's
-native denoising output, its schedule and prediction type; book/method.md, "Denoisers"):
+native denoising output, its schedule and prediction type; book/method.md, "Models, schedules and
+denoising outputs"):
 
 * ``digits-*``: the embedded U-Nets trained on the 8x8 digits (:mod:`dode.zoo.embedded`; profiles smoke/cpu).
 * the paper's seven models (``role: "paper"`` in :func:`available`):
