@@ -129,3 +129,44 @@ def test_the_commands_are_found():
         for i, arg in enumerate(args[:-2]):
             if arg == "-p":
                 assert not args[i + 2].startswith(("[", "{")), command
+
+
+def test_the_runner_gives_each_notebook_the_parameters_it_defines(tmp_path, capsys):
+    import nbformat
+
+    from dode.companion import run_notebooks
+
+    toc = "format: jb-book\nroot: intro\nchapters:\n  - file: book/executed/01_takes\n  - file: book/executed/02_not\n"
+    (tmp_path / "_toc.yml").write_text(toc)
+    for name, parameters in (
+        ("01_takes", 'profile = "cpu"\nmodel_options = None'),
+        ("02_not", 'profile = "cpu"'),
+    ):
+        cells = [
+            nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("print(sorted(k for k in dir() if not k.startswith('_')))"),
+        ]
+        notebook = nbformat.v4.new_notebook(cells=cells)
+        notebook.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        (tmp_path / "notebooks").mkdir(exist_ok=True)
+        nbformat.write(notebook, tmp_path / "notebooks" / f"{name}.ipynb")
+    params = tmp_path / "run.yaml"
+    params.write_text("model_options:\n  digits-eps: {path: /x}\nnrpoc: 2\n")
+    status = run_notebooks.main(["--profile", "smoke", "--params", str(params), "--repo", str(tmp_path)])
+    assert status == 0
+    assert "--params sets nrpoc, which no notebook of the book takes" in capsys.readouterr().out
+    executed = {
+        n: nbformat.read(tmp_path / "book" / "executed" / f"{n}.ipynb", 4) for n in ("01_takes", "02_not")
+    }
+    injected = {
+        n: "".join(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        for n, nb in executed.items()
+    }
+    assert 'model_options = {"digits-eps": {"path": "/x"}}' in injected["01_takes"]
+    assert "model_options" not in injected["02_not"] and "nrpoc" not in injected["01_takes"]
+    params.write_text("profile: paper\n")
+    assert run_notebooks.main(["--profile", "smoke", "--params", str(params), "--repo", str(tmp_path)]) == 2

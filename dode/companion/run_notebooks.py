@@ -249,7 +249,7 @@ def run(
     results_dir = results_dir or default_results_dir(repo, profile)
     notebooks = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
-    unused = unused_params(params or {}, notebooks)
+    unused = unused_params(params, notebooks) if params else []
     if unused:
         print(f"note: --params sets {', '.join(unused)}, which no notebook of the book takes (ignored)")
     if only:
