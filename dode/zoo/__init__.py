@@ -588,7 +588,8 @@ def _unpickle_network(path: Path) -> nn.Module:
             f"cannot unpickle {path}: {missing!r} is not importable ({err}). A network pickle rebuilds the "
             "network with the code of the modules it was pickled from; EDM pickles need the EDM repository "
             "(https://github.com/NVlabs/edm: its `torch_utils` and `dnnlib` packages) on sys.path: clone it "
-            "and pass edm_repo='/path/to/edm' to dode.zoo.load, or add it to PYTHONPATH"
+            "and pass edm_repo='/path/to/edm' to dode.zoo.load (in a paper run: model_options.<model>.edm_repo), "
+            "or add it to PYTHONPATH"
         ) from err
     if isinstance(obj, dict):
         if "ema" not in obj:
