@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     from dode.companion.protocols import PROTOCOLS
     from dode.companion.run_notebooks import PROFILES, BookLayoutError, read_params
 
-    parser = argparse.ArgumentParser(description="Check a run's checkpoints, clones and statistics.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dode.preflight", description="Check a run's checkpoints, clones and statistics."
+    )
     parser.add_argument("--profile", default="paper", choices=PROFILES, help="run profile (default: paper)")
     parser.add_argument("--params", type=Path, metavar="FILE", help="the run configuration file (YAML)")
     parser.add_argument(

@@ -306,7 +306,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dode.run_notebooks", description="Execute the book's notebooks with papermill."
+    )
     parser.add_argument("--profile", default="cpu", choices=PROFILES, help="run profile (default: cpu)")
     parser.add_argument(
         "--params",
