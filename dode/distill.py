@@ -149,7 +149,7 @@ def distill(
         space=space,
         stages=stages,
         model=denoiser.name,
-        checkpoint=denoiser.info.get("sha256"),
+        checkpoint=denoiser.info.get("checkpoint_sha256"),
         schedule=denoiser.schedule.describe(),
         K=int(K),
         B=int(noise.shape[0]),

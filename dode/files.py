@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "sha256_file", "atomic_write", "git_state", "git_commit"]
+__all__ = ["REPO_ROOT", "sha256_file", "content_sha256", "atomic_write", "git_state", "git_commit"]
 
 # the checkout dode runs from (git state, committed data); an installed copy has no git state there
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,33 @@ def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+# (resolved path, size, mtime_ns) -> hash: a multi-GB checkpoint is hashed once per process, however often
+# it is loaded; a file changed in place gets a new mtime and is hashed again
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def content_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, or of a folder's content: the sorted relative paths of its files, each with
+    its own sha256 (so a diffusers folder is identified by its weights and configs, not by where it lies).
+    Hidden entries (``.cache/``, ``.gitattributes``...) are skipped: they are bookkeeping, not content."""
+    path = Path(path).resolve()
+    if path.is_file():
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _CONTENT_HASHES:
+            _CONTENT_HASHES[key] = sha256_file(path)
+        return _CONTENT_HASHES[key]
+    if not path.is_dir():
+        raise FileNotFoundError(f"cannot hash {path}: no such file or folder")
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0{content_sha256(file)}\n".encode())
     return h.hexdigest()
 
 

@@ -98,7 +98,7 @@ class Lambdas:
         self.solver, self.nfe, self.grid = solver, nfe, grid
         self.options = dict(options or {})
         self.variant, self.space = variant, space
-        # the sha256 of the weights they were fitted on (``denoiser.info["sha256"]``), None if unrecorded
+        # the sha256 of the weights they were fitted on (``denoiser.info["checkpoint_sha256"]``), None if unrecorded
         self.model, self.checkpoint, self.schedule = model, checkpoint, schedule
         self.K, self.B, self.seed, self.teacher, self.fit = K, B, seed, teacher, fit
         self.constant = bool(constant)
@@ -162,7 +162,7 @@ class Lambdas:
             problems.append(f"schedule {self.schedule} (asked: {denoiser.schedule.describe()})")
         if self.model is not None and denoiser.name is not None and self.model != denoiser.name:
             problems.append(f"model {self.model!r} (asked: {denoiser.name!r})")
-        asked = denoiser.info.get("sha256")
+        asked = denoiser.info.get("checkpoint_sha256")
         if None not in (self.checkpoint, asked) and self.checkpoint != asked:
             problems.append(f"checkpoint sha256 {self.checkpoint} (asked: {asked})")
         if problems:

@@ -22,7 +22,7 @@ def test_committed_models_load_and_denoise(name):
     assert isinstance(den, Denoiser) and den.name == name
     card = den.info["card"]
     assert (den.info["resolution"], den.info["channels"]) == (8, 1)
-    assert den.info["sha256"] == card["weights"]["sha256"]
+    assert den.info["checkpoint_sha256"] == card["weights"]["sha256"]
     assert den.dtype == torch.float32 and not den.fn.training
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in den.fn.parameters())
     assert card["n_parameters"] == sum(p.numel() for p in den.fn.parameters())

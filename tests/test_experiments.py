@@ -87,7 +87,7 @@ def test_quality_sweep_fills_resumes_and_pairs(tmp_path, digit_shaped_model):
         ex.sweep_dims(kw["solvers"], kw["nfes"], kw["methods"], kw["seeds"]),
         {"K": 2, "B": 8, "n_samples": 40},
         params,
-        den,
+        {den.name: ex.identity(den, metric)},
     )
     ex.quality_sweep(store, den, metric, name, **kw)
     ds = store.dataset()
@@ -108,7 +108,7 @@ def test_quality_sweep_fills_resumes_and_pairs(tmp_path, digit_shaped_model):
         ex.sweep_dims(kw["solvers"], kw["nfes"], kw["methods"], kw["seeds"]),
         {"K": 2, "B": 8, "n_samples": 40},
         params,
-        den,
+        {den.name: ex.identity(den, metric)},
     )
     ex.quality_sweep(again, den, metric, name, **kw)
     assert counting.calls == 0
@@ -193,7 +193,14 @@ def test_one_at_a_time_varies_K_then_B_around_the_default_and_sweep_points_combi
 
 def _sweep_store(tmp_path, den, kw, points):
     dims = ex.sweep_dims(kw["solvers"], kw["nfes"], kw["methods"], kw["seeds"], points)
-    return ex.open_store(tmp_path, "08_test", dims, {"K": kw["K"], "B": kw["B"]}, {"profile": "smoke"}, den)
+    return ex.open_store(
+        tmp_path,
+        "08_test",
+        dims,
+        {"K": kw["K"], "B": kw["B"]},
+        {"profile": "smoke"},
+        {den.name: ex.identity(den)},
+    )
 
 
 def test_K_and_B_reach_distill_base_is_sampled_once_and_resume_skips_finished_cells(

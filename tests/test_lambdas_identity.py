@@ -32,18 +32,19 @@ def retrained(tmp_path_factory):
 
 def test_lambdas_of_a_retrained_checkpoint_with_the_same_name_are_refused(retrained, tmp_path):
     old, new = retrained
-    assert old.name == new.name and old.info["sha256"] != new.info["sha256"]
+    assert old.name == new.name and old.info["checkpoint_sha256"] != new.info["checkpoint_sha256"]
     lam = fit(old)
-    assert lam.checkpoint == old.info["sha256"]
+    assert lam.checkpoint == old.info["checkpoint_sha256"]
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     dode.sample(old, noise, "ddim", NFE, lambdas=lam)  # the checkpoint it was fitted on
     with pytest.raises(
-        ValueError, match=f"checkpoint sha256 {old.info['sha256']} \\(asked: {new.info['sha256']}\\)"
+        ValueError,
+        match=f"checkpoint sha256 {old.info['checkpoint_sha256']} \\(asked: {new.info['checkpoint_sha256']}\\)",
     ):
         dode.sample(new, noise, "ddim", NFE, lambdas=lam)
     # the identity survives a save and load
     back = dode.Lambdas.load(lam.save(tmp_path / "lam.nc"))
-    assert back.checkpoint == old.info["sha256"]
+    assert back.checkpoint == old.info["checkpoint_sha256"]
     with pytest.raises(ValueError, match="refit them with dode.distill"):
         dode.sample(new, noise, "ddim", NFE, lambdas=back)
 
@@ -63,7 +64,7 @@ def test_lambdas_without_a_recorded_checkpoint_are_matched_by_name(gmm, tmp_path
     old_file = dode.Lambdas.from_dataset(ds)
     assert old_file.checkpoint is None
     np.testing.assert_array_equal(old_file.values, lam.values)
-    recorded = dode.Denoiser(base.fn, schedule, "eps", name="mine", info={"sha256": "0" * 64})
+    recorded = dode.Denoiser(base.fn, schedule, "eps", name="mine", info={"checkpoint_sha256": "0" * 64})
     dode.sample(recorded, noise, "ddim", NFE, lambdas=old_file)
     with pytest.raises(ValueError, match=r"model 'mine' \(asked: 'other'\)"):
         dode.sample(dode.Denoiser(base.fn, schedule, "eps", name="other"), noise, "ddim", NFE, lambdas=lam)

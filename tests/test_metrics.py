@@ -228,7 +228,9 @@ def test_reference_stats_missing_file_names_path_and_source(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         M.reference_stats("cifar10", directory=tmp_path)
     assert str(tmp_path / "cifar10-32x32.npz") in str(err.value)
-    assert "fid-refs/cifar10-32x32.npz" in str(err.value)
+    # made with pytorch-fid's Inception, the network that scores the samples; EDM's statistics are not
+    assert "python -m pytorch_fid --save-stats" in str(err.value)
+    assert "fid-refs/" not in str(err.value) and "do not use them" in str(err.value)
     with pytest.raises(ValueError, match="available"):
         M.reference_stats("mnist", directory=tmp_path)
     rng = np.random.default_rng(0)

@@ -181,16 +181,18 @@ def run_correlation(stem: str, cfg: dict, results_dir, progress: bool = True):
     from dode.companion import experiments as ex
     from dode.sampling import sample
 
-    dens = {name: ex.load_model(name, device=cfg["device"]) for name in cfg["models"]}
+    options = cfg.get("model_options")
+    dens = {name: ex.load_model(name, device=cfg["device"], model_options=options) for name in cfg["models"]}
     key = {k: cfg[k] for k in ("steps", "n_samples", "seed")}
-    key["models"] = {name: ex.model_record(den) for name, den in dens.items()}
-    store = ex.open_store(results_dir, stem, {"model": list(dens)}, key, cfg, None)
+    identities = {name: ex.identity(den) for name, den in dens.items()}
+    store = ex.open_store(results_dir, stem, {"model": list(dens)}, key, cfg, identities)
     store.attrs["time_variable"] = json.dumps({name: _time_variable(den) for name, den in dens.items()})
     steps = list(range(cfg["steps"]))
     for name, den in dens.items():
         if store.has("similarity", model=name):
             continue
         z = ex.noise(cfg["seed"], "figure", cfg["n_samples"], ex.sample_shape(den), device=cfg["device"])
+        den = ex.conditioned(den, cfg["seed"], "figure", cfg["n_samples"])
         tr = sample(den, z, "ddim", cfg["steps"], trajectory=True, progress=progress)
         similarity = cosine_similarity_matrix(tr.outputs)
         with store.together():
@@ -217,11 +219,11 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     for m in cfg["methods"]:
         if m != "base" and m not in VARIANTS:
             raise ValueError(f"methods must be 'base' or one of {VARIANTS}, got {m!r}")
-    den = ex.load_model(cfg["model"], device=cfg["device"])
+    den = ex.load_model(cfg["model"], device=cfg["device"], model_options=cfg.get("model_options"))
     shape = ex.sample_shape(den)
     dims = {"solver": list(cfg["solvers"]), "nfe": list(cfg["nfes"]), "method": list(cfg["methods"])}
     key = {k: cfg[k] for k in ("reference_steps", "n_samples", "n_pixels", "seed", "K", "B")}
-    store = ex.open_store(results_dir, stem, dims, key, cfg, den)
+    store = ex.open_store(results_dir, stem, dims, key, cfg, {den.name: ex.identity(den)})
     store.attrs["time_variable"] = _time_variable(den)
     cells = [(s, n, m) for s in dims["solver"] for n in dims["nfe"] for m in dims["method"]]
     todo = [c for c in cells if not store.has("distance", solver=c[0], nfe=c[1], method=c[2])]
@@ -306,15 +308,18 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
             raise ValueError(f"panels must be [model, solver label] pairs, got {list(p)!r}")
         ex.solver_spec(p[1])
     models = list(dict.fromkeys(m for m, _ in panels))
-    dens = {name: ex.load_model(name, device=cfg["device"]) for name in models}
+    options = cfg.get("model_options")
+    dens = {name: ex.load_model(name, device=cfg["device"], model_options=options) for name in models}
     names = [f"{m}/{s}" for m, s in panels]
     nfes = {name: ex._nfes_for(cfg["nfes"], s) for name, (_, s) in zip(names, panels, strict=True)}
     all_nfes = sorted({n for values in nfes.values() for n in values})
     dims = {"panel": names, "method": ["base", "d-ode"], "nfe": all_nfes, "model": models}
     key = {k: cfg[k] for k in ("n_samples", "reference_steps", "seed", "K", "B")}
-    key["models"] = {name: ex.model_record(den) for name, den in dens.items()}
-    store = ex.open_store(results_dir, stem, dims, key, cfg, None)
+    identities = {name: ex.identity(den) for name, den in dens.items()}
+    store = ex.open_store(results_dir, stem, dims, key, cfg, identities)
     samples = list(range(cfg["n_samples"]))
+    # a class-conditional model draws the figure stream's classes with its noises
+    dens = {name: ex.conditioned(den, cfg["seed"], "figure", cfg["n_samples"]) for name, den in dens.items()}
 
     def image_dims(x):
         return {"sample": samples} | {f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])}

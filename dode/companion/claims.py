@@ -48,7 +48,14 @@ def metric_name(ds) -> str:
 
 def paired_gains(ds, method: str = "d-ode", base: str = "base") -> list[dict]:
     """One row per (solver, NFE) cell that holds both methods: mean and std over seeds of the paired gain
-    ``base - method`` (positive: ``method`` is better), the number of seeds and of wins, and the base value."""
+    ``base - method`` (positive: ``method`` is better), the number of seeds and of wins, and the base value.
+    A file with a ``model`` dimension gives each model's rows, with the model named in each."""
+    if "model" in ds.dims:
+        return [
+            {"model": m, **row}
+            for m in ds.coords["model"].values.tolist()
+            for row in paired_gains(ds.sel({"model": m}), method, base)
+        ]
     var = metric_name(ds)
     rows = []
     for solver in ds.coords["solver"].values.tolist():
@@ -91,8 +98,9 @@ def _significant(row: dict) -> int:
 
 def _fmt(row: dict, var: str) -> str:
     spread = "" if not np.isfinite(row["std"]) else f" ± {row['std']:.2f}"
+    model = f"{row['model']} " if "model" in row else ""
     return (
-        f"{row['solver']} NFE {row['nfe']}: {var.upper()} {row['base']:.2f} → {row['method']:.2f} "
+        f"{model}{row['solver']} NFE {row['nfe']}: {var.upper()} {row['base']:.2f} → {row['method']:.2f} "
         f"(gain {row['gain']:+.2f}{spread}, {row['wins']}/{row['seeds']} seeds)"
     )
 
@@ -110,8 +118,8 @@ def check_d_beats_base(results: dict) -> Verdict:
     better = [r for r, s in zip(rows, marks, strict=True) if s > 0]
     worse = [r for r, s in zip(rows, marks, strict=True) if s < 0]
     closing = []
-    for solver in sorted({r["solver"] for r in rows}):
-        mine = sorted((r for r in rows if r["solver"] == solver), key=lambda r: r["nfe"])
+    for curve in sorted({(r.get("model", ""), r["solver"]) for r in rows}):
+        mine = sorted((r for r in rows if (r.get("model", ""), r["solver"]) == curve), key=lambda r: r["nfe"])
         if len(mine) > 1:
             closing.append(abs(mine[-1]["gain"]) <= abs(mine[0]["gain"]))
     lines = [f"{len(better)} of {len(rows)} (solver, NFE) cells significantly better, {len(worse)} worse"]
@@ -121,7 +129,8 @@ def check_d_beats_base(results: dict) -> Verdict:
     ]
     if closing:
         lines.append(
-            f"gap at the largest NFE no larger than at the smallest for {sum(closing)}/{len(closing)} solvers"
+            f"gap at the largest NFE no larger than at the smallest for {sum(closing)}/{len(closing)} "
+            "curves (one per model and solver)"
         )
     single_seed = all(r["seeds"] < 2 for r in rows)
     if single_seed:

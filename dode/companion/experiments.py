@@ -43,6 +43,9 @@ __all__ = [
     "FITTED_METHODS",
     "open_store",
     "model_record",
+    "identity",
+    "class_labels",
+    "conditioned",
     "run_sweep",
 ]
 
@@ -83,6 +86,7 @@ METHOD_LABELS = {
 
 _CHUNK = 256
 _PURPOSES = {"fit": 1, "eval": 2, "reference": 3, "figure": 4}
+_LABELS = 1000  # offset of the class-label streams' SeedSequence tag from the noise streams'
 
 
 def check_profile(profile: str) -> str:
@@ -140,9 +144,42 @@ def noise(
     return out.to(device)
 
 
-def load_model(name: str, device="cpu", **options) -> Denoiser:
+def class_labels(seed: int, purpose: str, n: int, label_dim: int, start: int = 0) -> torch.Tensor:
+    """Class labels ``[start, start + n)`` of the stream ``(seed, purpose)``, uniform over ``label_dim``
+    classes (as EDM and guided-diffusion draw them), chunked like :func:`noise` and independent of it."""
+    if purpose not in _PURPOSES:
+        raise ValueError(f"purpose must be one of {sorted(_PURPOSES)}, got {purpose!r}")
+    first, last = start // _CHUNK, (start + n - 1) // _CHUNK
+    chunks = []
+    for j in range(first, last + 1):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _LABELS + _PURPOSES[purpose], j]))
+        chunks.append(torch.from_numpy(rng.integers(0, label_dim, _CHUNK)))
+    return torch.cat(chunks)[start - first * _CHUNK : start - first * _CHUNK + n]
+
+
+def conditioned(den: Denoiser, seed: int, purpose: str, n: int, start: int = 0) -> Denoiser:
+    """``den`` bound to the class labels of samples ``[start, start + n)`` of the stream ``(seed, purpose)``
+    when it is class-conditional (ImageNet models), else ``den`` itself: sample ``i`` of a stream always
+    has the same noise and the same class."""
+    label_dim = int(den.info.get("label_dim") or 0)
+    if not label_dim:
+        return den
+    return den.bind(class_labels=class_labels(seed, purpose, n, label_dim, start))
+
+
+def load_model(name: str, device="cpu", model_options: dict | None = None) -> Denoiser:
+    """``dode.zoo.load(name)`` with the options of ``model_options[name]`` (a mapping model name -> the
+    options of :func:`dode.zoo.load`: ``path``, the clone of the authors' code, ...; one mapping serves
+    every notebook of a paper run)."""
     from dode import zoo
 
+    model_options = dict(model_options or {})
+    options = model_options.get(name) or {}
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"model_options must map model names to option mappings, e.g. {{{name!r}: {{'path': ...}}}}; "
+            f"got {name!r}: {options!r}"
+        )
     return zoo.load(name, device=device, **options)
 
 
@@ -154,31 +191,68 @@ def sample_shape(den: Denoiser) -> tuple[int, int, int]:
         raise ValueError(f"the denoiser's info lacks {err}; load it through dode.zoo") from err
 
 
-def make_metric(den: Denoiser, device="cpu", batch_size: int | None = None):
+def make_metric(den: Denoiser, device="cpu", batch_size: int | None = None, fid_stats=None):
     """``(name, metric)``: FD in the digit classifier's features for the embedded models, Inception FID
-    against the dataset's reference statistics for the paper's models."""
+    against the dataset's reference statistics (read from the folder ``fid_stats``, default
+    ``$DODE_FID_STATS`` or ``data/fid_stats``) for the paper's models."""
     from dode import metrics
 
     reference = den.info.get("fid_reference", "fd")
     if reference == "fd":
         return "fd", metrics.FD(device=device, batch_size=batch_size or 1000)
-    return "fid", metrics.FID(device=device, batch_size=batch_size or 100, reference=reference)
+    metric = metrics.FID(
+        device=device, batch_size=batch_size or 100, reference=reference, stats_dir=fid_stats
+    )
+    return "fid", metric
+
+
+#: what of a loaded model its numbers depend on (besides the sweep): recorded and compared in results files
+_IDENTITY_KEYS = (
+    "zoo_name",
+    "checkpoint_sha256",
+    "schedule",
+    "prediction",
+    "resolution",
+    "channels",
+    "label_dim",
+    "ema",
+    "use_fp16",
+)
 
 
 def model_record(den: Denoiser) -> dict:
-    """What identifies a model in results provenance (name, checkpoint hash, source...)."""
-    keep = ("zoo_name", "sha256", "checkpoint_sha256", "source", "resolution", "channels", "prediction")
-    return {"name": den.name, **{k: den.info[k] for k in keep if k in den.info}}
+    """What identifies a model in results files: its name, checkpoint content hash, schedule, ..."""
+    return {"name": den.name, **{k: den.info[k] for k in _IDENTITY_KEYS if k in den.info}}
 
 
-def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, den: Denoiser | None):
+def identity(den: Denoiser, metric=None, **settings) -> dict:
+    """A model's identity in a results file: :func:`model_record`, the metric's identity (hashes of the
+    reference statistics and of the Inception weights or the FD classifier) and the model's own
+    ``settings`` (e.g. its fitting batch size where models differ in it)."""
+    out = model_record(den)
+    if metric is not None:
+        out["metric"] = metric.identity()
+    if settings:
+        out["settings"] = dict(settings)
+    return out
+
+
+def open_store(
+    results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, identities: dict[str, dict]
+):
+    """The results file of notebook ``stem``; ``identities``: model name -> :func:`identity`.
+
+    Results of another profile or key, or of a model whose identity changed, are never mixed in (nor
+    overwritten): the store refuses them with a message that says what changed."""
     from dode.companion.results import ResultStore, provenance
 
-    record = model_record(den) if den is not None else {}
-    # results of another profile or model are never mixed in (nor overwritten): the store refuses them
-    key = {**key, "profile": params["profile"], "model": record}
+    key = {**key, "profile": params["profile"]}
     return ResultStore(
-        Path(results_dir) / f"{stem}.nc", dims, key, provenance(params["profile"], params, record)
+        Path(results_dir) / f"{stem}.nc",
+        dims,
+        key,
+        provenance(params["profile"], params, identities),
+        identities=identities,
     )
 
 
@@ -207,7 +281,7 @@ def fit_lambdas(
     fit_noise = noise(seed, "fit", B, shape, device=device)
     t0 = time.perf_counter()
     lam = distill(
-        den,
+        conditioned(den, seed, "fit", B),
         fit_noise,
         solver,
         nfe,
@@ -241,9 +315,12 @@ def sample_batches(
     """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``."""
     solver, options = solver_spec(label)
     for start in range(0, n_samples, batch_size):
-        z = noise(seed, purpose, min(batch_size, n_samples - start), shape, start=start, device=device)
+        n = min(batch_size, n_samples - start)
+        z = noise(seed, purpose, n, shape, start=start, device=device)
         t0 = time.perf_counter()
-        x = sample(den, z, solver, nfe, grid=grid, lambdas=lambdas, **options)
+        x = sample(
+            conditioned(den, seed, purpose, n, start), z, solver, nfe, grid=grid, lambdas=lambdas, **options
+        )
         if x.is_cuda:
             torch.cuda.synchronize()
         yield x.float(), time.perf_counter() - t0
@@ -468,7 +545,9 @@ def _teacher_run(den, cell, K, B, shape, grid, teacher, device):
     plan = make_plan(den.schedule, solver, cell["nfe"], grid, options)
     fit_noise = noise(cell["seed"], "fit", B, shape, device=device)
     t0 = time.perf_counter()
-    targets = teacher_targets(den, fit_noise, plan, K, teacher=teacher or "ddim")
+    targets = teacher_targets(
+        conditioned(den, cell["seed"], "fit", B), fit_noise, plan, K, teacher=teacher or "ddim"
+    )
     return targets, time.perf_counter() - t0
 
 
@@ -530,31 +609,69 @@ def sweep_points(cfg: dict) -> list[dict]:
     return points
 
 
+#: the sweep settings a model of a multi-model sweep may set for itself (``per_model``), e.g. the paper's
+#: B = 25 for LSUN bedroom, or a smaller batch for a 256x256 model
+PER_MODEL = ("K", "B", "n_samples", "batch_size")
+
+
+def model_settings(cfg: dict, name: str) -> dict:
+    """The sweep settings of model ``name``: ``cfg``'s, overridden by ``cfg["per_model"][name]``."""
+    own = dict((cfg.get("per_model") or {}).get(name) or {})
+    unknown = sorted(set(own) - set(PER_MODEL))
+    if unknown:
+        raise ValueError(f"per_model[{name!r}] may set {PER_MODEL}, got {unknown}")
+    return {k: own.get(k, cfg[k]) for k in PER_MODEL}
+
+
 def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
 
-    ``cfg`` needs ``model, solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and may set
-    ``model_options`` (for :func:`dode.zoo.load`), ``grid``, ``teacher``, ``fit`` and the extra sweep dimensions
-    of :func:`sweep_points` (``K_values``, ``B_values``, ``lambda_values``). Returns the results file, from which
-    the notebook draws its figures.
+    ``cfg`` needs ``solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and either ``model``
+    (one model) or ``models`` (several: the file gets a ``model`` dimension, and ``per_model`` may set a
+    model's own :data:`PER_MODEL` settings). It may set ``model_options`` (model name -> options of
+    :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
+    ``teacher``, ``fit`` and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
+    ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
+    checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
+    draws its figures.
     """
-    den = load_model(cfg["model"], device=cfg["device"], **(cfg.get("model_options") or {}))
-    metric_name, metric = make_metric(den, device=cfg["device"])
+    if "models" in cfg and not isinstance(cfg["models"], list | tuple):
+        raise ValueError(f"models must be a list of dode.zoo names, got {cfg['models']!r}")
+    names = list(cfg["models"]) if "models" in cfg else [cfg["model"]]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"models must name distinct dode.zoo models, got {names}")
+    loaded = {}
+    for name in names:
+        den = load_model(name, device=cfg["device"], model_options=cfg.get("model_options"))
+        loaded[name] = (den, *make_metric(den, device=cfg["device"], fid_stats=cfg.get("fid_stats")))
+    metric_names = {name: m for name, (_, m, _) in loaded.items()}
+    if len(set(metric_names.values())) > 1:
+        raise ValueError(f"the models of one sweep must share a metric, got {metric_names}")
+    metric_name = next(iter(metric_names.values()))
     points = _check_points(sweep_points(cfg), cfg["methods"])
     dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
+    if "models" in cfg:
+        dims = {"model": names, **dims}
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
-    store = open_store(results_dir, stem, dims, key, cfg, den)
-    quality_sweep(
-        store,
-        den,
-        metric,
-        metric_name,
-        **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")},
-        points=points,
-        grid=cfg.get("grid"),
-        teacher=cfg.get("teacher"),
-        fit=cfg.get("fit", "ls"),
-        device=cfg["device"],
-        progress=progress,
-    )
+    own = {name: model_settings(cfg, name) for name in names}
+    identities = {
+        name: identity(den, metric, **{k: v for k, v in own[name].items() if k in ("K", "B", "n_samples")})
+        for name, (den, _, metric) in loaded.items()
+    }
+    store = open_store(results_dir, stem, dims, key, cfg, identities)
+    for name, (den, _, metric) in loaded.items():
+        quality_sweep(
+            store.at(model=name) if "models" in cfg else store,
+            den,
+            metric,
+            metric_name,
+            **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods")},
+            **own[name],
+            points=points,
+            grid=cfg.get("grid"),
+            teacher=cfg.get("teacher"),
+            fit=cfg.get("fit", "ls"),
+            device=cfg["device"],
+            progress=progress,
+        )
     return store.path

@@ -101,20 +101,42 @@ def _plain_log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(two_and_five))
 
 
+def _by_model(ds) -> list[tuple[str | None, object]]:
+    """``[(model, its part of ds)]`` for a results file with a ``model`` dimension, ``[(None, ds)]`` else."""
+    if "model" not in ds.dims:
+        return [(None, ds)]
+    return [(m, ds.sel({"model": m})) for m in ds.coords["model"].values.tolist()]
+
+
+def _stack_models(ds, table):
+    """``table(part)`` of each model's part of ``ds``, stacked with the model as the outer index level."""
+    import pandas as pd
+
+    parts = _by_model(ds)
+    if parts[0][0] is None:
+        return table(ds)
+    return pd.concat({model: table(part) for model, part in parts}, names=["model"])
+
+
 def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, logy: bool = True, ylabel=None):
-    """One panel per solver: ``var`` (mean +- std over seeds) against NFE, base vs D-variants (Fig. 3/4)."""
+    """One panel per model and solver (a row per model, as the paper's Fig. 3/4 lay out their datasets):
+    ``var`` (mean +- std over seeds) against NFE, base vs D-variants."""
     import matplotlib.pyplot as plt
 
     solvers = list(solvers or ds.coords["solver"].values.tolist())
     methods = list(methods or ds.coords["method"].values.tolist())
+    parts = _by_model(ds)
     if axes is None:
-        fig, axes = plt.subplots(1, len(solvers), figsize=(3.4 * len(solvers), 3.0), squeeze=False)
-        axes = axes[0]
+        fig, grid = plt.subplots(
+            len(parts), len(solvers), figsize=(3.4 * len(solvers), 3.0 * len(parts)), squeeze=False
+        )
+        axes = [ax for row in grid for ax in row]
     else:
         fig = axes[0].figure
-    for ax, solver in zip(axes, solvers, strict=True):
+    panels = [(model, part, solver) for model, part in parts for solver in solvers]
+    for ax, (model, part, solver) in zip(axes, panels, strict=True):
         for method in methods:
-            da = ds[var].sel({"solver": solver, "method": method})
+            da = part[var].sel({"solver": solver, "method": method})
             mean, std = mean_std(da)
             nfe = da.coords["nfe"].values
             ok = np.isfinite(mean)
@@ -130,13 +152,14 @@ def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, lo
                 label=method_label(solver, method),
                 **st,
             )
-        ax.set_title(PRETTY.get(solver, solver))
+        ax.set_title(PRETTY.get(solver, solver) + (f" · {model}" if model else ""))
         ax.set_xlabel("NFE")
         if logy:
             ax.set_yscale("log")
             _plain_log_ticks(ax)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel(ylabel or var.upper())
+        if solver == solvers[0]:
+            ax.set_ylabel(ylabel or var.upper())
     fig.tight_layout()
     return fig
 
@@ -191,7 +214,9 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
 
 
 def sweep_table(ds, var: str, digits: int = 2):
-    """Rows (solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``."""
+    """Rows ([model,] solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``."""
+    if "model" in ds.dims:
+        return _stack_models(ds, lambda part: sweep_table(part, var, digits))
     import pandas as pd
 
     frames = []
@@ -206,7 +231,9 @@ def sweep_table(ds, var: str, digits: int = 2):
 
 def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits: int = 2):
     """``base - method`` per seed (same evaluation noise), as ``mean ± std`` over seeds, with the number of
-    seeds in which the method wins. Positive = the D-solver is better (lower FD/FID)."""
+    seeds in which the method wins. Positive = the D-solver is better (lower FD/FID). One block per model."""
+    if "model" in ds.dims:
+        return _stack_models(ds, lambda part: paired_gain(part, var, method, base, digits))
     import pandas as pd
 
     rows, index = [], []
@@ -234,8 +261,11 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.0))
-    for solver in solvers or ds.coords["solver"].values.tolist():
-        da = ds["lambdas"].sel({"solver": solver, "method": method, "nfe": nfe, "param": 0})
+    lines = [
+        (m, part, s) for m, part in _by_model(ds) for s in solvers or ds.coords["solver"].values.tolist()
+    ]
+    for model, part, solver in lines:
+        da = part["lambdas"].sel({"solver": solver, "method": method, "nfe": nfe, "param": 0})
         mean, std = mean_std(da.transpose("evaluation", "seed"))
         k = da.coords["evaluation"].values
         ok = np.isfinite(mean)
@@ -246,7 +276,7 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
             marker="o",
             markersize=3,
             capsize=2,
-            label=PRETTY.get(solver, solver),
+            label=PRETTY.get(solver, solver) + (f" · {model}" if model else ""),
         )
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_xlabel("network evaluation k")
@@ -257,7 +287,9 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
 
 
 def timing_table(ds):
-    """Mean wall time (s) of fitting and of sampling the evaluation set, per solver and NFE."""
+    """Mean wall time (s) of fitting and of sampling the evaluation set, per [model,] solver and NFE."""
+    if "model" in ds.dims:
+        return _stack_models(ds, timing_table)
     import pandas as pd
 
     rows = []

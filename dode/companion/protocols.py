@@ -9,25 +9,44 @@ trim the NFE grid; ``paper`` is the paper's protocol (50k samples, Inception FID
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "NOISE_SOLVERS", "network_evaluations"]
+__all__ = [
+    "PROTOCOLS",
+    "NOISE_SOLVERS",
+    "NOISE_MODELS",
+    "DATA_MODELS",
+    "RUN_ENVIRONMENT",
+    "network_evaluations",
+]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
+#: the paper's noise-prediction models (Fig. 3, 9, 10) and data-prediction models (Fig. 4), by zoo name
+NOISE_MODELS = ["ddpm-cifar10", "ddim-celeba64", "adm-imagenet128", "adm-lsun-bedroom"]
+DATA_MODELS = ["edm-cifar10-uncond-vp", "edm-ffhq-64", "edm-imagenet-64"]
+#: the paper's fitting batch B = 100 "except for LSUN bedroom where a batch size of 25 is employed due to GPU
+#: memory constraints"; the 256x256 U-Net also samples in smaller batches than the 32-128 ones
+_PAPER_PER_MODEL = {"adm-lsun-bedroom": {"B": 25, "batch_size": 100}, "adm-imagenet128": {"batch_size": 250}}
+#: where a run finds its files, the same in every notebook and profile (the paper run's configuration file,
+#: notebooks/paper.example.yaml, sets them once for the whole book): model name -> options of
+#: dode.zoo.load (checkpoint path, clone of the authors' code), and the folder of the FID statistics
+RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu")
 _SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu")
 _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
-    # model_options go to dode.zoo.load: e.g. {"path": "/ckpt/edm-cifar10-32x32-uncond-vp.pkl",
-    # "edm_repo": "/src/edm"} on a GPU box whose checkpoints are local files
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None):
+    """A quality sweep's three profiles; ``key="models"`` takes a list of models per profile (the results
+    file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings)."""
     tables = {"smoke": _SWEEP_SMOKE, "cpu": _SWEEP_CPU, "paper": _SWEEP_PAPER}
-    return {
-        profile: dict(
-            model=model, solvers=solvers, nfes=nfes[profile], methods=list(methods), model_options={}, **table
-        )
+    out = {
+        profile: {key: model, "solvers": solvers, "nfes": nfes[profile], "methods": list(methods), **table}
         for model, (profile, table) in zip(models, tables.items(), strict=True)
     }
+    if key == "models":
+        for profile in out:
+            out[profile]["per_model"] = dict(per_model or {}) if profile == "paper" else {}
+    return out
 
 
 _PD_CPU = dict(
@@ -50,13 +69,15 @@ _TRAJ = dict(
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
     "02_noise_prediction": _sweep(
-        ("digits-eps-mini", "digits-eps", "ddpm-cifar10"),
+        (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
         NOISE_SOLVERS,
         {"smoke": [3, 5], "cpu": [5, 10], "paper": [2, 5, 10, 15, 20, 25, 50]},
+        key="models",
+        per_model=_PAPER_PER_MODEL,
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
-        ("digits-edm-mini", "digits-edm", "edm-cifar10-uncond-vp"),
+        (["digits-edm-mini"], ["digits-edm"], DATA_MODELS),
         ["ddim", "edm"],
         {
             "smoke": {"ddim": [3, 5], "edm": [3, 5]},
@@ -65,12 +86,16 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         },
         # the paper's lambda on every stage beside our default (one per landing time): they differ for Heun
         methods=("base", "d-ode", "d-ode-per-stage"),
+        key="models",
     ),
-    # Fig. 9: DPM-Solver++(2M)
+    # Fig. 9: DPM-Solver++(2M). The paper's text does not say which models Fig. 9 shows; DPM-Solver++ is a
+    # solver of the noise-prediction section, so the paper profile runs the models of Fig. 3
     "04_dpm_solver_pp": _sweep(
-        ("digits-eps-mini", "digits-eps", "ddpm-cifar10"),
+        (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
         ["dpm_solver++"],
         {"smoke": [3, 5], "cpu": [5, 10], "paper": [5, 10, 15, 20, 25, 50]},
+        key="models",
+        per_model=_PAPER_PER_MODEL,
     ),
     # Tab. 2: formulations of D-DDIM
     "07_formulations": _sweep(
@@ -184,11 +209,13 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             B=100,
             device="cpu",
         ),
+        # Fig. 6: ImageNet 64 and FFHQ 64 (EDM's data-prediction models), DDIM and EDM's Heun sampler
         "paper": dict(
             panels=[
-                ["ddpm-cifar10", "ddim"],
-                ["edm-cifar10-uncond-vp", "ddim"],
-                ["edm-cifar10-uncond-vp", "edm"],
+                ["edm-imagenet-64", "ddim"],
+                ["edm-imagenet-64", "edm"],
+                ["edm-ffhq-64", "ddim"],
+                ["edm-ffhq-64", "edm"],
             ],
             nfes={"ddim": [5, 10, 25], "edm": [5, 9, 15]},
             n_samples=16,
@@ -206,7 +233,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     "10_timing": {
         "smoke": dict(
             model="digits-edm-mini",
-            model_options={},
             nfes={"edm": [3], "ddim": [2]},
             seeds=[0],
             K=2,
@@ -221,7 +247,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
         "cpu": dict(
             model="digits-edm",
-            model_options={},
             nfes={"edm": [5, 7, 9], "ddim": [2, 4, 8]},
             seeds=[0],
             K=10,
@@ -238,7 +263,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
         "paper": dict(
             model="edm-cifar10-uncond-vp",
-            model_options={},
             nfes={"edm": [3, 5, 7, 9, 15, 25, 35], "ddim": [2, 4, 8, 16, 32]},
             seeds=[0, 1, 2],
             K=10,
@@ -267,8 +291,15 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
 }
 
 
+# every notebook's every profile finds its files the same way
+for _profiles in PROTOCOLS.values():
+    for _table in _profiles.values():
+        for _name, _default in RUN_ENVIRONMENT.items():
+            _table.setdefault(_name, _default)
+
+
 def network_evaluations(stem: str, profile: str) -> int:
-    """Network evaluations of one sweep notebook under ``profile``: every (solver, NFE, seed, method) samples
+    """Network evaluations of one sweep notebook under ``profile``: every model and (solver, NFE, seed, method) samples
     ``n_samples`` in NFE evaluations, and the D-variants of a (solver, NFE, seed) are fitted on ``B`` noises
     against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. What
     a GPU box's run time scales with."""
@@ -280,22 +311,24 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from dode.companion.experiments import same_as_per_time, solver_spec
+    from dode.companion.experiments import model_settings, same_as_per_time, solver_spec
     from dode.schedules import EDMSchedule
     from dode.solvers import make_plan
 
     nfes = cfg["nfes"]
     total = 0
-    for label in cfg["solvers"]:
-        for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
-            methods = [m for m in cfg["methods"] if not same_as_per_time(m, label, nfe)]
-            fitted = sum(m != "base" for m in methods)
-            solver, options = solver_spec(label)
-            # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
-            landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
-            sampling = len(methods) * cfg["n_samples"] * nfe
-            fitting = (cfg["B"] * cfg["K"] * landing + fitted * cfg["B"] * nfe) if fitted else 0
-            total += (sampling + fitting) * len(cfg["seeds"])
+    for model in cfg["models"] if "models" in cfg else [cfg["model"]]:
+        own = model_settings(cfg, model)
+        for label in cfg["solvers"]:
+            for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
+                methods = [m for m in cfg["methods"] if not same_as_per_time(m, label, nfe)]
+                fitted = sum(m != "base" for m in methods)
+                solver, options = solver_spec(label)
+                # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
+                landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
+                sampling = len(methods) * own["n_samples"] * nfe
+                fitting = (own["B"] * own["K"] * landing + fitted * own["B"] * nfe) if fitted else 0
+                total += (sampling + fitting) * len(cfg["seeds"])
     return total
 
 

@@ -9,12 +9,17 @@ Two kinds of parameters are told apart:
 
 * the *sweep* (coordinate values: solvers, NFEs, seeds...) may grow between runs: new cells are added,
   stored ones are kept;
-* the *comparability key* (model and checkpoint, sample counts, K, B, metric, ...) must be identical:
-  cells computed under another key are not comparable, and reopening the file with a different key is
-  refused with a message that names the differences, instead of mixing them.
+* the *comparability key* (profile, sample counts, K, B, metric, ...) must be identical: cells computed
+  under another key are not comparable, and reopening the file with a different key is refused with a
+  message that names the differences, instead of mixing them;
+* the *identities* of the models (one per value of the ``model`` coordinate): everything a model's numbers
+  depend on besides the sweep -- the checkpoint's content hash, its schedule, and the metric's own
+  identity (the FID reference statistics' and the Inception weights' hashes, or the FD classifier's and
+  reference's). A model already in the file must come back with the same identity, else the file is
+  refused with a message that names the model and what changed; a new model is added to the sweep.
 
-Provenance (profile, full parameters as JSON, model id and checkpoint hash, dode version and git commit,
-device, date) is stored in the attributes. NetCDF attributes hold no bools/None/dicts, so values are JSON.
+Provenance (profile, full parameters as JSON, the models' identities, dode version and git commit, device,
+date) is stored in the attributes. NetCDF attributes hold no bools/None/dicts, so values are JSON.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 from dode.files import atomic_write, git_commit
 from dode.version import __version__
 
-__all__ = ["ResultStore", "IncompatibleResults", "provenance", "write_netcdf"]
+__all__ = ["ResultStore", "StoreView", "IncompatibleResults", "provenance", "write_netcdf"]
 
 
 class IncompatibleResults(RuntimeError):
@@ -49,12 +54,12 @@ def _device_description() -> str:
         return platform.machine()
 
 
-def provenance(profile: str, params: dict, model: dict | None = None) -> dict:
-    """Attributes recorded with every results file (all strings)."""
+def provenance(profile: str, params: dict, models: dict | None = None) -> dict:
+    """Attributes recorded with every results file (all strings); ``models``: name -> identity."""
     return {
         "profile": str(profile),
         "parameters": json.dumps(params, sort_keys=True, default=str),
-        "model": json.dumps(model or {}, sort_keys=True, default=str),
+        "model": ", ".join(models or {}),
         "dode_version": __version__,
         "git_commit": git_commit(),
         "device": _device_description(),
@@ -71,6 +76,17 @@ def _json_attr(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _flatten(record: dict, prefix: str = "") -> dict:
+    """``{"metric": {"inception_sha256": h}}`` -> ``{"metric.inception_sha256": h}``, to name what changed."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class ResultStore:
     """A NetCDF file of experiment cells that can be filled, interrupted and resumed.
 
@@ -80,13 +96,23 @@ class ResultStore:
     dims: ordered mapping ``dimension -> coordinate values`` of the sweep (may grow between runs).
     key: the comparability key: a JSON-able dict that must match the stored one exactly.
     attrs: provenance attributes (see :func:`provenance`); refreshed on every write.
+    identities: model name -> JSON-able identity; each model the file already holds must match its stored
+        identity (see the module doc), new ones are added.
     """
 
-    def __init__(self, path: str | Path, dims: dict[str, list], key: dict, attrs: dict | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        dims: dict[str, list],
+        key: dict,
+        attrs: dict | None = None,
+        identities: dict[str, dict] | None = None,
+    ):
         import xarray as xr
 
         self.path = Path(path)
         self.key = json.loads(_json_attr(key))
+        self.identities = json.loads(_json_attr(identities or {}))
         self.attrs = dict(attrs or {})
         self.coords = {name: list(values) for name, values in dims.items()}
         for name, values in self.coords.items():
@@ -109,6 +135,15 @@ class ResultStore:
             stored_key = json.loads(stored.attrs.get("comparability_key", "null"))
             if stored_key != self.key:
                 raise IncompatibleResults(self._describe_mismatch(stored_key))
+            stored_identities = json.loads(stored.attrs.get("identities", "{}"))
+            changed = self._changed_identities(stored_identities)
+            if changed:
+                raise IncompatibleResults(
+                    f"{self.path} holds results of {'; '.join(changed)}. Numbers of the two are not "
+                    f"comparable and are never mixed: to start a fresh file, move {self.path} away (or delete "
+                    "it), or pass another results_dir; to keep adding to this one, restore what changed."
+                )
+            self.identities = {**stored_identities, **self.identities}
             self._merge(stored)
 
     def _describe_mismatch(self, stored_key) -> str:
@@ -123,6 +158,19 @@ class ResultStore:
             f"{self.path} holds results computed with other parameters ({'; '.join(diffs)}). "
             "They are not comparable with this run; move or delete the file, or use another results_dir."
         )
+
+    def _changed_identities(self, stored: dict) -> list[str]:
+        """``"model 'x' with another checkpoint_sha256 (stored a, now b)"`` for each changed field."""
+        out = []
+        for name in sorted(set(stored) & set(self.identities)):
+            old, new = _flatten(stored[name]), _flatten(self.identities[name])
+            fields = [f for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)]
+            if fields:
+                diffs = ", ".join(
+                    f"{f} (stored {old.get(f, '<absent>')!r}, now {new.get(f, '<absent>')!r})" for f in fields
+                )
+                out.append(f"model {name!r} with another {diffs}")
+        return out
 
     def _merge(self, stored) -> None:
         """Grow the sweep to the union of the stored and the asked coordinates, keeping stored cells."""
@@ -228,9 +276,38 @@ class ResultStore:
     def flush(self) -> None:
         self.ds.attrs.update({k: str(v) for k, v in self.attrs.items()})
         self.ds.attrs["comparability_key"] = _json_attr(self.key)
+        self.ds.attrs["identities"] = _json_attr(self.identities)
         write_netcdf(self.ds, self.path)
         self._unwritten = False
 
     def dataset(self):
         """The stored data (an xarray Dataset)."""
         return self.ds
+
+    def at(self, **fixed) -> StoreView:
+        """A view that reads and writes the cells of ``fixed`` coordinates only (e.g. ``model="x"``), so
+        code written for one model fills its part of a multi-model file unchanged."""
+        for name, value in fixed.items():
+            if name not in self.coords or value not in self.coords[name]:
+                raise ValueError(f"{name}={value!r} is not in this store's {name} coordinates")
+        return StoreView(self, fixed)
+
+
+class StoreView:
+    """The cells of a :class:`ResultStore` at fixed coordinates (:meth:`ResultStore.at`)."""
+
+    def __init__(self, store: ResultStore, fixed: dict):
+        self.store, self.fixed = store, dict(fixed)
+        self.path = store.path
+
+    def has(self, var: str, **cell) -> bool:
+        return self.store.has(var, **self.fixed, **cell)
+
+    def get(self, var: str, **cell):
+        return self.store.get(var, **self.fixed, **cell)
+
+    def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
+        self.store.put(var, value, extra_dims=extra_dims, **self.fixed, **cell)
+
+    def together(self):
+        return self.store.together()

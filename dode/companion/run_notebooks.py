@@ -1,6 +1,7 @@
 """Execute the book's notebooks with papermill, in the order of `_toc.yml`.
 
-    python -m dode.companion.run_notebooks [--profile smoke|cpu|paper] [--only NAME ...] [--keep-going] [--list]
+    python -m dode.run_notebooks [--profile smoke|cpu|paper] [--params FILE] [--only NAME ...] [--keep-going]
+                                 [--list]
 
 Conventions (shared with tests/test_notebooks.py):
 
@@ -13,6 +14,10 @@ Conventions (shared with tests/test_notebooks.py):
 - Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
 - Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
   every listed notebook again.
+- ``--params FILE`` (YAML, e.g. ``notebooks/paper.example.yaml``) gives parameters to every notebook: each
+  notebook gets the file's keys that its `parameters` cell defines (``papermill -f FILE`` takes the same
+  file for one notebook). A key that no notebook of the book defines is reported (a typo would otherwise
+  be ignored silently).
 
 The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
 """
@@ -153,12 +158,37 @@ def notebook_parameters(source: Path) -> dict:
     return parameters
 
 
-def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True) -> float:
-    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure."""
+def read_params(path: str | Path) -> dict:
+    """The parameters of a run configuration file: a YAML mapping of notebook parameters (not ``profile``,
+    which the command line chooses)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BookLayoutError(f"--params {path}: no such file")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise BookLayoutError(f"--params {path} must hold a YAML mapping of notebook parameters")
+    if "profile" in params:
+        raise BookLayoutError(f"--params {path} sets `profile`; choose it with --profile instead")
+    return params
+
+
+def unused_params(params: dict, notebooks: list[BookNotebook]) -> list[str]:
+    """The keys of ``params`` that none of ``notebooks`` takes (the runner reports them: likely typos)."""
+    known = set().union(*(notebook_parameters(nb.source) for nb in notebooks)) if notebooks else set()
+    return sorted(set(params) - known)
+
+
+def execute(
+    notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True, params: dict | None = None
+) -> float:
+    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
+
+    ``params``: further parameters (from ``--params FILE``); the notebook gets the ones it defines."""
     import papermill
 
-    parameters = {"profile": profile}
-    if "results_dir" in notebook_parameters(notebook.source):
+    declared = notebook_parameters(notebook.source)
+    parameters = {"profile": profile, **{k: v for k, v in (params or {}).items() if k in declared}}
+    if "results_dir" in declared and "results_dir" not in parameters:
         # relative to the notebook's working directory: the injected cell shows up in the book, and an
         # absolute path would print this machine's folders there
         parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
@@ -211,6 +241,7 @@ def run(
     keep_going: bool = False,
     results_dir: Path | None = None,
     progress: bool = True,
+    params: dict | None = None,
 ) -> int:
     """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded)."""
     if profile not in PROFILES:
@@ -218,6 +249,9 @@ def run(
     results_dir = results_dir or default_results_dir(repo, profile)
     notebooks = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
+    unused = unused_params(params, notebooks) if params else []
+    if unused:
+        print(f"note: --params sets {', '.join(unused)}, which no notebook of the book takes (ignored)")
     if only:
         unknown = sorted(set(only) - set(book_order))
         if unknown:
@@ -242,7 +276,7 @@ def run(
         for index, notebook in enumerate(notebooks, start=1):
             start = time.perf_counter()
             try:
-                wall = execute(notebook, profile, results_dir, progress=progress)
+                wall = execute(notebook, profile, results_dir, progress=progress, params=params)
             except Exception as error:  # papermill, kernel or I/O failure: all end the notebook alike
                 failures.append(notebook.name)
                 wall = time.perf_counter() - start
@@ -272,8 +306,16 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dode.run_notebooks", description="Execute the book's notebooks with papermill."
+    )
     parser.add_argument("--profile", default="cpu", choices=PROFILES, help="run profile (default: cpu)")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        metavar="FILE",
+        help="YAML file of notebook parameters for every notebook (e.g. notebooks/paper.example.yaml)",
+    )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (file stems)")
     parser.add_argument("--keep-going", action="store_true", help="run the rest after a notebook fails")
     parser.add_argument("--list", action="store_true", help="list the book's notebooks and exit")
@@ -285,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             for notebook in book_notebooks(repo):
                 print(notebook.source.relative_to(repo))
             return 0
-        return run(repo, args.profile, only=args.only, keep_going=args.keep_going)
+        params = read_params(args.params) if args.params else None
+        return run(repo, args.profile, only=args.only, keep_going=args.keep_going, params=params)
     except BookLayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -148,16 +148,16 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
             f"pd_eval_steps must be students of the halving schedule {pd_steps}, got {eval_steps}"
         )
     device = cfg["device"]
-    den = ex.load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
+    den = ex.load_model(cfg["model"], device=device, model_options=cfg.get("model_options"))
     # PD's training images, checked before anything is computed: a paper model needs them from a file
     images = load_training_images(cfg["pd_data"]) if cfg.get("pd_data") else training_images_of(den)
-    metric_name, metric = ex.make_metric(den, device=device)
+    metric_name, metric = ex.make_metric(den, device=device, fid_stats=cfg.get("fid_stats"))
     shape = ex.sample_shape(den)
     solvers = list(dict.fromkeys([*nfes, "ddim"]))
     all_nfes = sorted({n for v in nfes.values() for n in v} | set(pd_steps))
     dims = {"solver": solvers, "method": ["base", "d-ode", "pd"], "nfe": all_nfes, "seed": list(cfg["seeds"])}
     key = {k: cfg[k] for k in ("K", "B", "n_samples")} | {"metric": metric_name, "pd": recipe}
-    store = ex.open_store(results_dir, stem, dims, key, cfg, den)
+    store = ex.open_store(results_dir, stem, dims, key, cfg, {den.name: ex.identity(den, metric)})
     # the machine's state while the timed cells were computed; a rerun that finds every cell stored leaves
     # the file (and these attributes of the run that computed it) untouched
     store.attrs.update(

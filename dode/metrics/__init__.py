@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.files import atomic_write, sha256_file
+from dode.files import atomic_write, content_sha256, sha256_file
 from dode.zoo.data import DATA_DIR, load_digits
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "DIGITS_REFERENCE_PATH",
     "reference_stats_path",
     "reference_stats",
+    "stats_sha256",
     "write_digits_reference",
     "l2_distances",
     "l2_to_reference",
@@ -209,6 +210,29 @@ def _moments(stats) -> tuple[np.ndarray, np.ndarray]:
     raise TypeError(f"expected FeatureStats or a (mu, sigma) pair, got {type(stats)}")
 
 
+def stats_sha256(stats) -> str:
+    """Hex sha256 of reference statistics' moments (``mu``, then ``sigma``, float64 bytes): what an FD/FID
+    depends on, whatever file or extra keys they came with."""
+    import hashlib
+
+    mu, sigma = _moments(stats)
+    h = hashlib.sha256(np.ascontiguousarray(mu, np.float64).tobytes())
+    h.update(np.ascontiguousarray(sigma, np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _module_sha256(module: torch.nn.Module) -> str:
+    """Hex sha256 of a network's parameters and buffers (names and float64 values), for a classifier passed
+    as an object rather than as a weights file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def frechet_distance(stats_a, stats_b) -> float:
     """Frechet distance between two Gaussians given as :class:`FeatureStats` or ``(mu, sigma)`` pairs.
 
@@ -315,6 +339,9 @@ class FD:
                 "classifier must be a DigitClassifier (with a .features method) or a path to its weights"
             )
         self.classifier = classifier.to(self.device).eval()
+        self._classifier_sha256 = (
+            sha256_file(classifier_path) if classifier_path is not None else _module_sha256(classifier)
+        )
         if reference is None:
             if classifier_path is None:
                 # a classifier of the caller's: its own features of the train split define the reference
@@ -325,6 +352,15 @@ class FD:
             self.reference = reference
         else:
             self.reference = FeatureStats.load(reference)
+
+    def identity(self) -> dict[str, str]:
+        """What an FD value depends on besides the samples: the classifier's weights and the reference
+        statistics (their hashes), for results files to refuse mixing values of different ones."""
+        return {
+            "metric": "fd",
+            "classifier_sha256": self._classifier_sha256,
+            "reference_sha256": stats_sha256(self.reference),
+        }
 
     @staticmethod
     def _load_digits_reference(classifier_path: Path) -> FeatureStats:
@@ -427,7 +463,8 @@ class FID:
     ``python -m pytorch_fid`` (or EDM's ``fid.py``), which published FIDs do; then mapped to [0, 1], which
     pytorch-fid's InceptionV3 resizes to 299x299 and rescales itself.
 
-    ``reference`` is a name of :data:`REFERENCE_STATS`, an ``.npz`` path, or :class:`FeatureStats`.
+    ``reference`` is a name of :data:`REFERENCE_STATS` (read from ``stats_dir``, see
+    :func:`reference_stats_path`), an ``.npz`` path, or :class:`FeatureStats`.
     """
 
     DIM = 2048
@@ -438,6 +475,7 @@ class FID:
         batch_size: int = 100,
         reference: str | Path | FeatureStats | None = None,
         quantize: bool = True,
+        stats_dir: str | Path | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -457,12 +495,25 @@ class FID:
         self.quantize = quantize
         # the file is in the hub cache, so pytorch-fid's load_state_dict_from_url only reads it
         self.model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[self.DIM]]).to(self.device).eval()
+        self.weights_sha256 = content_sha256(weights)
         if reference is None or isinstance(reference, FeatureStats):
             self.reference = reference
         elif isinstance(reference, str) and reference in REFERENCE_STATS:
-            self.reference = reference_stats(reference)
+            self.reference = reference_stats(reference, stats_dir)
         else:
             self.reference = FeatureStats.load(reference)
+
+    def identity(self) -> dict[str, str]:
+        """What an FID value depends on besides the samples: the Inception weights and the reference
+        statistics (their hashes) and the 8-bit quantisation, for results files to refuse mixing them."""
+        if self.reference is None:
+            raise ValueError("an FID without reference statistics has no identity: pass reference=")
+        return {
+            "metric": "fid",
+            "inception_sha256": self.weights_sha256,
+            "reference_sha256": stats_sha256(self.reference),
+            "quantize": str(int(self.quantize)),
+        }
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Inception pool features ``(N, 2048)`` (float64, on the CPU) of images in [-1, 1]."""
@@ -504,33 +555,42 @@ class FID:
         return frechet_distance(stats, reference)
 
 
-# Reference Inception statistics of the paper's data sets: file name under data/fid_stats/ and origin.
-_EDM_REFS = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
-REFERENCE_STATS: dict[str, dict[str, str]] = {
-    "cifar10": {
-        "file": "cifar10-32x32.npz",
-        "source": f"EDM's reference statistics {_EDM_REFS}cifar10-32x32.npz (50k train images), or "
-        "`python -m pytorch_fid --save-stats <folder of CIFAR-10 train PNGs> <file>`",
+# Reference Inception statistics of the paper's data sets: file name under data/fid_stats/ (or
+# $DODE_FID_STATS), the images' resolution (the models scored against them must sample at it) and the
+# images they come from. They must be computed with pytorch-fid's Inception, the network that scores the
+# samples: statistics of another port (EDM's fid-refs, TensorFlow's) give other FIDs and are not mixed in.
+_SAVE_STATS = "python -m pytorch_fid --save-stats <folder of {what}> <file> --device cuda"
+REFERENCE_STATS: dict[str, dict] = {
+    "cifar10": {"file": "cifar10-32x32.npz", "resolution": 32, "images": "the 50k CIFAR-10 train PNGs"},
+    "celeba-64": {
+        "file": "celeba-64x64.npz",
+        "resolution": 64,
+        "images": "CelebA train images, centre-cropped and resized to 64x64 as the DDIM repository does",
     },
-    "celebahq-256": {
-        "file": "celebahq-256x256.npz",
-        "source": "`python -m pytorch_fid --save-stats <folder of CelebA-HQ 256x256 PNGs> <file>`",
+    "imagenet-128": {
+        "file": "imagenet-128x128.npz",
+        "resolution": 128,
+        "images": "ImageNet train images at 128x128 (guided-diffusion's centre crop)",
     },
     "lsun-bedroom-256": {
         "file": "lsun-bedroom-256x256.npz",
-        "source": "`python -m pytorch_fid --save-stats <folder of LSUN bedroom 256x256 PNGs> <file>`",
+        "resolution": 256,
+        "images": "LSUN bedroom train images at 256x256",
     },
-    "ffhq-64": {
-        "file": "ffhq-64x64.npz",
-        "source": f"EDM's reference statistics {_EDM_REFS}ffhq-64x64.npz, or "
-        "`python -m pytorch_fid --save-stats <folder of FFHQ 64x64 PNGs> <file>`",
-    },
+    "ffhq-64": {"file": "ffhq-64x64.npz", "resolution": 64, "images": "the 70k FFHQ images at 64x64"},
     "imagenet-64": {
         "file": "imagenet-64x64.npz",
-        "source": f"EDM's reference statistics {_EDM_REFS}imagenet-64x64.npz, or "
-        "`python -m pytorch_fid --save-stats <folder of ImageNet 64x64 train PNGs> <file>`",
+        "resolution": 64,
+        "images": "ImageNet train images at 64x64 (EDM's dataset_tool.py --resolution=64x64)",
+    },
+    "celebahq-256": {
+        "file": "celebahq-256x256.npz",
+        "resolution": 256,
+        "images": "CelebA-HQ images at 256x256",
     },
 }
+for _entry in REFERENCE_STATS.values():
+    _entry["source"] = _SAVE_STATS.format(what=_entry["images"])
 
 
 def reference_stats_path(name: str, directory: str | Path | None = None) -> Path:
@@ -546,8 +606,10 @@ def reference_stats(name: str, directory: str | Path | None = None) -> FeatureSt
     path = reference_stats_path(name, directory)
     if not path.is_file():
         raise FileNotFoundError(
-            f"reference statistics for {name!r} not found at {path} (a .npz with keys 'mu' and 'sigma'). "
-            f"Get them from: {REFERENCE_STATS[name]['source']}"
+            f"reference statistics for {name!r} not found at {path} (a .npz with keys 'mu' and 'sigma' of "
+            f"pytorch-fid's Inception features). Compute them with `{REFERENCE_STATS[name]['source']}` and "
+            "put the file there (or set DODE_FID_STATS / the notebook parameter fid_stats to its folder). "
+            "Statistics of another Inception port, such as EDM's fid-refs, give other FIDs: do not use them"
         )
     stats = FeatureStats.load(path)
     if stats.dim != FID.DIM:

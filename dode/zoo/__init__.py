@@ -1,17 +1,30 @@
 """The model zoo: every pretrained model of the companion behind one call, ``load(name) -> Denoiser``.
 
-Three families, each wrapped so that the solvers see only a :class:`~dode.denoiser.Denoiser` (the network's
-native denoising output, its schedule and prediction type, METHOD section 1):
+Each family is wrapped so that the solvers see only a :class:`~dode.denoiser.Denoiser` (the network's
+native denoising output, its schedule and prediction type; book/method.md, "Models, schedules and
+denoising outputs"):
 
 * ``digits-*``: the embedded U-Nets trained on the 8x8 digits (:mod:`dode.zoo.embedded`; profiles smoke/cpu).
-* ``ddpm-*``: the DDPM checkpoints of Ho et al. in diffusers' format (``UNet2DModel`` + scheduler config),
-  noise prediction, discrete VP schedule rebuilt in float64 from the scheduler's beta settings. Loaded from
-  the Hugging Face hub on a machine with internet, or from a local folder (``path=``).
-* ``edm-*``: EDM networks (Karras et al. 2022), pickles with EDM's ``net(x, sigma, class_labels)`` interface,
-  data prediction, ``EDMSchedule(0.002, 80, 7)``. Loaded from a path or URL (``path=``).
+* the paper's seven models (``role: "paper"`` in :func:`available`):
 
-``available()`` lists the names with their metadata. Pretrained weights are never shipped with the
-companion; the loaders are exercised by the tests on miniature checkpoints written in the same formats.
+  - noise prediction: ``ddpm-cifar10`` (Ho et al.'s DDPM in diffusers' format), ``ddim-celeba64`` (the
+    DDIM authors' CelebA 64 checkpoint, DDPM architecture; :mod:`dode.zoo.ddim_repo`), ``adm-imagenet128``
+    and ``adm-lsun-bedroom`` (Dhariwal & Nichol's guided-diffusion; :mod:`dode.zoo.guided_diffusion`), all
+    on DDPM's linear VP schedule (T = 1000), rebuilt in float64;
+  - data prediction: ``edm-cifar10-uncond-vp``, ``edm-ffhq-64``, ``edm-imagenet-64`` (EDM pickles,
+    ``EDMSchedule(0.002, 80, 7)``).
+
+* extras (``role: "extra"``): ``ddpm-celebahq`` and ``ddpm-bedroom``, Ho et al.'s 256x256 DDPMs, which are
+  not the paper's models.
+
+Checkpoints that need their authors' code to load (EDM, guided-diffusion, DDIM) take the path of a local
+clone of that code (``edm_repo``, ``guided_diffusion_repo``, ``ddim_repo``), which the loader puts on
+``sys.path``. Nothing is downloaded unless asked for (``download=True``, or an explicit URL as ``path``):
+every missing file is an error that says where the file comes from and the command that fetches it on a
+machine with internet (``fetch`` in :func:`available`). Every loaded model records the content hash of its
+checkpoint (``checkpoint_sha256``; a diffusers folder is hashed file by file), which results files use to
+refuse mixing runs of different checkpoints. Pretrained weights are never shipped with the companion; the
+loaders are exercised by the tests on miniature checkpoints written in the same formats.
 """
 
 from __future__ import annotations
@@ -28,120 +41,164 @@ import torch
 from torch import nn
 
 from dode.denoiser import Denoiser
-from dode.files import sha256_file
+from dode.files import content_sha256
 from dode.schedules import EDMSchedule, VPSchedule
 
 __all__ = [
     "available",
     "load",
     "MODELS",
+    "CLONES",
     "EDMPickleImportError",
+    "CheckpointMissing",
     "vp_schedule_from_scheduler_config",
     "prediction_from_scheduler_config",
     "diffusers_denoiser",
+    "default_checkpoint",
 ]
 
 _EDM_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+_ADM_PRETRAINED = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
 _EDM_SCHEDULE = {"type": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+_LINEAR_VP = "vp linear beta 1e-4..0.02, T=1000"
+
+#: the authors' code a family needs to load its checkpoints: the load option naming a local clone, the
+#: repository, and the module the clone must contain
+CLONES: dict[str, dict[str, str]] = {
+    "edm": {"option": "edm_repo", "url": "https://github.com/NVlabs/edm", "module": "torch_utils"},
+    "adm": {
+        "option": "guided_diffusion_repo",
+        "url": "https://github.com/openai/guided-diffusion",
+        "module": "guided_diffusion",
+    },
+    "ddim": {"option": "ddim_repo", "url": "https://github.com/ermongroup/ddim", "module": "models"},
+}
+
+
+class CheckpointMissing(FileNotFoundError):
+    """A model's checkpoint is not on this machine (and the zoo downloads nothing unless asked)."""
+
+
+def _embedded(prediction: str, schedule: str) -> dict[str, Any]:
+    return {
+        "family": "embedded",
+        "role": "embedded",
+        "resolution": 8,
+        "channels": 1,
+        "schedule": schedule,
+        "prediction": prediction,
+        "class_conditional": False,
+        "label_dim": 0,
+        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
+        "fid_reference": "fd",
+    }
+
+
+def _ddpm(repo_id: str, resolution: int, reference: str, role: str) -> dict[str, Any]:
+    return {
+        "family": "diffusers",
+        "role": role,
+        "repo_id": repo_id,
+        "resolution": resolution,
+        "channels": 3,
+        "schedule": _LINEAR_VP + " (from the scheduler config)",
+        "prediction": "eps",
+        "class_conditional": False,
+        "label_dim": 0,
+        "source": f"Hugging Face hub {repo_id} (diffusers): a local folder via path=, or the hub cache",
+        "fetch": f"hf download {repo_id} --local-dir <DIR>",
+        "fid_reference": reference,
+    }
+
+
+def _edm(file: str, resolution: int, label_dim: int, reference: str) -> dict[str, Any]:
+    return {
+        "family": "edm",
+        "role": "paper",
+        "url": _EDM_PRETRAINED + file,
+        "file": file,
+        "resolution": resolution,
+        "channels": 3,
+        "schedule": "edm sigma 0.002..80, rho=7",
+        "prediction": "x0",
+        "class_conditional": label_dim > 0,
+        "label_dim": label_dim,
+        "source": f"EDM's pickle {_EDM_PRETRAINED}{file} (loads with a clone of NVlabs/edm: edm_repo=)",
+        "fetch": f"wget {_EDM_PRETRAINED}{file}",
+        "fid_reference": reference,
+    }
+
+
+def _adm(file: str, resolution: int, label_dim: int, reference: str, flags: dict) -> dict[str, Any]:
+    return {
+        "family": "adm",
+        "role": "paper",
+        "url": _ADM_PRETRAINED + file,
+        "file": file,
+        "resolution": resolution,
+        "channels": 3,
+        "schedule": _LINEAR_VP + " (guided-diffusion's 'linear')",
+        "prediction": "eps",
+        "class_conditional": label_dim > 0,
+        "label_dim": label_dim,
+        "source": f"guided-diffusion's {file} (loads with a clone of openai/guided-diffusion: "
+        "guided_diffusion_repo=); learned sigma, the eps half of the output is used",
+        "fetch": f"wget {_ADM_PRETRAINED}{file}",
+        "fid_reference": reference,
+        # create_model's arguments, from the model card's MODEL_FLAGS of guided-diffusion's README
+        "flags": flags,
+    }
+
+
+_ADM_COMMON = dict(
+    num_channels=256,
+    num_res_blocks=2,
+    num_heads=4,
+    attention_resolutions="32,16,8",
+    learn_sigma=True,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+)
 
 # name -> metadata. "schedule" describes the schedule of the loaded Denoiser; "source" is where the weights
-# come from; "fid_reference" names the reference statistics of dode.metrics.REFERENCE_STATS (or "fd" for the
-# embedded digits, scored with dode.metrics.FD).
+# come from and "fetch" the command that fetches them on a machine with internet; "fid_reference" names the
+# reference statistics of dode.metrics.REFERENCE_STATS (or "fd" for the embedded digits, scored with
+# dode.metrics.FD); "role" tells the paper's models from the extras and the embedded ones.
 MODELS: dict[str, dict[str, Any]] = {
-    "digits-eps": {
-        "family": "embedded",
-        "resolution": 8,
-        "channels": 1,
-        "schedule": "vp (discrete, see dode.zoo.embedded)",
-        "prediction": "eps",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
-        "fid_reference": "fd",
-    },
-    "digits-edm": {
-        "family": "embedded",
-        "resolution": 8,
-        "channels": 1,
-        "schedule": "edm (see dode.zoo.embedded)",
-        "prediction": "x0",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
-        "fid_reference": "fd",
-    },
-    "ddpm-cifar10": {
-        "family": "diffusers",
-        "repo_id": "google/ddpm-cifar10-32",
-        "resolution": 32,
-        "channels": 3,
-        "schedule": "vp linear beta 1e-4..0.02, T=1000 (from the scheduler config)",
-        "prediction": "eps",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": "Hugging Face hub google/ddpm-cifar10-32 (diffusers), or a local copy via path=",
-        "fid_reference": "cifar10",
-    },
-    "ddpm-celebahq": {
-        "family": "diffusers",
-        "repo_id": "google/ddpm-celebahq-256",
-        "resolution": 256,
-        "channels": 3,
-        "schedule": "vp linear beta 1e-4..0.02, T=1000 (from the scheduler config)",
-        "prediction": "eps",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": "Hugging Face hub google/ddpm-celebahq-256 (diffusers), or a local copy via path=",
-        "fid_reference": "celebahq-256",
-    },
-    "ddpm-bedroom": {
-        "family": "diffusers",
-        "repo_id": "google/ddpm-bedroom-256",
-        "resolution": 256,
-        "channels": 3,
-        "schedule": "vp linear beta 1e-4..0.02, T=1000 (from the scheduler config)",
-        "prediction": "eps",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": "Hugging Face hub google/ddpm-bedroom-256 (diffusers), or a local copy via path=",
-        "fid_reference": "lsun-bedroom-256",
-    },
-    "edm-cifar10-uncond-vp": {
-        "family": "edm",
-        "url": _EDM_PRETRAINED + "edm-cifar10-32x32-uncond-vp.pkl",
-        "resolution": 32,
-        "channels": 3,
-        "schedule": "edm sigma 0.002..80, rho=7",
-        "prediction": "x0",
-        "class_conditional": False,
-        "label_dim": 0,
-        "source": _EDM_PRETRAINED + "edm-cifar10-32x32-uncond-vp.pkl (needs the EDM repository on sys.path)",
-        "fid_reference": "cifar10",
-    },
-    "edm-ffhq-64": {
-        "family": "edm",
-        "url": _EDM_PRETRAINED + "edm-ffhq-64x64-uncond-vp.pkl",
+    "digits-eps": _embedded("eps", "vp (discrete, see dode.zoo.embedded)"),
+    "digits-edm": _embedded("x0", "edm (see dode.zoo.embedded)"),
+    "ddpm-cifar10": _ddpm("google/ddpm-cifar10-32", 32, "cifar10", "paper"),
+    "ddim-celeba64": {
+        "family": "ddim",
+        "role": "paper",
+        "file": "ckpt.pth",
         "resolution": 64,
         "channels": 3,
-        "schedule": "edm sigma 0.002..80, rho=7",
-        "prediction": "x0",
+        "schedule": _LINEAR_VP + " (the DDIM repository's configs/celeba.yml)",
+        "prediction": "eps",
         "class_conditional": False,
         "label_dim": 0,
-        "source": _EDM_PRETRAINED + "edm-ffhq-64x64-uncond-vp.pkl (needs the EDM repository on sys.path)",
-        "fid_reference": "ffhq-64",
+        "source": "the DDIM authors' CelebA 64 checkpoint ckpt.pth (Google Drive id "
+        "1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR; loads with a clone of ermongroup/ddim: ddim_repo=)",
+        "fetch": "gdown 1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR -O ckpt.pth",
+        "config": "configs/celeba.yml",
+        "fid_reference": "celeba-64",
     },
-    "edm-imagenet-64": {
-        "family": "edm",
-        "url": _EDM_PRETRAINED + "edm-imagenet-64x64-cond-adm.pkl",
-        "resolution": 64,
-        "channels": 3,
-        "schedule": "edm sigma 0.002..80, rho=7",
-        "prediction": "x0",
-        "class_conditional": True,
-        "label_dim": 1000,
-        "source": _EDM_PRETRAINED + "edm-imagenet-64x64-cond-adm.pkl (needs the EDM repository on sys.path)",
-        "fid_reference": "imagenet-64",
-    },
+    "adm-imagenet128": _adm(
+        "128x128_diffusion.pt", 128, 1000, "imagenet-128", dict(_ADM_COMMON, class_cond=True)
+    ),
+    "adm-lsun-bedroom": _adm(
+        "lsun_bedroom.pt",
+        256,
+        0,
+        "lsun-bedroom-256",
+        dict(_ADM_COMMON, class_cond=False, num_head_channels=64, dropout=0.1),
+    ),
+    "edm-cifar10-uncond-vp": _edm("edm-cifar10-32x32-uncond-vp.pkl", 32, 0, "cifar10"),
+    "edm-ffhq-64": _edm("edm-ffhq-64x64-uncond-vp.pkl", 64, 0, "ffhq-64"),
+    "edm-imagenet-64": _edm("edm-imagenet-64x64-cond-adm.pkl", 64, 1000, "imagenet-64"),
+    "ddpm-celebahq": _ddpm("google/ddpm-celebahq-256", 256, "celebahq-256", "extra"),
+    "ddpm-bedroom": _ddpm("google/ddpm-bedroom-256", 256, "lsun-bedroom-256", "extra"),
 }
 # the quick-to-train variants of the embedded models (same formats, fewer steps)
 for _base in ("digits-eps", "digits-edm"):
@@ -149,9 +206,19 @@ for _base in ("digits-eps", "digits-edm"):
 
 
 def available() -> dict[str, dict[str, Any]]:
-    """Names of the loadable models with their metadata (resolution, channels, schedule, prediction,
-    class-conditional, label_dim, source, FID reference)."""
+    """Names of the loadable models with their metadata (role, resolution, channels, schedule, prediction,
+    class-conditional, label_dim, source, fetch command, FID reference)."""
     return {name: dict(meta) for name, meta in MODELS.items()}
+
+
+def default_checkpoint(name: str) -> Path | None:
+    """Where a model's checkpoint is looked for when ``path=`` is not given: the torch hub cache for EDM's
+    pickles (where ``download=True`` puts them); ``None`` for the families that need ``path=`` (or, for
+    diffusers models, find the hub cache themselves)."""
+    meta = MODELS[name]
+    if meta["family"] == "edm":
+        return Path(torch.hub.get_dir()) / "checkpoints" / "edm" / meta["file"]
+    return None
 
 
 def load(
@@ -161,6 +228,7 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     class_labels=None,
+    download: bool = False,
     **options,
 ) -> Denoiser:
     """Load a model of :func:`available` as a :class:`~dode.denoiser.Denoiser`.
@@ -170,9 +238,10 @@ def load(
     name:
         a model name (see :func:`available`).
     path:
-        embedded: weights file (default: the committed one); ddpm: a local diffusers folder (default: the
-        hub repo); edm: a local pickle or an ``http(s)://`` / ``file://`` URL (default: EDM's official URL,
-        downloaded once into the torch hub cache).
+        the checkpoint. embedded: weights file (default: the committed one); diffusers: a local folder
+        (default: the Hugging Face cache); edm: a pickle, or an ``http(s)://`` / ``file://`` URL fetched
+        into the torch hub cache (default: that cache, see :func:`default_checkpoint`); adm, ddim: the
+        ``.pt``/``.pth`` file (required).
     device, dtype:
         where the network runs and the dtype it is called in (e.g. ``torch.float16`` on a GPU; not for EDM
         networks, which choose their precision themselves).
@@ -180,9 +249,13 @@ def load(
         class-conditional models only: the labels bound to every call -- an int, a sequence/tensor of ints
         (one per sample), or one-hot rows ``(batch, label_dim)``. Equivalently bind them later with
         ``den.bind(class_labels=...)``.
+    download:
+        opt in to fetching a checkpoint that is not here (diffusers: from the hub; edm: from NVIDIA's URL).
+        Off by default: a missing file is a :class:`CheckpointMissing` error with the fetch command.
     options:
-        edm: ``edm_repo`` (a clone of github.com/NVlabs/edm, put on ``sys.path`` for the unpickling).
-        ddpm: ``revision`` (hub revision).
+        edm: ``edm_repo`` (a clone of NVlabs/edm); adm: ``guided_diffusion_repo`` (a clone of
+        openai/guided-diffusion), ``use_fp16``; ddim: ``ddim_repo`` (a clone of ermongroup/ddim), ``ema``;
+        diffusers: ``revision`` (hub revision).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
@@ -193,11 +266,23 @@ def load(
             f"dtype must be left unset for EDM networks ({name!r}): they manage their own precision"
         )
     if family == "embedded":
+        if download:
+            raise ValueError(f"download=True does not apply to the embedded model {name!r}")
         den = _load_embedded(name, path, **options)
     elif family == "diffusers":
-        den = _load_diffusers(name, path, **options)
+        den = _load_diffusers(name, path, download=download, **options)
+    elif family == "edm":
+        den = _load_edm(name, path, download=download, **options)
     else:
-        den = _load_edm(name, path, **options)
+        if download:
+            raise ValueError(
+                f"download=True is not supported for {name!r}; fetch it with `{MODELS[name]['fetch']}`"
+            )
+        from dode.zoo import ddim_repo, guided_diffusion
+
+        loader = guided_diffusion.load if family == "adm" else ddim_repo.load
+        den = loader(name, MODELS[name], path, **options)
+        _warn_on_mismatch(name, str(path), den.info)
     if isinstance(den.fn, nn.Module):
         den.fn.to(device=device, dtype=dtype).eval()
         if dtype is not None:
@@ -207,6 +292,86 @@ def load(
             raise ValueError(f"class_labels given, but {name!r} is not class-conditional")
         den = den.bind(class_labels=class_labels)
     return den
+
+
+def checkpoint_missing(name: str, what: str) -> CheckpointMissing:
+    """The error for a model whose checkpoint is not here: what is missing and the command that fetches it."""
+    meta = MODELS[name]
+    return CheckpointMissing(
+        f"{what}. {name!r} is {meta['source']}; on a machine with internet fetch it with "
+        f"`{meta['fetch']}` and pass its path as path= (in a paper run: model_options.{name}.path)"
+    )
+
+
+def clone_root(family: str, root, name: str) -> Path:
+    """Put the clone of a family's authors' code on ``sys.path`` (first) and return it.
+
+    The clone must hold the module the checkpoints are rebuilt with (:data:`CLONES`). A module of that name
+    already imported from elsewhere (another clone, loaded earlier in this process) is dropped from
+    ``sys.modules``, so the code of *this* clone is the one that runs."""
+    spec = CLONES[family]
+    option, module = spec["option"], spec["module"]
+    if root is None:
+        raise FileNotFoundError(
+            f"{name!r} needs its authors' code to load: clone {spec['url']} (`git clone {spec['url']}`) and "
+            f"pass its folder as {option}= (in a paper run: model_options.{name}.{option})"
+        )
+    root = Path(root).resolve()
+    if not ((root / module).is_dir() or (root / f"{module}.py").is_file()):
+        raise FileNotFoundError(
+            f"{option}={root} has no {module}/ folder; pass a clone of {spec['url']} "
+            f"(`git clone {spec['url']}`)"
+        )
+    loaded = sys.modules.get(module)
+    where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", [])), None)
+    if loaded is not None and where and root not in Path(where).resolve().parents:
+        for key in [k for k in sys.modules if k == module or k.startswith(module + ".")]:
+            del sys.modules[key]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def checkpoint_file(name: str, path) -> Path:
+    """The checkpoint file of a model that needs ``path=`` (adm, ddim): it must be given and exist."""
+    meta = MODELS[name]
+    if path is None:
+        raise checkpoint_missing(name, f"{name!r} needs path= its checkpoint {meta['file']}")
+    file = Path(path)
+    if not file.is_file():
+        raise checkpoint_missing(name, f"the checkpoint of {name!r} was not found at {file}")
+    return file
+
+
+def class_onehot(class_labels, label_dim: int, x: torch.Tensor) -> torch.Tensor | None:
+    """Class labels (int, ints, or one-hot rows) as one-hot float32 rows, one per sample of ``x``;
+    ``None`` for an unconditional model. Missing labels of a conditional model are an error: the authors'
+    code would silently condition on all-zero labels (EDM) or fail deep inside (guided-diffusion)."""
+    if label_dim == 0:
+        if class_labels is not None:
+            raise ValueError("class_labels given to an unconditional network")
+        return None
+    if class_labels is None:
+        raise ValueError(
+            f"this network is class-conditional ({label_dim} labels): pass class_labels= to "
+            "dode.zoo.load or bind them with den.bind(class_labels=...)"
+        )
+    labels = torch.as_tensor(class_labels, device=x.device)
+    batch = x.shape[0]
+    if labels.dtype.is_floating_point and labels.ndim == 2:
+        if labels.shape[1] != label_dim:
+            raise ValueError(f"one-hot class_labels must have {label_dim} columns, got {tuple(labels.shape)}")
+        onehot = labels.to(torch.float32)
+    else:
+        labels = labels.long().reshape(-1)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= label_dim):
+            raise ValueError(f"class_labels must lie in [0, {label_dim - 1}]")
+        onehot = nn.functional.one_hot(labels, label_dim).to(torch.float32)
+    if onehot.shape[0] == 1:
+        onehot = onehot.expand(batch, -1)
+    if onehot.shape[0] != batch:
+        raise ValueError(f"got {onehot.shape[0]} class labels for a batch of {batch}")
+    return onehot
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,39 +487,43 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _load_diffusers(name: str, path, revision: str | None = None, **options) -> Denoiser:
+def _load_diffusers(
+    name: str, path, revision: str | None = None, download: bool = False, **options
+) -> Denoiser:
     if options:
-        raise TypeError(f"unexpected options for {name!r}: {sorted(options)} (accepted: path, revision)")
+        raise TypeError(
+            f"unexpected options for {name!r}: {sorted(options)} (accepted: path, revision, download)"
+        )
     from diffusers import UNet2DModel
 
     repo_id = MODELS[name]["repo_id"]
-    if path is not None:
+    if path is None:
+        root = _hub_folder(name, repo_id, revision, download)
+        source = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    else:
         root = Path(path)
         if not root.is_dir():
-            raise FileNotFoundError(
-                f"path for {name!r} must be a diffusers folder, {root} is not a directory"
+            raise checkpoint_missing(
+                name, f"path for {name!r} must be a diffusers folder, {root} is not a directory"
             )
-        # pipelines save into unet/ and scheduler/; a bare save_pretrained writes to the folder itself
-        unet_sub = "unet" if (root / "unet" / "config.json").is_file() else None
-        sched_file = next(
-            (
-                p
-                for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json")
-                if p.is_file()
-            ),
-            None,
-        )
-        if (unet_sub is None and not (root / "config.json").is_file()) or sched_file is None:
-            raise FileNotFoundError(
-                f"{root} is not a diffusers DDPM folder: expected the UNet's config.json and weights "
-                "(in unet/ or at the top) and scheduler_config.json (in scheduler/ or at the top)"
-            )
-        unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub)
-        sched_config = _read_json(sched_file)
         source = str(root.resolve())
-    else:
-        unet, sched_config = _diffusers_from_hub(name, repo_id, revision)
-        source = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    # pipelines save into unet/ and scheduler/; a bare save_pretrained writes to the folder itself
+    unet_sub = "unet" if (root / "unet" / "config.json").is_file() else None
+    sched_file = next(
+        (
+            p
+            for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json")
+            if p.is_file()
+        ),
+        None,
+    )
+    if (unet_sub is None and not (root / "config.json").is_file()) or sched_file is None:
+        raise FileNotFoundError(
+            f"{root} is not a diffusers DDPM folder: expected the UNet's config.json and weights "
+            "(in unet/ or at the top) and scheduler_config.json (in scheduler/ or at the top)"
+        )
+    unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub)
+    sched_config = _read_json(sched_file)
 
     den = diffusers_denoiser(unet, sched_config, name=name)
     cfg = unet.config
@@ -362,6 +531,8 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
         **MODELS[name],
         "zoo_name": name,
         "checkpoint": source,
+        # the whole folder: weights and both configs (a changed scheduler config changes the numbers too)
+        "checkpoint_sha256": content_sha256(root),
         "resolution": int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]),
         "channels": int(cfg.in_channels),
         "label_dim": int(cfg.num_class_embeds or 0),
@@ -374,25 +545,22 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
     return den
 
 
-def _diffusers_from_hub(name: str, repo_id: str, revision: str | None):
-    from diffusers import UNet2DModel
-    from huggingface_hub import hf_hub_download
+def _hub_folder(name: str, repo_id: str, revision: str | None, download: bool) -> Path:
+    """The hub snapshot of ``repo_id``: from the local Hugging Face cache, or (``download=True``) fetched."""
+    from huggingface_hub import snapshot_download
 
     try:
-        # the google/ddpm-* repos carry the pipeline layout (unet/, scheduler/) next to legacy top-level files
-        try:
-            sched_file = hf_hub_download(repo_id, "scheduler/scheduler_config.json", revision=revision)
-            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", revision=revision)
-        except Exception:  # any failure of the pipeline layout: try the flat one
-            sched_file = hf_hub_download(repo_id, "scheduler_config.json", revision=revision)
-            unet = UNet2DModel.from_pretrained(repo_id, revision=revision)
-    except Exception as err:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=not download))
+    except Exception as err:  # not cached, offline, unknown revision...: all end the same way
+        if not download:
+            raise checkpoint_missing(
+                name, f"{repo_id} is not in the Hugging Face cache and download=True was not given ({err})"
+            ) from err
         raise OSError(
-            f"could not load {name!r} from the Hugging Face hub ({repo_id}): {err}. On a machine without "
-            "internet, copy the repository to a folder "
-            f"(e.g. `huggingface-cli download {repo_id} --local-dir DIR`) and pass path=DIR"
+            f"could not download {repo_id} from the Hugging Face hub: {err}. On a machine without "
+            f"internet, fetch it elsewhere (`hf download {repo_id} --local-dir DIR`), copy DIR here "
+            "and pass path=DIR"
         ) from err
-    return unet, _read_json(Path(sched_file))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -412,37 +580,7 @@ class _EDMNet(nn.Module):
         self.label_dim = label_dim
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels=None) -> torch.Tensor:
-        return self.net(x, sigma, self._labels(class_labels, x))
-
-    def _labels(self, class_labels, x: torch.Tensor):
-        if self.label_dim == 0:
-            if class_labels is not None:
-                raise ValueError("class_labels given to an unconditional EDM network")
-            return None
-        if class_labels is None:
-            # EDM silently uses all-zero labels here; that is never what a user wants
-            raise ValueError(
-                f"this EDM network is class-conditional ({self.label_dim} labels): pass class_labels= to "
-                "dode.zoo.load or bind them with den.bind(class_labels=...)"
-            )
-        labels = torch.as_tensor(class_labels, device=x.device)
-        batch = x.shape[0]
-        if labels.dtype.is_floating_point and labels.ndim == 2:
-            if labels.shape[1] != self.label_dim:
-                raise ValueError(
-                    f"one-hot class_labels must have {self.label_dim} columns, got {labels.shape}"
-                )
-            onehot = labels.to(torch.float32)
-        else:
-            labels = labels.long().reshape(-1)
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.label_dim):
-                raise ValueError(f"class_labels must lie in [0, {self.label_dim - 1}]")
-            onehot = nn.functional.one_hot(labels, self.label_dim).to(torch.float32)
-        if onehot.shape[0] == 1:
-            onehot = onehot.expand(batch, -1)
-        if onehot.shape[0] != batch:
-            raise ValueError(f"got {onehot.shape[0]} class labels for a batch of {batch}")
-        return onehot
+        return self.net(x, sigma, class_onehot(class_labels, self.label_dim, x))
 
 
 def _fetch_url(url: str) -> Path:
@@ -472,7 +610,8 @@ def _unpickle_network(path: Path) -> nn.Module:
             f"cannot unpickle {path}: {missing!r} is not importable ({err}). A network pickle rebuilds the "
             "network with the code of the modules it was pickled from; EDM pickles need the EDM repository "
             "(https://github.com/NVlabs/edm: its `torch_utils` and `dnnlib` packages) on sys.path: clone it "
-            "and pass edm_repo='/path/to/edm' to dode.zoo.load, or add it to PYTHONPATH"
+            "and pass edm_repo='/path/to/edm' to dode.zoo.load (in a paper run: model_options.<model>.edm_repo), "
+            "or add it to PYTHONPATH"
         ) from err
     if isinstance(obj, dict):
         if "ema" not in obj:
@@ -483,25 +622,33 @@ def _unpickle_network(path: Path) -> nn.Module:
     return obj
 
 
-def _load_edm(name: str, path, edm_repo: str | Path | None = None, **options) -> Denoiser:
+def _load_edm(
+    name: str, path, edm_repo: str | Path | None = None, download: bool = False, **options
+) -> Denoiser:
     if options:
-        raise TypeError(f"unexpected options for {name!r}: {sorted(options)} (accepted: path, edm_repo)")
+        raise TypeError(
+            f"unexpected options for {name!r}: {sorted(options)} (accepted: path, edm_repo, download)"
+        )
     meta = MODELS[name]
     if edm_repo is not None:
-        edm_repo = str(Path(edm_repo).resolve())
-        if not (Path(edm_repo) / "torch_utils").is_dir():
-            raise FileNotFoundError(
-                f"edm_repo={edm_repo} has no torch_utils/ folder; pass a clone of NVlabs/edm"
-            )
-        if edm_repo not in sys.path:
-            sys.path.insert(0, edm_repo)
-    src = str(path) if path is not None else meta["url"]
-    if src.startswith(("http://", "https://", "file://")):
-        file = _fetch_url(src)
-    else:
-        file = Path(src)
+        clone_root("edm", edm_repo, name)
+    if path is not None and str(path).startswith(("http://", "https://", "file://")):
+        src, file = str(path), _fetch_url(str(path))  # an explicit URL is the user's opt-in
+    elif path is not None:
+        src, file = str(path), Path(path)
         if not file.is_file():
-            raise FileNotFoundError(f"EDM pickle for {name!r} not found at {file}")
+            raise checkpoint_missing(name, f"EDM pickle for {name!r} not found at {file}")
+    else:
+        file = default_checkpoint(name)
+        src = str(file)
+        if not file.is_file():
+            if not download:
+                raise checkpoint_missing(
+                    name,
+                    f"EDM pickle for {name!r} not found at {file} (the torch hub cache) and download=True "
+                    "was not given",
+                )
+            src, file = meta["url"], _fetch_url(meta["url"])
     net = _unpickle_network(file).eval()
     resolution = int(getattr(net, "img_resolution", meta["resolution"]))
     channels = int(getattr(net, "img_channels", meta["channels"]))
@@ -511,7 +658,7 @@ def _load_edm(name: str, path, edm_repo: str | Path | None = None, **options) ->
         **meta,
         "zoo_name": name,
         "checkpoint": src,
-        "sha256": sha256_file(file),
+        "checkpoint_sha256": content_sha256(file),
         "resolution": resolution,
         "channels": channels,
         "label_dim": label_dim,

@@ -113,7 +113,7 @@ def load_denoiser(name: str, path: str | Path | None = None, *, verify: bool = T
         "card": card,
         "resolution": card["resolution"],
         "channels": card["channels"],
-        "sha256": actual,
+        "checkpoint_sha256": actual,
         "source": "embedded",
     }
     return Denoiser(

@@ -303,9 +303,9 @@ def _state_sha(module: torch.nn.Module) -> str:
 def _student_denoiser(den: Denoiser, net: torch.nn.Module, steps: int, cfg: PDConfig, sha: str) -> Denoiser:
     grid = pd_grid(den.schedule, cfg.steps_start, steps)
     info = {
-        **{k: v for k, v in den.info.items() if k not in ("card", "sha256", "checkpoint_sha256")},
+        **{k: v for k, v in den.info.items() if k not in ("card", "checkpoint_sha256")},
         "teacher_model": den.name,
-        "sha256": sha,
+        "checkpoint_sha256": sha,
         "pd_steps": steps,
         "pd_steps_start": cfg.steps_start,
         "pd_grid": [float(v) for v in grid],
@@ -549,9 +549,7 @@ def progressive_distillation(
     teacher = teacher.to(device).eval()
     teacher_id = {
         "model": denoiser.name,
-        "sha256": denoiser.info.get("sha256")
-        or denoiser.info.get("checkpoint_sha256")
-        or _state_sha(teacher),
+        "sha256": denoiser.info.get("checkpoint_sha256") or _state_sha(teacher),
     }
     data_id = {"n_images": int(len(images)), "sum": _round(float(images.double().sum()), 10)}
     out: list[Halving] = []
