@@ -20,6 +20,7 @@ import torch
 
 from dode.denoiser import Denoiser
 from dode.distill import distill, teacher_targets
+from dode.progress import progress_bar
 from dode.solvers import make_plan
 
 __all__ = [
@@ -208,8 +209,6 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     Stored per cell (solver x nfe x method): ``norm`` (state x sample), ``state_time``, ``pixels`` (state x
     sample x pixel), ``distance`` to the reference at the same time, ``lambdas``, ``fit_seconds``; and the
     reference's ``reference_norm``, ``reference_time``, ``reference_pixels``, ``pixel_position``."""
-    from tqdm import tqdm
-
     from dode.companion import experiments as ex
     from dode.lambdas import VARIANTS
     from dode.sampling import sample
@@ -253,7 +252,7 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
 
     fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
     groups = list(dict.fromkeys((s, n) for s, n, _ in todo))
-    for label, nfe in tqdm(groups, desc="solver x NFE", disable=not progress):
+    for label, nfe in progress_bar(groups, desc="solver x NFE", disable=not progress):
         solver, options = ex.solver_spec(label)
         methods = [m for s, n, m in todo if (s, n) == (label, nfe)]
         variants = [m for m in methods if m != "base"]
@@ -295,8 +294,6 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
 
     ``cfg`` needs ``panels, nfes, n_samples, reference_steps, seed, K, B, device``. Stores ``samples``
     (panel x method x nfe x image dims), ``reference`` (model x image dims), ``lambdas``, ``fit_seconds``."""
-    from tqdm import tqdm
-
     from dode.companion import experiments as ex
     from dode.sampling import sample
 
@@ -331,7 +328,7 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
                     store.put("reference", x.cpu().numpy(), extra_dims=image_dims(x), model=name)
 
     cells = [(name, n) for name in names for n in nfes[name]]
-    for name, nfe in tqdm(cells, desc="panel x NFE", disable=not progress):
+    for name, nfe in progress_bar(cells, desc="panel x NFE", disable=not progress):
         model, label = name.rsplit("/", 1)
         den, z = dens[model], noises[model]
         solver, options = ex.solver_spec(label)

@@ -21,6 +21,7 @@ import torch
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
+from dode.progress import progress_bar
 from dode.sampling import sample
 
 __all__ = [
@@ -392,15 +393,13 @@ def quality_sweep(
     on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
     once, so an interrupted sweep resumes.
     """
-    from tqdm import tqdm
-
     for m in methods:
         method_kind(m)
     points = _check_points(points, methods)
     shape = sample_shape(den)
     units = _work_units(solvers, nfes, seeds, methods, points)
     teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
-    bar = tqdm(units, desc="runs", disable=not progress)
+    bar = progress_bar(units, desc="runs", disable=not progress)
     for cell, method, params, pts in bar:
         cells = [{**cell, "method": method, **p} for p in pts]
         if all(store.has(metric_name, **c) for c in cells):

@@ -13,6 +13,9 @@ Conventions (shared with tests/test_notebooks.py):
 - Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
 - Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
   every listed notebook again.
+- Progress bars never enter an executed notebook: the runner names a run log in ``$DODE_PROGRESS_LOG``
+  (``<results>/logs/<name>.log``), where every bar of ``dode`` is drawn (:mod:`dode.progress`), and shows that
+  log on its own terminal while the notebook runs.
 
 The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
 """
@@ -27,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +38,14 @@ from pathlib import Path
 import yaml
 
 from dode.files import atomic_write
+from dode.progress import LOG_ENV
 
 PROFILES = ("smoke", "cpu", "paper")
 EXECUTED_PREFIX = "book/executed/"
 SOURCE_DIR = "notebooks"
 RESULTS_DIR = "data/results"
 RUN_TIMES_FILE = "run_times.csv"
+LOGS_DIR = "logs"  # under the results folder: one progress log per notebook
 RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "machine")
 KERNEL_NAME = "python3"
 
@@ -153,8 +159,36 @@ def notebook_parameters(source: Path) -> dict:
     return parameters
 
 
+class _Tail(threading.Thread):
+    """Copies what a notebook's kernel appends to its run log onto this process's terminal, as it comes."""
+
+    def __init__(self, path: Path, out) -> None:
+        super().__init__(daemon=True)
+        self.path, self.out, self.finished = path, out, threading.Event()
+
+    def run(self) -> None:
+        with self.path.open(errors="replace") as log:
+            while True:
+                done = self.finished.is_set()  # read once more after the kernel stopped writing
+                chunk = log.read()
+                if chunk:
+                    self.out.write(chunk)
+                    self.out.flush()
+                elif done:
+                    return
+                else:
+                    self.finished.wait(0.25)
+
+    def stop(self) -> None:
+        self.finished.set()
+        self.join()
+
+
 def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True) -> float:
-    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure."""
+    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
+
+    The kernel draws its progress bars in ``<results_dir>/logs/<name>.log`` (shown on stderr here when
+    ``progress``), so none of them is captured into the executed notebook."""
     import papermill
 
     parameters = {"profile": profile}
@@ -163,18 +197,36 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
         # absolute path would print this machine's folders there
         parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
+    log = results_dir / LOGS_DIR / f"{notebook.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"{notebook.name} (profile={profile})\n")
+    tail = _Tail(log, sys.stderr) if progress else None
+    if tail:
+        tail.start()
+    previous = os.environ.get(LOG_ENV)
+    os.environ[LOG_ENV] = str(log.absolute())  # the kernel inherits this process's environment
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook.source),
-        str(notebook.executed),
-        parameters=parameters,
-        kernel_name=KERNEL_NAME,
-        cwd=str(notebook.source.parent),
-        progress_bar={"desc": notebook.name, "leave": False} if progress else False,
-        # the kernel's own start-up warnings (e.g. about its local TCP transport) would interleave with the
-        # progress bars; the notebook's warnings and errors still land in its outputs
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook.source),
+            str(notebook.executed),
+            parameters=parameters,
+            kernel_name=KERNEL_NAME,
+            cwd=str(notebook.source.parent),
+            # papermill's own bar (cells done) would fight the kernel's bars for the same terminal line
+            progress_bar=False,
+            # the kernel's own start-up warnings (e.g. about its local TCP transport) are not the reader's
+            # concern; the notebook's warnings and errors still land in its outputs
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(LOG_ENV, None)
+        else:
+            os.environ[LOG_ENV] = previous
+        if tail:
+            tail.stop()
+            sys.stderr.write("\n")
     return time.perf_counter() - start
 
 
