@@ -26,8 +26,8 @@ def progress_stream() -> IO[str]:
     path = os.environ.get(LOG_ENV)
     if not path:
         return sys.stderr
-    if path not in _streams:
-        _streams[path] = open(path, "a", buffering=1, encoding="utf-8")  # kept open: bars come and go all run long
+    if path not in _streams:  # kept open: bars come and go all run long
+        _streams[path] = open(path, "a", buffering=1, encoding="utf-8")
     return _streams[path]
 
 
