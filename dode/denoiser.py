@@ -1,7 +1,7 @@
 """Denoiser wrappers: a pretrained network plus its schedule and prediction type.
 
 A :class:`Denoiser` returns the network's *denoising output* ``d`` in its native prediction type
-(METHOD section 1): ``eps`` for noise prediction, ``x0`` for data prediction. Solvers that need the other
+(method chapter, section 1): ``eps`` for noise prediction, ``x0`` for data prediction. Solvers that need the other
 type convert with :func:`to_eps` / :func:`to_x0`; both conversions are affine in ``d`` at fixed ``(x, t)``,
 which is what keeps every solver stage affine in the denoising output (the basis of the closed-form fit).
 

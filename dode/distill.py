@@ -1,10 +1,10 @@
-"""Closed-form distillation of a D-ODE solver (paper Sec. 3.3, Algorithm 1; METHOD section 4).
+"""Closed-form distillation of a D-ODE solver (paper Sec. 3.3, Algorithm 1; method chapter, section 4).
 
 1. One fitting batch of initial noises.
 2. Teacher: DDIM (Euler in sigma on data-prediction models) by default, on a grid that *refines the student's
    own landing times* K-fold in the grid's variable; its states at those times are the targets. (The
    authors' code takes targets at teacher indices ``(i+1)K`` of a grid that does not refine the student's,
-   so most targets sit at other times than the student state they are matched to -- METHOD section 7.)
+   so most targets sit at other times than the student state they are matched to -- method chapter, section 7.)
 3. Student: the D-solver on the same noise, stage by stage. At each network evaluation the parameters are
    fitted in closed form against the teacher state at that evaluation's landing time, applied, and the run
    goes on from the corrected state (sequential fitting).
@@ -94,7 +94,7 @@ def distill(
     K: the teacher takes K times more steps, on a grid refining the student's landing times.
     teacher: the teacher solver (default ``ddim``; ``ipndm``/``deis`` may teach themselves, Supp. 11;
         ``edm`` runs Heun as the teacher). Solver options are shared when the teacher is the solver itself.
-    variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (METHOD section 5).
+    variant: ``d-ode`` (Eq. 10), ``d-ode-2``, ``sep``, ``all`` (method chapter, section 5).
     space: prediction type the transform acts in (``native``: the model's own, as in the paper).
     stages: which evaluations carry a lambda: ``per_time`` (one per landing time of the plan) or
         ``per_stage`` (the paper's, every stage). They differ only for ``edm``, whose Heun corrector gets no

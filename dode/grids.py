@@ -16,7 +16,7 @@ On a schedule that ``ends_at_zero`` (EDM) the ``N`` named points run from ``sigm
 and a final ``t_N = 0`` is appended, exactly as EDM's sampler does. An explicit grid is any decreasing 1-D
 tensor of model times.
 
-The same variable drives the teacher's grid in distillation (METHOD section 4): each student interval is cut
+The same variable drives the teacher's grid in distillation (method chapter, section 4): each student interval is cut
 into ``K`` pieces uniformly in ``u`` (:func:`refine`), so the teacher's grid *refines* the student's one.
 """
 

@@ -1,6 +1,6 @@
 """Fitted D-ODE parameters and the metadata that identifies them.
 
-``Lambdas`` holds one row of parameters per network evaluation (METHOD section 3: a solver with NFE n has n
+``Lambdas`` holds one row of parameters per network evaluation (method chapter, section 3: a solver with NFE n has n
 lambdas; for the multi-parameter variants of section 5 a row has several). They are saved as NetCDF with
 everything needed to refuse reusing them on another solver, NFE, grid, schedule or model.
 """
@@ -17,7 +17,7 @@ from dode.files import atomic_write
 
 __all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
 
-#: D-ODE formulations (METHOD section 5): Eq. 10, Eq. 9 with two previous outputs, Sep, All
+#: D-ODE formulations (method chapter, section 5): Eq. 10, Eq. 9 with two previous outputs, Sep, All
 VARIANTS = ("d-ode", "d-ode-2", "sep", "all")
 #: the prediction type the transform acts in; "native" = the model's own (the paper's D-ODE);
 #: "x0" with a constant lambda is LA-DDIM's lookahead on data predictions (Zhang et al. 2023)

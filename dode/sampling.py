@@ -36,7 +36,7 @@ __all__ = ["sample", "run", "Trajectory", "transform_columns", "lambda_evaluatio
 def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
     """Whether each network evaluation of ``plan`` carries a D-ODE parameter.
 
-    ``per_stage`` is the paper's formulation (METHOD section 3): one lambda for every stage. ``per_time``
+    ``per_stage`` is the paper's formulation (method chapter, section 3): one lambda for every stage. ``per_time``
     (our default) gives one lambda to each *landing time* of the plan, on the first evaluation that lands
     there. The two differ only where consecutive stages land on the same time, i.e. EDM's Heun step, whose
     corrector re-solves the step its predictor already took. There a corrector lambda turns the trapezoid
@@ -75,7 +75,7 @@ class Trajectory:
 
 
 def transform_columns(variant: str, d: torch.Tensor, previous: list[torch.Tensor], n_virtual: int):
-    """``(base, columns)`` with ``d~ = base + sum_m p_m columns[m]`` (METHOD sections 3 and 5).
+    """``(base, columns)`` with ``d~ = base + sum_m p_m columns[m]`` (method chapter, sections 3 and 5).
 
     ``previous`` holds earlier estimates, most recent first; its last ``n_virtual`` entries are the virtual
     "previous output" of the first evaluation (the initial noise, noise prediction only).
@@ -169,7 +169,7 @@ class Evaluator:
         if self.keep_history:  # raw outputs in the formula space, most recent first
             self.history.insert(0, to(raw, self.native, self.formula_space))
             del self.history[_MAX_HISTORY:]
-        if weights:  # multistep: the solver's own combined estimate (METHOD section 3)
+        if weights:  # multistep: the solver's own combined estimate (method chapter, section 3)
             estimate = sum(w * h for w, h in zip(weights, self.history))
             estimate = to(estimate, self.formula_space, self.transform_space)
         else:

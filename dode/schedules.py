@@ -1,7 +1,7 @@
 """Noise schedules.
 
 A schedule maps the model's own time input ``t`` to the coefficients of the forward marginal
-``x_t = alpha(t) * x_0 + sigma(t) * noise`` (METHOD section 1):
+``x_t = alpha(t) * x_0 + sigma(t) * noise`` (method chapter, section 1):
 
 * :class:`VPSchedule` -- discrete-time variance preserving models (DDPM). ``t`` is the training index as a
   float in ``[0, T-1]``; ``log alpha`` is interpolated piecewise-linearly between integer indices, as

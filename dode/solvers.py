@@ -1,6 +1,6 @@
 """The base ODE solvers, each stated only as its plan (the times it visits) and its update rule.
 
-Notation (METHOD section 2): a step goes from ``s`` to ``t``; ``alpha``, ``sigma`` are the schedule's
+Notation (method chapter, section 2): a step goes from ``s`` to ``t``; ``alpha``, ``sigma`` are the schedule's
 coefficients, ``lambda = log(alpha / sigma)`` the half-logSNR, ``h = lambda_t - lambda_s`` and
 ``sigma_hat = sigma / alpha``. In the rescaled variables ``x_hat = x / alpha`` the probability-flow ODE is
 ``d x_hat / d sigma_hat = eps(x, t)`` on every schedule, which is why one set of formulas serves VP and EDM:
@@ -97,7 +97,7 @@ class Plan:
 
 
 def exp_euler(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch.Tensor:
-    """DDIM (METHOD section 2): ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps``.
+    """DDIM (method chapter, section 2): ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps``.
 
     Written as ``alpha_t * (x_s/alpha_s + (sigma_hat_t - sigma_hat_s) eps)``, i.e. Euler in sigma_hat, which is
     the same number and stays finite when ``sigma_t = 0``.

@@ -79,7 +79,7 @@ def test_convergence_orders(gmm, references, schedule_name, prediction):
 
 @pytest.mark.parametrize("schedule_name", ["vp", "edm"])
 def test_ipndm_is_high_order_on_steps_uniform_in_sigma_hat(gmm, schedule_name, prediction):
-    """iPNDM's fixed Adams-Bashforth weights (METHOD section 2) are the exact AB weights when the steps are
+    """iPNDM's fixed Adams-Bashforth weights (method chapter, section 2) are the exact AB weights when the steps are
     uniform in sigma_hat, the variable DDIM's update integrates in: there iPNDM converges at order ~4
     (its warm-up steps of order 1-3 sit where the slope is nearly constant). On the smooth non-uniform grids
     of test_convergence_orders the same weights are only first-order accurate in the step ratio, and iPNDM

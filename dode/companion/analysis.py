@@ -4,7 +4,7 @@
 * Fig. 5, 7, 11: the norm of ``x_t`` along a run (:func:`state_norms`), the values of a few random pixels
   (:func:`pick_pixels`, :func:`pixel_values`) and the distance to a reference run on the same noise at the
   same times (:func:`distance_to_reference`).
-* :func:`fit_variants` fits several D-ODE formulations (METHOD section 5) on one teacher run.
+* :func:`fit_variants` fits several D-ODE formulations (method chapter, section 5) on one teacher run.
 
 Everything takes the tensors of ``dode.sample(..., trajectory=True)``: the batch is the second dimension of
 ``states`` and ``outputs``, times are model times (VP: training index, EDM: sigma), decreasing.

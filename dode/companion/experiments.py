@@ -269,12 +269,12 @@ def _nfes_for(nfes, label: str) -> list[int]:
     return list(nfes)
 
 
-#: fitted methods -> (D-ODE variant, stages): the variants of METHOD section 5 with one lambda per landing
-#: time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
+#: fitted methods -> (D-ODE variant, stages): the variants of the method chapter's section 5 with one lambda
+#: per landing time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
 #: see dode.sampling.lambda_evaluations)
 FITTED_METHODS = {**{v: (v, "per_time") for v in VARIANTS}, "d-ode-per-stage": ("d-ode", "per_stage")}
-#: methods that sample with one constant lambda for every evaluation, chosen by grid search (METHOD section
-#: 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
+#: methods that sample with one constant lambda for every evaluation, chosen by grid search (method chapter,
+#: section 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
 #: a constant), LA-DDIM's lookahead on the data predictions (Zhang et al. 2023)
 CONSTANT_METHODS = {"fixed": "native", "lookahead": "x0"}
 #: extra sweep dimensions a sweep may add: the distillation's K and B (Tab. 3), a constant lambda (Tab. 4)

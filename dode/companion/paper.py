@@ -1,4 +1,4 @@
-"""The paper's own numbers, for side-by-side comparison (METHOD section 6; CIFAR-10, noise prediction,
+"""The paper's own numbers, for side-by-side comparison (method chapter, section 6; CIFAR-10, noise prediction,
 FID over 50k samples, mean of 3 seeds). Values that the paper's text lost in extraction (Tab. 1's times,
 Tab. 3's ablation) are not invented here."""
 

@@ -1,7 +1,7 @@
 """What distillation costs: D-ODE solvers against progressive distillation (paper Tab. 1, Fig. 8a).
 
 One run on one machine measures both sides of the paper's claim that fitting D-ODE lambdas takes minutes
-where distilling the network itself takes far longer (METHOD section 6):
+where distilling the network itself takes far longer (method chapter, section 6):
 
 * **ODE solvers** (:func:`dode.companion.experiments.quality_sweep`): EDM's Heun sampler and DDIM in sigma (Euler)
   on the EDM model, base and D-ODE, at each NFE: the closed-form fit's wall time (``fit_seconds``), the

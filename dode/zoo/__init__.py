@@ -1,7 +1,7 @@
 """The model zoo: every pretrained model of the companion behind one call, ``load(name) -> Denoiser``.
 
 Three families, each wrapped so that the solvers see only a :class:`~dode.denoiser.Denoiser` (the network's
-native denoising output, its schedule and prediction type, METHOD section 1):
+native denoising output, its schedule and prediction type, method chapter, section 1):
 
 * ``digits-*``: the embedded U-Nets trained on the 8x8 digits (:mod:`dode.zoo.embedded`; profiles smoke/cpu).
 * ``ddpm-*``: the DDPM checkpoints of Ho et al. in diffusers' format (``UNet2DModel`` + scheduler config),
@@ -230,7 +230,7 @@ def vp_schedule_from_scheduler_config(config: dict) -> VPSchedule:
     """The discrete VP schedule of a diffusers scheduler config, rebuilt in float64.
 
     diffusers computes its betas in float32; recomputing them in float64 from the same settings keeps the
-    continuous-time interpolation of ``log alpha`` (METHOD section 1) free of float32 rounding.
+    continuous-time interpolation of ``log alpha`` (method chapter, section 1) free of float32 rounding.
     Also reads the keys of the first diffusers releases (``timesteps``), still found in some repos.
     """
     T = int(config.get("num_train_timesteps", config.get("timesteps", 1000)))

@@ -2,7 +2,7 @@
 the paper's Table 1 / Fig. 8a.
 
 The sampler being distilled is deterministic DDIM, i.e. Euler in sigma on EDM models (paper Eq. 37-38;
-METHOD section 2): a step from ``s`` to ``t`` with the denoiser output ``D`` is
+method chapter, section 2): a step from ``s`` to ``t`` with the denoiser output ``D`` is
 
     x_t = (t / s) x_s + (1 - t / s) D(x_s, s).                                                   (1)
 
