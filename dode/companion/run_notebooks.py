@@ -16,6 +16,8 @@ Conventions (shared with tests/test_notebooks.py):
 - Progress bars never enter an executed notebook: the runner names a run log in ``$DODE_PROGRESS_LOG``
   (``<results>/logs/<name>.log``), where every bar of ``dode`` is drawn (:mod:`dode.progress`), and shows that
   log on its own terminal while the notebook runs.
+- The executed copy is folded for the reader (:func:`fold_for_the_book`): the code sits behind a toggle, the
+  figures and tables it draws stay in view, and the parameters cell shows once, as papermill injected it.
 
 The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
 """
@@ -227,7 +229,48 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
         if tail:
             tail.stop()
             sys.stderr.write("\n")
+    _fold_executed(notebook.executed)
     return time.perf_counter() - start
+
+
+#: Jupyter Book's cell tags: the input behind a toggle, the whole cell behind one, the cell left out
+FOLD_TAGS = ("hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell")
+_RICH_OUTPUTS = ("display_data", "execute_result")
+
+
+def fold_for_the_book(nb: dict) -> dict:
+    """Tag the cells of an executed notebook so that its page opens with the text and the figures.
+
+    - The source's ``parameters`` cell is left out: papermill's ``injected-parameters`` cell, which holds
+      the values this run used, follows it and is shown instead, folded.
+    - A code cell that draws something (a figure, a table) shows it with the code folded (``hide-input``);
+      one that only computes or prints is folded whole (``hide-cell``).
+    - A cell whose source already carries one of :data:`FOLD_TAGS` keeps its own choice.
+    """
+    injected = any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if any(tag in FOLD_TAGS for tag in tags):
+            continue
+        if "parameters" in tags and injected:
+            tags.append("remove-cell")
+        elif "injected-parameters" in tags:
+            tags.append("hide-input")
+        elif any(out.get("output_type") in _RICH_OUTPUTS for out in cell.get("outputs", [])):
+            tags.append("hide-input")
+        else:
+            tags.append("hide-cell")
+    return nb
+
+
+def _fold_executed(path: Path) -> None:
+    import json
+
+    nb = fold_for_the_book(json.loads(path.read_text()))
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def failure_message(notebook: BookNotebook, profile: str, wall: float, error: Exception, repo: Path) -> str:
