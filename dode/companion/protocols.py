@@ -224,6 +224,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             batch_size=48,
             device="cpu",
             threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
+            overhead=dict(n_samples=48, repeats=3),
             pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
             pd_data=None,
             pd_eval_steps=None,
@@ -241,6 +242,9 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
             # step 9x slower (7.7 s vs 0.83 s at batch 64), the threads waiting on each other
             threads=1,
+            # the D-solver's sampling overhead: base and D interleaved on one batch, 7 paired repeats at each
+            # NFE (2 x 7 x 200 x 35 evaluations, about 30 s)
+            overhead=dict(n_samples=200, repeats=7),
             pd=dict(_PD_CPU),
             pd_data=None,
             pd_eval_steps=None,
@@ -256,6 +260,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             batch_size=500,
             device="cuda",
             threads=0,
+            overhead=dict(n_samples=500, repeats=9),
             pd=dict(
                 steps_start=8192,
                 steps_end=2,
