@@ -4,7 +4,7 @@ Tab. 3's ablation) are not invented here."""
 
 from __future__ import annotations
 
-__all__ = ["TABLE2", "TABLE4", "NFES", "CLAIMS"]
+__all__ = ["TABLE2", "TABLE4", "NFES", "SWEEP_FIDS", "CLAIMS"]
 
 NFES = (10, 25, 50)
 
@@ -24,6 +24,10 @@ TABLE4 = {
     "Fixed-D-DDIM (grid search)": (11.45, 7.00, 5.27),
     "LA-DDIM": (15.24, 8.57, 6.29),
 }
+
+#: the paper's FIDs beside a sweep's cells: (solver label, method) -> values at NFES. Only DDIM on the DDPM
+#: noise-prediction model has published numbers at fixed NFEs (Tab. 2); the curves of Fig. 3, 4, 9 are plots.
+SWEEP_FIDS = {("ddim", "base"): TABLE2["DDIM"], ("ddim", "d-ode"): TABLE2["D-DDIM"]}
 
 #: the paper's qualitative claims that the companion checks, keyed by a short id
 CLAIMS = {

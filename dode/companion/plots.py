@@ -190,17 +190,26 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
-def sweep_table(ds, var: str, digits: int = 2):
-    """Rows (solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``."""
+def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=()):
+    """Rows (solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``.
+
+    ``paper``: the paper's numbers, ``(solver, method) -> values at paper_nfes`` (``dode.companion.paper``),
+    shown in a last column beside ours for the rows that have them."""
     import pandas as pd
 
     frames = []
     for solver in ds.coords["solver"].values.tolist():
         table = mean_std_table(ds, var, rows="method", cols="nfe", fixed={"solver": solver}, digits=digits)
-        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in table.index])
+        methods = list(table.index)
+        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in methods])
+        if paper:
+            table["paper"] = [" / ".join(f"{v:g}" for v in paper.get((solver, m), ())) for m in methods]
         frames.append(table)
     out = pd.concat(frames)
-    out.columns = [f"NFE {n}" for n in out.columns]
+    out.columns = [
+        f"NFE {n}" if n != "paper" else f"paper (CIFAR-10 FID), NFE {' / '.join(map(str, paper_nfes))}"
+        for n in out.columns
+    ]
     return out
 
 
