@@ -32,6 +32,10 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
         (book / "book" / "executed").mkdir(exist_ok=True)
         shutil.copy(notebook.source, book / "book" / "executed" / notebook.source.name)
     run_notebooks.record_run_times(book / "data" / "results" / run_notebooks.RUN_TIMES_FILE, [], [])
+    # the introduction's figure, which notebook 11 draws when it runs
+    import matplotlib.image
+
+    matplotlib.image.imsave(book / build_book.SUMMARY_FIGURE, [[0.0, 1.0]], cmap="gray")
     # stray pages outside the TOC, in a tool cache and in data/, must not reach the book (-W would fail)
     for stray in (".pytest_cache/README.md", "data/README.md", "notebooks/notes.md"):
         (book / stray).parent.mkdir(parents=True, exist_ok=True)

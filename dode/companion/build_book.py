@@ -32,6 +32,7 @@ MATHJAX_VERSION = "3.2.2"
 MATHJAX_CACHE = ".cache/mathjax"  # npm --prefix folder
 EXTRA_PATH = ".cache/book-extra"  # html_extra_path: its contents are copied to the site's root
 MATHJAX_ENTRY = "mathjax/tex-mml-chtml.js"  # relative to the site's root
+SUMMARY_FIGURE = "book/executed/summary.png"  # drawn by notebook 11; book/intro.md opens with it
 #: a tqdm bar as it lands in a page: "runs:  42%|████▏     | 5/12 [00:03<00:04, ...]"
 PROGRESS_BAR = re.compile(r"\d{1,3}%\|[^|\n]{0,200}\|\s*\d+/\d+\s*\[")
 
@@ -99,6 +100,11 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
         names = ", ".join(nb.name for nb in missing)
         raise BookLayoutError(
             f"not executed yet: {names}; run `python -m dode.companion.run_notebooks` (or make book)"
+        )
+    if not (repo / SUMMARY_FIGURE).is_file():
+        raise BookLayoutError(
+            f"{SUMMARY_FIGURE} (the introduction's figure) is missing; notebook 11_reproduction draws it: "
+            "run `python -m dode.companion.run_notebooks` (or make book)"
         )
     ensure_mathjax(repo)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")

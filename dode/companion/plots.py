@@ -33,6 +33,8 @@ __all__ = [
     "distance_table",
     "sample_grids",
     "sample_distance_table",
+    "verdict_table",
+    "summary_figure",
     "paired_gains",
     "paper_comparison",
     "best_constant",
@@ -741,3 +743,82 @@ def paired_difference(ds, var: str, method: str, reference: str, **selection) ->
         return f"{method} − {reference}: no paired cells"
     spread = f" ± {np.std(diff, ddof=1):.2f}" if diff.size > 1 else ""
     return f"{method} − {reference}: {np.mean(diff):+.2f}{spread} ({int(np.sum(diff < 0))}/{diff.size} seeds lower)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reproduction page (notebook 11)
+
+
+def verdict_table(page):
+    """The reproduction page's table, as HTML: claim, the paper's figure or table and number, ours (the
+    evidence's first line), the verdict (coloured by the book's CSS, ``verdict-<verdict>``), and the evidence:
+    the full text behind a click and links to the notebooks it comes from (``claims.EVIDENCE``).
+
+    ``page``: the dataset of ``11_reproduction.nc`` (``statement``, ``verdict``, ``evidence`` per claim)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    from dode.companion.claims import EVIDENCE
+    from dode.companion.paper import CLAIM_SOURCES
+
+    rows = []
+    for claim in page.coords["claim"].values.tolist():
+        row = page.sel(claim=claim)
+        verdict = str(row["verdict"].values)
+        lines = str(row["evidence"].values).splitlines() or [""]
+        where, number = CLAIM_SOURCES[claim]
+        links = ", ".join(f'<a href="{stem}.html">{escape(stem[:2])}</a>' for stem in EVIDENCE[claim])
+        details = "<br>".join(escape(line) for line in lines)
+        rows.append(
+            "<tr>"
+            f'<td style="text-align:left;white-space:normal">{escape(str(row["statement"].values))}</td>'
+            f"<td>{escape(where)}</td>"
+            f'<td style="text-align:left;white-space:normal">{escape(number)}</td>'
+            f'<td style="text-align:left;white-space:normal">{escape(lines[0])}</td>'
+            f'<td class="verdict-{verdict.replace(" ", "-")}">{escape(verdict)}</td>'
+            f'<td style="text-align:left;white-space:normal">notebooks {links}'
+            f"<details><summary>evidence</summary><small>{details}</small></details></td>"
+            "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("claim", "paper", "paper's number", "ours", "verdict", "evidence")
+    )
+    return HTML(
+        f'<table class="dataframe verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+#: the sweeps of the summary figure, in reading order: noise prediction (02, 04), data prediction (03)
+SUMMARY_STEMS = ("02_noise_prediction", "04_dpm_solver_pp", "03_data_prediction")
+
+
+def summary_figure(results: dict, ncols: int = 4):
+    """The book's opening figure: FD (FID) against NFE for every base solver and its D-solver, one panel per
+    (sweep, solver) of the results of notebooks 02, 04 and 03 (``results``: stem -> dataset)."""
+    import json
+    import math
+
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (stem, solver)
+        for stem in SUMMARY_STEMS
+        if stem in results
+        for solver in results[stem].coords["solver"].values.tolist()
+    ]
+    if not panels:
+        raise ValueError(f"results must hold at least one of {SUMMARY_STEMS}, got {sorted(results)}")
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (stem, solver) in zip(axes.ravel(), panels, strict=False):
+        ds = results[stem]
+        var = "fid" if "fid" in ds else "fd"
+        metric_vs_nfe(ds, var, solvers=[solver], methods=["base", "d-ode"], axes=[ax])
+        model = json.loads(ds.attrs["model"]).get("name", "")
+        ax.set_title(f"{PRETTY.get(solver, solver)} · {model}", fontsize=9)
+        ax.set_ylabel(var.upper())
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
