@@ -538,9 +538,13 @@ def sample_distance_table(ds):
     return pd.DataFrame(rows)
 
 
-def sample_grids(ds, panel: str, nrow: int | None = None):
-    """Fig. 6 / 12-15: rows = base and D-solver, columns = NFE, from the same noise; the long DDIM run on
-    that noise as the last column."""
+def sample_grids(ds, panel: str, n_show: int = 4):
+    """Fig. 6 / 12-15, large enough to see the difference: the first ``n_show`` images of a panel, one column
+    each, upscaled without smoothing; the first row is the long DDIM run from the same noise (what both
+    solvers approach), then base and D-solver at every NFE. Each image's title gives its L2 distance to that
+    reference image (pixel values in [-1, 1]), so that what D-ODE changes can be read as well as seen."""
+    import json
+
     import matplotlib.pyplot as plt
 
     model, solver = panel.rsplit("/", 1)
@@ -548,29 +552,34 @@ def sample_grids(ds, panel: str, nrow: int | None = None):
     nfes = [n for n in ds.coords["nfe"].values.tolist() if np.isfinite(da.sel({"nfe": n})).any()]
     methods = ds.coords["method"].values.tolist()
     has_ref = "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any()
-    ncol = len(nfes) + int(has_ref)
-    fig, axes = plt.subplots(len(methods), ncol, figsize=(2.3 * ncol, 2.4 * len(methods)), squeeze=False)
-
-    for r, method in enumerate(methods):
-        for c, nfe in enumerate(nfes):
-            x = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)
-            show_images(
-                axes[r, c],
-                x,
-                nrow=nrow or int(np.ceil(np.sqrt(len(x)))),
-                title=f"{method_label(solver, method)}, NFE {nfe}",
-            )
-        if has_ref:
-            ax = axes[r, -1]
-            if r == 0:
-                import json
-
-                steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
-                x = _trim_padding(ds["reference"].sel({"model": model}).values)
-                show_images(ax, x, nrow=nrow or int(np.ceil(np.sqrt(len(x)))), title=f"DDIM, {steps} steps")
-            else:
-                ax.axis("off")
-    fig.suptitle(f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}", fontsize=11)
+    ref = _trim_padding(ds["reference"].sel({"model": model}).values)[:n_show] if has_ref else None
+    rows = ([("reference", None, ref)] if has_ref else []) + [
+        (method, nfe, _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show])
+        for nfe in nfes
+        for method in methods
+    ]
+    ncol = min(n_show, len(rows[0][2]))
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.55 * (ncol + 1), 1.6 * len(rows)), squeeze=False)
+    for r, (method, nfe, images) in enumerate(rows):
+        label = axes[r, 0]
+        label.axis("off")
+        if method == "reference":
+            steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
+            text = f"DDIM\n{steps} steps\n(reference)"
+        else:
+            text = f"{method_label(solver, method)}\nNFE {nfe}"
+        label.text(1.0, 0.5, text, ha="right", va="center", fontsize=9, transform=label.transAxes)
+        for c in range(ncol):
+            ax = axes[r, c + 1]
+            title = None
+            if ref is not None and method != "reference":
+                title = f"{np.linalg.norm(images[c] - ref[c]):.2f}"
+            show_images(ax, images[c : c + 1], nrow=1, title=title)
+    fig.suptitle(
+        f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}"
+        + (" (titles: L2 distance to the reference)" if has_ref else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
