@@ -217,9 +217,11 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
             cwd=str(notebook.source.parent),
             # papermill's own bar (cells done) would fight the kernel's bars for the same terminal line
             progress_bar=False,
-            # the kernel's own start-up warnings (e.g. about its local TCP transport) are not the reader's
-            # concern; the notebook's warnings and errors still land in its outputs
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # the kernel's own log is not the reader's concern: start-up warnings (e.g. about its local TCP
+            # transport) and, on a loaded machine, "KeyboardInterrupt caught in kernel" when the client
+            # interrupts a kernel slow to shut down after the last cell. The notebook's own warnings and
+            # errors still land in its outputs, and a failing cell fails the run.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     finally:
         if previous is None:
