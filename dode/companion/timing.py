@@ -172,7 +172,7 @@ def overhead_table(ds):
                 )
             )
     columns = ["D-solver", "NFE", "time / base (median)", "range over repeats", "repeats", "base run (ms)"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns).set_index(["D-solver", "NFE"])
 
 
 def _load_average() -> str:
