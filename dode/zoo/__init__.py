@@ -288,6 +288,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+#: load the weights plainly: diffusers' default (low_cpu_mem_usage) needs the accelerate package and, without
+#: it, logs a notice on every load that falls back to this same plain load
+_PLAIN_LOAD = {"low_cpu_mem_usage": False}
+
+
 def _load_diffusers(name: str, path, revision: str | None = None, **options) -> Denoiser:
     if options:
         raise TypeError(f"unexpected options for {name!r}: {sorted(options)} (accepted: path, revision)")
@@ -315,7 +320,7 @@ def _load_diffusers(name: str, path, revision: str | None = None, **options) -> 
                 f"{root} is not a diffusers DDPM folder: expected the UNet's config.json and weights "
                 "(in unet/ or at the top) and scheduler_config.json (in scheduler/ or at the top)"
             )
-        unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub)
+        unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub, **_PLAIN_LOAD)
         sched_config = _read_json(sched_file)
         source = str(root.resolve())
     else:
@@ -353,10 +358,10 @@ def _diffusers_from_hub(name: str, repo_id: str, revision: str | None):
         # the google/ddpm-* repos carry the pipeline layout (unet/, scheduler/) next to legacy top-level files
         try:
             sched_file = hf_hub_download(repo_id, "scheduler/scheduler_config.json", revision=revision)
-            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", revision=revision)
+            unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", revision=revision, **_PLAIN_LOAD)
         except Exception:  # any failure of the pipeline layout: try the flat one
             sched_file = hf_hub_download(repo_id, "scheduler_config.json", revision=revision)
-            unet = UNet2DModel.from_pretrained(repo_id, revision=revision)
+            unet = UNet2DModel.from_pretrained(repo_id, revision=revision, **_PLAIN_LOAD)
     except Exception as err:
         raise OSError(
             f"could not load {name!r} from the Hugging Face hub ({repo_id}): {err}. On a machine without "
