@@ -201,14 +201,22 @@ def run_correlation(stem: str, cfg: dict, results_dir, progress: bool = True):
     return store.path
 
 
+def image_dims(x) -> dict[str, list[int]]:
+    """The extra dimensions of a batch of images ``(sample, C, H, W)`` in a results file."""
+    return {"sample": list(range(x.shape[0]))} | {
+        f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])
+    }
+
+
 def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     """Notebook 05 (Fig. 5, 7, 11): trajectories of each (solver, NFE, method) and of a ``reference_steps``
     DDIM run, all from the same ``n_samples`` figure noises; D-ODE parameters fitted on the fitting batch.
 
     ``cfg`` needs ``model, solvers, nfes, methods, reference_steps, n_samples, n_pixels, seed, K, B, device``.
     Stored per cell (solver x nfe x method): ``norm`` (state x sample), ``state_time``, ``pixels`` (state x
-    sample x pixel), ``distance`` to the reference at the same time, ``lambdas``, ``fit_seconds``; and the
-    reference's ``reference_norm``, ``reference_time``, ``reference_pixels``, ``pixel_position``."""
+    sample x pixel), ``distance`` to the reference at the same time, ``final`` (the samples: sample x image
+    dims), ``lambdas``, ``fit_seconds``; and the reference's ``reference_norm``, ``reference_time``,
+    ``reference_pixels``, ``reference_final``, ``pixel_position``."""
     from dode.companion import experiments as ex
     from dode.lambdas import VARIANTS
     from dode.sampling import sample
@@ -223,15 +231,15 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     store = ex.open_store(results_dir, stem, dims, key, cfg, den)
     store.attrs["time_variable"] = _time_variable(den)
     cells = [(s, n, m) for s in dims["solver"] for n in dims["nfe"] for m in dims["method"]]
-    todo = [c for c in cells if not store.has("distance", solver=c[0], nfe=c[1], method=c[2])]
-    if not todo and store.has("reference_norm"):
+    todo = [c for c in cells if not store.has("final", solver=c[0], nfe=c[1], method=c[2])]
+    if not todo and store.has("reference_final"):
         return store.path
 
     pixels = pick_pixels(shape, cfg["n_pixels"], cfg["seed"])
     z = ex.noise(cfg["seed"], "figure", cfg["n_samples"], shape, device=cfg["device"])
     # the reference is recomputed rather than stored whole: its states would dominate the file
     reference = sample(den, z, "ddim", cfg["reference_steps"], trajectory=True, progress=progress)
-    if not store.has("reference_norm"):
+    if not store.has("reference_final"):
         with store.together():
             n_ref = list(range(len(reference.state_times)))
             samples, pix = list(range(cfg["n_samples"])), list(range(cfg["n_pixels"]))
@@ -249,6 +257,7 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
                 pixel_values(reference.states, pixels),
                 extra_dims={"ref_state": n_ref, "sample": samples, "pixel": pix},
             )
+            store.put("reference_final", reference.x.cpu().numpy(), extra_dims=image_dims(reference.x))
 
     fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
     groups = list(dict.fromkeys((s, n) for s, n, _ in todo))
@@ -284,6 +293,7 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
                     extra_dims={"state": states, "sample": samples},
                     **cell,
                 )
+                store.put("final", tr.x.cpu().numpy(), extra_dims=image_dims(tr.x), **cell)
     return store.path
 
 
@@ -311,10 +321,6 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
     key = {k: cfg[k] for k in ("n_samples", "reference_steps", "seed", "K", "B")}
     key["models"] = {name: ex.model_record(den) for name, den in dens.items()}
     store = ex.open_store(results_dir, stem, dims, key, cfg, None)
-    samples = list(range(cfg["n_samples"]))
-
-    def image_dims(x):
-        return {"sample": samples} | {f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])}
 
     noises = {
         name: ex.noise(cfg["seed"], "figure", cfg["n_samples"], ex.sample_shape(den), device=cfg["device"])

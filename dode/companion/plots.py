@@ -32,6 +32,7 @@ __all__ = [
     "trajectory_distance",
     "distance_table",
     "sample_grids",
+    "trajectory_finals",
     "sample_distance_table",
     "verdict_table",
     "summary_figure",
@@ -538,6 +539,36 @@ def sample_distance_table(ds):
     return pd.DataFrame(rows)
 
 
+def _closeups(rows, reference, title: str, pixels=None):
+    """One row per ``(label, images)``, one column per image, drawn large without smoothing; when
+    ``reference`` (images of the same noise) is given, each image's title is its L2 distance to the
+    reference image of its column. ``pixels`` (``(n, 3)`` positions ``c, row, col``) are outlined."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ncol = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.55 * (ncol + 1), 1.6 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        axes[r, 0].axis("off")
+        axes[r, 0].text(1.0, 0.5, label, ha="right", va="center", fontsize=9, transform=axes[r, 0].transAxes)
+        for c in range(ncol):
+            ax = axes[r, c + 1]
+            distance = None
+            if reference is not None and images is not reference:
+                distance = f"{np.linalg.norm(images[c] - reference[c]):.2f}"
+            show_images(ax, images[c : c + 1], nrow=1, title=distance)
+            for _, row, col in pixels if pixels is not None else []:
+                # image_grid pads by one pixel: image pixel (row, col) is drawn at (row + 1, col + 1)
+                ax.add_patch(
+                    Rectangle((col + 0.5, row + 0.5), 1, 1, fill=False, edgecolor="C3", linewidth=1.2)
+                )
+    fig.suptitle(
+        title + (" (titles: L2 distance to the reference)" if reference is not None else ""), fontsize=10
+    )
+    fig.tight_layout()
+    return fig
+
+
 def sample_grids(ds, panel: str, n_show: int = 4):
     """Fig. 6 / 12-15, large enough to see the difference: the first ``n_show`` images of a panel, one column
     each, upscaled without smoothing; the first row is the long DDIM run from the same noise (what both
@@ -545,43 +576,33 @@ def sample_grids(ds, panel: str, n_show: int = 4):
     reference image (pixel values in [-1, 1]), so that what D-ODE changes can be read as well as seen."""
     import json
 
-    import matplotlib.pyplot as plt
-
     model, solver = panel.rsplit("/", 1)
     da = ds["samples"].sel({"panel": panel})
     nfes = [n for n in ds.coords["nfe"].values.tolist() if np.isfinite(da.sel({"nfe": n})).any()]
-    methods = ds.coords["method"].values.tolist()
-    has_ref = "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any()
-    ref = _trim_padding(ds["reference"].sel({"model": model}).values)[:n_show] if has_ref else None
-    rows = ([("reference", None, ref)] if has_ref else []) + [
-        (method, nfe, _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show])
-        for nfe in nfes
-        for method in methods
-    ]
-    ncol = min(n_show, len(rows[0][2]))
-    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.55 * (ncol + 1), 1.6 * len(rows)), squeeze=False)
-    for r, (method, nfe, images) in enumerate(rows):
-        label = axes[r, 0]
-        label.axis("off")
-        if method == "reference":
-            steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
-            text = f"DDIM\n{steps} steps\n(reference)"
-        else:
-            text = f"{method_label(solver, method)}\nNFE {nfe}"
-        label.text(1.0, 0.5, text, ha="right", va="center", fontsize=9, transform=label.transAxes)
-        for c in range(ncol):
-            ax = axes[r, c + 1]
-            title = None
-            if ref is not None and method != "reference":
-                title = f"{np.linalg.norm(images[c] - ref[c]):.2f}"
-            show_images(ax, images[c : c + 1], nrow=1, title=title)
-    fig.suptitle(
-        f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}"
-        + (" (titles: L2 distance to the reference)" if has_ref else ""),
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
+    rows = []
+    ref = None
+    if "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any():
+        ref = _trim_padding(ds["reference"].sel({"model": model}).values)[:n_show]
+        steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
+        rows.append((f"DDIM\n{steps} steps\n(reference)", ref))
+    for nfe in nfes:
+        for method in ds.coords["method"].values.tolist():
+            images = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show]
+            rows.append((f"{method_label(solver, method)}\nNFE {nfe}", images))
+    pretty = PRETTY.get(solver, solver)
+    return _closeups(rows, ref, f"{model}: {pretty} vs D-{pretty}")
+
+
+def trajectory_finals(ds, solver: str, nfe: int, methods, n_show: int = 4):
+    """Where the trajectories of notebook 05 end: the first ``n_show`` samples of the reference run and of
+    each method, large, with each image's L2 distance to the reference's and the tracked pixels outlined
+    (the pixel plots follow those pixels of the first sample)."""
+    rows = [(_reference_label(ds).replace(" (", "\n("), _trim_padding(ds["reference_final"].values)[:n_show])]
+    for method in methods:
+        images = _trim_padding(ds["final"].sel({"solver": solver, "nfe": nfe, "method": method}).values)
+        rows.append((_traj_label(solver, method, nfe), images[:n_show]))
+    pixels = np.asarray(ds["pixel_position"].values, dtype=int)
+    return _closeups(rows, rows[0][1], f"{PRETTY.get(solver, solver)}, NFE {nfe}: the samples", pixels=pixels)
 
 
 def _cell_text(mean: float, std: float, digits: int) -> str:
