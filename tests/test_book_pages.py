@@ -82,3 +82,19 @@ def test_the_build_finds_progress_bars_on_a_page(tmp_path, text, found):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "page.html").write_text(f"<html><body>{text}</body></html>")
     assert build_book.pages_with_progress_bars(tmp_path) == (["sub/page.html"] if found else [])
+
+
+def test_the_runner_passes_every_value_of_the_profile_that_a_notebook_declares():
+    from dode.companion.protocols import PROTOCOLS
+
+    declared = {"profile": None, "results_dir": None, "nfes": None, "seeds": None, "not_in_the_table": None}
+    got = run_notebooks.run_parameters("02_noise_prediction", "cpu", declared, "../data/results")
+    table = PROTOCOLS["02_noise_prediction"]["cpu"]
+    assert got == {
+        "profile": "cpu",
+        "results_dir": "../data/results",
+        "nfes": table["nfes"],
+        "seeds": table["seeds"],
+    }
+    # a notebook without a protocol (the reproduction page) gets the profile alone
+    assert run_notebooks.run_parameters("11_reproduction", "cpu", {"profile": None}) == {"profile": "cpu"}

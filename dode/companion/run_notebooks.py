@@ -186,6 +186,22 @@ class _Tail(threading.Thread):
         self.join()
 
 
+def run_parameters(name: str, profile: str, declared, results_dir: str | None = None) -> dict:
+    """What the runner passes to papermill: ``profile``, ``results_dir`` where the notebook declares it, and
+    every other declared parameter at its value in the profile's protocol
+    (``dode.companion.protocols.PROTOCOLS[name][profile]``). The notebook would fill in the same values
+    itself; passed explicitly, they appear in the page's injected parameters cell, so the page shows every
+    value its run used."""
+    from dode.companion.protocols import PROTOCOLS
+
+    parameters = {"profile": profile}
+    if "results_dir" in declared and results_dir is not None:
+        parameters["results_dir"] = results_dir
+    table = PROTOCOLS.get(name, {}).get(profile, {})
+    parameters.update({k: v for k, v in table.items() if k in declared and k not in parameters})
+    return parameters
+
+
 def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True) -> float:
     """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
 
@@ -193,11 +209,10 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
     ``progress``), so none of them is captured into the executed notebook."""
     import papermill
 
-    parameters = {"profile": profile}
-    if "results_dir" in notebook_parameters(notebook.source):
-        # relative to the notebook's working directory: the injected cell shows up in the book, and an
-        # absolute path would print this machine's folders there
-        parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
+    # results_dir relative to the notebook's working directory: the injected cell shows up in the book, and
+    # an absolute path would print this machine's folders there
+    relative = os.path.relpath(results_dir.absolute(), notebook.source.parent)
+    parameters = run_parameters(notebook.name, profile, notebook_parameters(notebook.source), relative)
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
     log = results_dir / LOGS_DIR / f"{notebook.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
