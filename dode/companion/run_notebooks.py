@@ -9,7 +9,9 @@ Conventions (shared with tests/test_notebooks.py):
   is one line in `_toc.yml`.
 - Every notebook has a cell tagged `parameters` that defines `profile` (the runner passes the chosen one).
   A notebook that also defines `results_dir` writes its results to `<results_dir>/<name>.nc`; the runner
-  passes the path of `data/results/` relative to `notebooks/`.
+  passes the path of `data/results/` relative to `notebooks/`. One that defines `figures_dir` gets the
+  folder of the executed copies (`book/executed/`, relative to `notebooks/`), where it may leave a figure
+  that a page of the book shows (notebook 11 draws the introduction's).
 - Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
 - Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
   every listed notebook again.
@@ -186,9 +188,11 @@ class _Tail(threading.Thread):
         self.join()
 
 
-def run_parameters(name: str, profile: str, declared, results_dir: str | None = None) -> dict:
-    """What the runner passes to papermill: ``profile``, ``results_dir`` where the notebook declares it, and
-    every other declared parameter at its value in the profile's protocol
+def run_parameters(
+    name: str, profile: str, declared, results_dir: str | None = None, figures_dir: str | None = None
+) -> dict:
+    """What the runner passes to papermill: ``profile``, ``results_dir`` and ``figures_dir`` where the
+    notebook declares them, and every other declared parameter at its value in the profile's protocol
     (``dode.companion.protocols.PROTOCOLS[name][profile]``). The notebook would fill in the same values
     itself; passed explicitly, they appear in the page's injected parameters cell, so the page shows every
     value its run used."""
@@ -197,6 +201,8 @@ def run_parameters(name: str, profile: str, declared, results_dir: str | None = 
     parameters = {"profile": profile}
     if "results_dir" in declared and results_dir is not None:
         parameters["results_dir"] = results_dir
+    if "figures_dir" in declared and figures_dir is not None:
+        parameters["figures_dir"] = figures_dir
     table = PROTOCOLS.get(name, {}).get(profile, {})
     parameters.update({k: v for k, v in table.items() if k in declared and k not in parameters})
     return parameters
@@ -212,7 +218,10 @@ def execute(notebook: BookNotebook, profile: str, results_dir: Path, progress: b
     # results_dir relative to the notebook's working directory: the injected cell shows up in the book, and
     # an absolute path would print this machine's folders there
     relative = os.path.relpath(results_dir.absolute(), notebook.source.parent)
-    parameters = run_parameters(notebook.name, profile, notebook_parameters(notebook.source), relative)
+    figures = os.path.relpath(notebook.executed.parent.absolute(), notebook.source.parent)
+    parameters = run_parameters(
+        notebook.name, profile, notebook_parameters(notebook.source), relative, figures
+    )
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
     log = results_dir / LOGS_DIR / f"{notebook.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
