@@ -361,9 +361,9 @@ def sample(
         variant, space, stages = lambdas.variant, lambdas.space, lambdas.stages
     bar = None
     if progress:
-        from tqdm import tqdm
+        from dode.progress import progress_bar
 
-        bar = tqdm(total=plan.nfe, desc=f"{solver} nfe={plan.nfe}", leave=False)
+        bar = progress_bar(total=plan.nfe, desc=f"{solver} nfe={plan.nfe}", leave=False)
     try:
         result = run(
             denoiser,

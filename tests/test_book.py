@@ -32,6 +32,10 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
         (book / "book" / "executed").mkdir(exist_ok=True)
         shutil.copy(notebook.source, book / "book" / "executed" / notebook.source.name)
     run_notebooks.record_run_times(book / "data" / "results" / run_notebooks.RUN_TIMES_FILE, [], [])
+    # the introduction's figure, which notebook 11 draws when it runs
+    import matplotlib.image
+
+    matplotlib.image.imsave(book / build_book.SUMMARY_FIGURE, [[0.0, 1.0]], cmap="gray")
     # stray pages outside the TOC, in a tool cache and in data/, must not reach the book (-W would fail)
     for stray in (".pytest_cache/README.md", "data/README.md", "notebooks/notes.md"):
         (book / stray).parent.mkdir(parents=True, exist_ok=True)
@@ -61,3 +65,43 @@ def test_gpu_page_counts_are_the_ones_network_evaluations_gives():
     assert len(rows) >= 4
     for stem, count in rows:
         assert int(count.replace(",", "")) == network_evaluations(stem, "paper"), stem
+
+
+def _tracked_text_files():
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in names.split():
+        if name.endswith((".py", ".md", ".ipynb", ".yml", ".toml")) and (REPO / name).is_file():
+            yield name, (REPO / name).read_text()
+
+
+def test_citations_of_the_method_chapter_name_its_sections():
+    """The project cites nothing outside itself: every "method chapter, section N" in the code, the tests and
+    the pages names a numbered section of book/method.md, and no page or docstring cites a "METHOD" file."""
+    method = (REPO / "book" / "method.md").read_text()
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", method, flags=re.M)}
+    assert sections == set(range(1, max(sections) + 1)), f"sections must be numbered 1..n: {sorted(sections)}"
+    outside = "METHOD" + " section"  # spelled apart so that this file does not match itself
+    cited = 0
+    for name, text in _tracked_text_files():
+        assert outside not in text.replace("\n", " "), f"{name} cites a file outside the repository"
+        for first, second in re.findall(r"method chapter, sections? (\d+)(?:(?: and |-)(\d+))?", text):
+            for n in (first, second):
+                if n:
+                    cited += 1
+                    assert int(n) in sections, (
+                        f"{name} cites section {n}; book/method.md has {sorted(sections)}"
+                    )
+    assert cited > 5
+
+
+def test_every_ref_label_in_the_pages_is_defined():
+    """The same check as Sphinx's -W, without a build: {ref}`text <label>` in a page or notebook resolves."""
+    labels = set()
+    for page in (REPO / "book").glob("*.md"):
+        labels |= set(re.findall(r"^\(([\w-]+)\)=$", page.read_text(), flags=re.M))
+    for name, text in _tracked_text_files():
+        if name.endswith((".md", ".ipynb")):
+            for label in re.findall(r"\{ref\}`[^`<]*<([\w-]+)>`", text):
+                assert label in labels, f"{name} links to an undefined label {label!r}"

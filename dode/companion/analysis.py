@@ -4,7 +4,7 @@
 * Fig. 5, 7, 11: the norm of ``x_t`` along a run (:func:`state_norms`), the values of a few random pixels
   (:func:`pick_pixels`, :func:`pixel_values`) and the distance to a reference run on the same noise at the
   same times (:func:`distance_to_reference`).
-* :func:`fit_variants` fits several D-ODE formulations (METHOD section 5) on one teacher run.
+* :func:`fit_variants` fits several D-ODE formulations (method chapter, section 5) on one teacher run.
 
 Everything takes the tensors of ``dode.sample(..., trajectory=True)``: the batch is the second dimension of
 ``states`` and ``outputs``, times are model times (VP: training index, EDM: sigma), decreasing.
@@ -20,6 +20,7 @@ import torch
 
 from dode.denoiser import Denoiser
 from dode.distill import distill, teacher_targets
+from dode.progress import progress_bar
 from dode.solvers import make_plan
 
 __all__ = [
@@ -202,16 +203,22 @@ def run_correlation(stem: str, cfg: dict, results_dir, progress: bool = True):
     return store.path
 
 
+def image_dims(x) -> dict[str, list[int]]:
+    """The extra dimensions of a batch of images ``(sample, C, H, W)`` in a results file."""
+    return {"sample": list(range(x.shape[0]))} | {
+        f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])
+    }
+
+
 def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     """Notebook 05 (Fig. 5, 7, 11): trajectories of each (solver, NFE, method) and of a ``reference_steps``
     DDIM run, all from the same ``n_samples`` figure noises; D-ODE parameters fitted on the fitting batch.
 
     ``cfg`` needs ``model, solvers, nfes, methods, reference_steps, n_samples, n_pixels, seed, K, B, device``.
     Stored per cell (solver x nfe x method): ``norm`` (state x sample), ``state_time``, ``pixels`` (state x
-    sample x pixel), ``distance`` to the reference at the same time, ``lambdas``, ``fit_seconds``; and the
-    reference's ``reference_norm``, ``reference_time``, ``reference_pixels``, ``pixel_position``."""
-    from tqdm import tqdm
-
+    sample x pixel), ``distance`` to the reference at the same time, ``final`` (the samples: sample x image
+    dims), ``lambdas``, ``fit_seconds``; and the reference's ``reference_norm``, ``reference_time``,
+    ``reference_pixels``, ``reference_final``, ``pixel_position``."""
     from dode.companion import experiments as ex
     from dode.lambdas import VARIANTS
     from dode.sampling import sample
@@ -226,15 +233,15 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
     store = ex.open_store(results_dir, stem, dims, key, cfg, {den.name: ex.identity(den)})
     store.attrs["time_variable"] = _time_variable(den)
     cells = [(s, n, m) for s in dims["solver"] for n in dims["nfe"] for m in dims["method"]]
-    todo = [c for c in cells if not store.has("distance", solver=c[0], nfe=c[1], method=c[2])]
-    if not todo and store.has("reference_norm"):
+    todo = [c for c in cells if not store.has("final", solver=c[0], nfe=c[1], method=c[2])]
+    if not todo and store.has("reference_final"):
         return store.path
 
     pixels = pick_pixels(shape, cfg["n_pixels"], cfg["seed"])
     z = ex.noise(cfg["seed"], "figure", cfg["n_samples"], shape, device=cfg["device"])
     # the reference is recomputed rather than stored whole: its states would dominate the file
     reference = sample(den, z, "ddim", cfg["reference_steps"], trajectory=True, progress=progress)
-    if not store.has("reference_norm"):
+    if not store.has("reference_final"):
         with store.together():
             n_ref = list(range(len(reference.state_times)))
             samples, pix = list(range(cfg["n_samples"])), list(range(cfg["n_pixels"]))
@@ -252,10 +259,11 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
                 pixel_values(reference.states, pixels),
                 extra_dims={"ref_state": n_ref, "sample": samples, "pixel": pix},
             )
+            store.put("reference_final", reference.x.cpu().numpy(), extra_dims=image_dims(reference.x))
 
     fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
     groups = list(dict.fromkeys((s, n) for s, n, _ in todo))
-    for label, nfe in tqdm(groups, desc="solver x NFE", disable=not progress):
+    for label, nfe in progress_bar(groups, desc="solver x NFE", disable=not progress):
         solver, options = ex.solver_spec(label)
         methods = [m for s, n, m in todo if (s, n) == (label, nfe)]
         variants = [m for m in methods if m != "base"]
@@ -287,6 +295,7 @@ def run_trajectories(stem: str, cfg: dict, results_dir, progress: bool = True):
                     extra_dims={"state": states, "sample": samples},
                     **cell,
                 )
+                store.put("final", tr.x.cpu().numpy(), extra_dims=image_dims(tr.x), **cell)
     return store.path
 
 
@@ -297,8 +306,6 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
 
     ``cfg`` needs ``panels, nfes, n_samples, reference_steps, seed, K, B, device``. Stores ``samples``
     (panel x method x nfe x image dims), ``reference`` (model x image dims), ``lambdas``, ``fit_seconds``."""
-    from tqdm import tqdm
-
     from dode.companion import experiments as ex
     from dode.sampling import sample
 
@@ -317,12 +324,8 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
     key = {k: cfg[k] for k in ("n_samples", "reference_steps", "seed", "K", "B")}
     identities = {name: ex.identity(den) for name, den in dens.items()}
     store = ex.open_store(results_dir, stem, dims, key, cfg, identities)
-    samples = list(range(cfg["n_samples"]))
     # a class-conditional model draws the figure stream's classes with its noises
     dens = {name: ex.conditioned(den, cfg["seed"], "figure", cfg["n_samples"]) for name, den in dens.items()}
-
-    def image_dims(x):
-        return {"sample": samples} | {f"image_{i}": list(range(n)) for i, n in enumerate(x.shape[1:])}
 
     noises = {
         name: ex.noise(cfg["seed"], "figure", cfg["n_samples"], ex.sample_shape(den), device=cfg["device"])
@@ -336,7 +339,7 @@ def run_samples(stem: str, cfg: dict, results_dir, progress: bool = True):
                     store.put("reference", x.cpu().numpy(), extra_dims=image_dims(x), model=name)
 
     cells = [(name, n) for name in names for n in nfes[name]]
-    for name, nfe in tqdm(cells, desc="panel x NFE", disable=not progress):
+    for name, nfe in progress_bar(cells, desc="panel x NFE", disable=not progress):
         model, label = name.rsplit("/", 1)
         den, z = dens[model], noises[model]
         solver, options = ex.solver_spec(label)

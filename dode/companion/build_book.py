@@ -11,11 +11,15 @@ MathJax is served from the built site, not from a CDN. The npm package `mathjax`
 (`book/_build/html/mathjax/`). It must not live in `_static/`: Jupyter Book adds every .js and .css file
 found there to every page. `mathjax_path` is given relative to `_static/`, which Sphinx resolves from each
 page's own depth.
+
+A built page that shows progress-bar output fails the build (:func:`pages_with_progress_bars`): the runner
+sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a page is a bar drawn past it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +32,9 @@ MATHJAX_VERSION = "3.2.2"
 MATHJAX_CACHE = ".cache/mathjax"  # npm --prefix folder
 EXTRA_PATH = ".cache/book-extra"  # html_extra_path: its contents are copied to the site's root
 MATHJAX_ENTRY = "mathjax/tex-mml-chtml.js"  # relative to the site's root
+SUMMARY_FIGURE = "book/executed/summary.png"  # drawn by notebook 11; book/intro.md opens with it
+#: a tqdm bar as it lands in a page: "runs:  42%|████▏     | 5/12 [00:03<00:04, ...]"
+PROGRESS_BAR = re.compile(r"\d{1,3}%\|[^|\n]{0,200}\|\s*\d+/\d+\s*\[")
 
 
 def ensure_mathjax(repo: Path) -> Path:
@@ -77,6 +84,15 @@ def _package_version(package: Path) -> str | None:
         return None
 
 
+def pages_with_progress_bars(html: Path) -> list[str]:
+    """The pages of a built site (relative paths) that show progress-bar output."""
+    return sorted(
+        str(page.relative_to(html))
+        for page in html.rglob("*.html")
+        if PROGRESS_BAR.search(page.read_text(errors="replace"))
+    )
+
+
 def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None) -> int:
     """Build the book of `repo` into `<path_output>/_build/html` (default: book/_build/html)."""
     missing = [nb for nb in book_notebooks(repo) if not nb.executed.is_file()]
@@ -84,6 +100,11 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
         names = ", ".join(nb.name for nb in missing)
         raise BookLayoutError(
             f"not executed yet: {names}; run `python -m dode.companion.run_notebooks` (or make book)"
+        )
+    if not (repo / SUMMARY_FIGURE).is_file():
+        raise BookLayoutError(
+            f"{SUMMARY_FIGURE} (the introduction's figure) is missing; notebook 11_reproduction draws it: "
+            "run `python -m dode.companion.run_notebooks` (or make book)"
         )
     ensure_mathjax(repo)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
@@ -106,6 +127,14 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
     html = (path_output or repo / "book") / "_build" / "html"
     if not (html / MATHJAX_ENTRY).is_file():
         print(f"book: {html / MATHJAX_ENTRY} is missing: check html_extra_path in _config.yml", flush=True)
+        return 1
+    noisy = pages_with_progress_bars(html)
+    if noisy:
+        print(
+            f"book: progress-bar output on {', '.join(noisy)}: a bar was drawn on the kernel's stderr instead "
+            "of dode.progress.progress_bar (rerun those notebooks after the fix)",
+            flush=True,
+        )
         return 1
     print(f"book: built {html}/index.html in {time.perf_counter() - start:.0f} s", flush=True)
     return 0

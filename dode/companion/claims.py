@@ -20,7 +20,7 @@ import numpy as np
 
 from dode.companion.paper import CLAIMS
 
-__all__ = ["Verdict", "VERDICTS", "paired_gains", "check_all", "CHECKS", "metric_name"]
+__all__ = ["Verdict", "VERDICTS", "paired_gains", "check_all", "CHECKS", "EVIDENCE", "metric_name"]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
 
@@ -362,6 +362,18 @@ def check_cost(results: dict) -> Verdict:
     verdict = "reproduced" if minutes and cheaper else "partly" if minutes else "not reproduced"
     return Verdict("cost", verdict, "\n".join(lines))
 
+
+#: claim -> the notebooks whose results its check reads (the evidence behind the verdict)
+EVIDENCE = {
+    "d_beats_base": ("02_noise_prediction", "03_data_prediction", "04_dpm_solver_pp"),
+    "formulations": ("07_formulations",),
+    "correlation": ("01_denoiser_correlation",),
+    "trajectories": ("05_trajectories",),
+    "ablation_K": ("08_ablation_K_B",),
+    "ablation_B": ("08_ablation_K_B",),
+    "lookahead": ("09_lookahead_fixed",),
+    "cost": ("10_timing",),
+}
 
 #: claim -> its check (every claim of dode.companion.paper.CLAIMS has one)
 CHECKS: dict[str, Callable[[dict], Verdict]] = {

@@ -21,6 +21,7 @@ import torch
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
+from dode.progress import progress_bar
 from dode.sampling import sample
 
 __all__ = [
@@ -345,12 +346,12 @@ def _nfes_for(nfes, label: str) -> list[int]:
     return list(nfes)
 
 
-#: fitted methods -> (D-ODE variant, stages): the variants of METHOD section 5 with one lambda per landing
-#: time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
+#: fitted methods -> (D-ODE variant, stages): the variants of the method chapter's section 5 with one lambda
+#: per landing time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
 #: see dode.sampling.lambda_evaluations)
 FITTED_METHODS = {**{v: (v, "per_time") for v in VARIANTS}, "d-ode-per-stage": ("d-ode", "per_stage")}
-#: methods that sample with one constant lambda for every evaluation, chosen by grid search (METHOD section
-#: 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
+#: methods that sample with one constant lambda for every evaluation, chosen by grid search (method chapter,
+#: section 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
 #: a constant), LA-DDIM's lookahead on the data predictions (Zhang et al. 2023)
 CONSTANT_METHODS = {"fixed": "native", "lookahead": "x0"}
 #: extra sweep dimensions a sweep may add: the distillation's K and B (Tab. 3), a constant lambda (Tab. 4)
@@ -469,15 +470,13 @@ def quality_sweep(
     on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
     once, so an interrupted sweep resumes.
     """
-    from tqdm import tqdm
-
     for m in methods:
         method_kind(m)
     points = _check_points(points, methods)
     shape = sample_shape(den)
     units = _work_units(solvers, nfes, seeds, methods, points)
     teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
-    bar = tqdm(units, desc="runs", disable=not progress)
+    bar = progress_bar(units, desc="runs", disable=not progress)
     for cell, method, params, pts in bar:
         cells = [{**cell, "method": method, **p} for p in pts]
         if all(store.has(metric_name, **c) for c in cells):

@@ -1,10 +1,10 @@
-"""The paper's own numbers, for side-by-side comparison (METHOD section 6; CIFAR-10, noise prediction,
+"""The paper's own numbers, for side-by-side comparison (method chapter, section 6; CIFAR-10, noise prediction,
 FID over 50k samples, mean of 3 seeds). Values that the paper's text lost in extraction (Tab. 1's times,
 Tab. 3's ablation) are not invented here."""
 
 from __future__ import annotations
 
-__all__ = ["TABLE2", "TABLE4", "NFES", "CLAIMS"]
+__all__ = ["TABLE2", "TABLE4", "NFES", "SWEEP_FIDS", "CLAIMS", "CLAIM_SOURCES"]
 
 NFES = (10, 25, 50)
 
@@ -25,6 +25,10 @@ TABLE4 = {
     "LA-DDIM": (15.24, 8.57, 6.29),
 }
 
+#: the paper's FIDs beside a sweep's cells: (solver label, method) -> values at NFES. Only DDIM on the DDPM
+#: noise-prediction model has published numbers at fixed NFEs (Tab. 2); the curves of Fig. 3, 4, 9 are plots.
+SWEEP_FIDS = {("ddim", "base"): TABLE2["DDIM"], ("ddim", "d-ode"): TABLE2["D-DDIM"]}
+
 #: the paper's qualitative claims that the companion checks, keyed by a short id
 CLAIMS = {
     "d_beats_base": "D-solvers beat their base solvers for NFE >= 5, and the gap closes as NFE grows (Fig. 3, 4)",
@@ -35,4 +39,24 @@ CLAIMS = {
     "trajectories": "D-solvers' pixel trajectories stay closer to a 1000-step DDIM (Fig. 5)",
     "lookahead": "D-DDIM beats LA-DDIM except at NFE 50; Fixed-D-DDIM can match it with a grid search (Tab. 4)",
     "cost": "distillation costs minutes, where progressive or consistency distillation costs GPU-days (Tab. 1)",
+}
+
+#: where the paper shows each claim, and its number where it gives one (CIFAR-10 FID, NFE 10)
+CLAIM_SOURCES = {
+    "d_beats_base": ("Fig. 3, 4, 9", f"DDIM {TABLE2['DDIM'][0]} → D-DDIM {TABLE2['D-DDIM'][0]}"),
+    "formulations": (
+        "Tab. 2",
+        f"D-DDIM {TABLE2['D-DDIM'][0]}; -2 {TABLE2['D-DDIM-2'][0]}, -Sep {TABLE2['D-DDIM-Sep'][0]}, "
+        f"-All {TABLE2['D-DDIM-All'][0]}; DDIM {TABLE2['DDIM'][0]}",
+    ),
+    "ablation_K": ("Tab. 3a", "values lost in the text's extraction"),
+    "ablation_B": ("Tab. 3b", "values lost in the text's extraction"),
+    "correlation": ("Fig. 2", "a plot: similarities close to 1"),
+    "trajectories": ("Fig. 5, 11", "a plot"),
+    "lookahead": (
+        "Tab. 4",
+        f"D-DDIM {TABLE4['D-DDIM'][0]}, LA-DDIM {TABLE4['LA-DDIM'][0]}, "
+        f"Fixed-D-DDIM {TABLE4['Fixed-D-DDIM (grid search)'][0]}",
+    ),
+    "cost": ("Tab. 1", "times lost in the text's extraction"),
 }

@@ -32,7 +32,10 @@ __all__ = [
     "trajectory_distance",
     "distance_table",
     "sample_grids",
+    "trajectory_finals",
     "sample_distance_table",
+    "verdict_table",
+    "summary_figure",
     "paired_gains",
     "paper_comparison",
     "best_constant",
@@ -213,19 +216,29 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
-def sweep_table(ds, var: str, digits: int = 2):
-    """Rows ([model,] solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``."""
+def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=()):
+    """Rows ([model,] solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``.
+
+    ``paper``: the paper's numbers, ``(solver, method) -> values at paper_nfes`` (``dode.companion.paper``),
+    shown in a last column beside ours for the rows that have them (the paper's CIFAR-10 numbers: with a
+    model dimension they sit beside every model's rows)."""
     if "model" in ds.dims:
-        return _stack_models(ds, lambda part: sweep_table(part, var, digits))
+        return _stack_models(ds, lambda part: sweep_table(part, var, digits, paper, paper_nfes))
     import pandas as pd
 
     frames = []
     for solver in ds.coords["solver"].values.tolist():
         table = mean_std_table(ds, var, rows="method", cols="nfe", fixed={"solver": solver}, digits=digits)
-        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in table.index])
+        methods = list(table.index)
+        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in methods])
+        if paper:
+            table["paper"] = [" / ".join(f"{v:g}" for v in paper.get((solver, m), ())) for m in methods]
         frames.append(table)
     out = pd.concat(frames)
-    out.columns = [f"NFE {n}" for n in out.columns]
+    out.columns = [
+        f"NFE {n}" if n != "paper" else f"paper (CIFAR-10 FID), NFE {' / '.join(map(str, paper_nfes))}"
+        for n in out.columns
+    ]
     return out
 
 
@@ -287,7 +300,12 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
 
 
 def timing_table(ds):
-    """Mean wall time (s) of fitting and of sampling the evaluation set, per [model,] solver and NFE."""
+    """Mean wall time (s) of the closed-form fit and of sampling the evaluation set, per [model,] solver
+    and NFE.
+
+    The D-solver's sampling time is left out on purpose: the cells run one after the other, on a machine that
+    may be busy with other jobs, and a D/base ratio of such times measures the machine as much as the
+    transform. Notebook 10 measures that overhead paired and interleaved (``timing.overhead_table``)."""
     if "model" in ds.dims:
         return _stack_models(ds, timing_table)
     import pandas as pd
@@ -302,12 +320,10 @@ def timing_table(ds):
                 else np.nan
             )
             base = ds["sample_seconds"].sel(sel).sel({"method": "base"}).mean("seed").item()
-            dsol = ds["sample_seconds"].sel(sel).sel({"method": "d-ode"}).mean("seed").item()
             if np.isfinite(base):
-                rows.append((PRETTY.get(solver, solver), nfe, fit, base, dsol, dsol / base))
-    return pd.DataFrame(
-        rows, columns=["solver", "NFE", "fit (s)", "base sampling (s)", "D sampling (s)", "D / base"]
-    ).round(3)
+                rows.append((PRETTY.get(solver, solver), nfe, fit, base))
+    columns = ["solver", "NFE", "fit: teacher + student run (s)", "sampling the evaluation set (s)"]
+    return pd.DataFrame(rows, columns=columns).round(2).set_index(["solver", "NFE"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -557,41 +573,70 @@ def sample_distance_table(ds):
     return pd.DataFrame(rows)
 
 
-def sample_grids(ds, panel: str, nrow: int | None = None):
-    """Fig. 6 / 12-15: rows = base and D-solver, columns = NFE, from the same noise; the long DDIM run on
-    that noise as the last column."""
+def _closeups(rows, reference, title: str, pixels=None):
+    """One row per ``(label, images)``, one column per image, drawn large without smoothing; when
+    ``reference`` (images of the same noise) is given, each image's title is its L2 distance to the
+    reference image of its column. ``pixels`` (``(n, 3)`` positions ``c, row, col``) are outlined."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ncol = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.55 * (ncol + 1), 1.6 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        axes[r, 0].axis("off")
+        axes[r, 0].text(1.0, 0.5, label, ha="right", va="center", fontsize=9, transform=axes[r, 0].transAxes)
+        for c in range(ncol):
+            ax = axes[r, c + 1]
+            distance = None
+            if reference is not None and images is not reference:
+                distance = f"{np.linalg.norm(images[c] - reference[c]):.2f}"
+            show_images(ax, images[c : c + 1], nrow=1, title=distance)
+            for _, row, col in pixels if pixels is not None else []:
+                # image_grid pads by one pixel: image pixel (row, col) is drawn at (row + 1, col + 1)
+                ax.add_patch(
+                    Rectangle((col + 0.5, row + 0.5), 1, 1, fill=False, edgecolor="C3", linewidth=1.2)
+                )
+    fig.suptitle(
+        title + (" (titles: L2 distance to the reference)" if reference is not None else ""), fontsize=10
+    )
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids(ds, panel: str, n_show: int = 4):
+    """Fig. 6 / 12-15, large enough to see the difference: the first ``n_show`` images of a panel, one column
+    each, upscaled without smoothing; the first row is the long DDIM run from the same noise (what both
+    solvers approach), then base and D-solver at every NFE. Each image's title gives its L2 distance to that
+    reference image (pixel values in [-1, 1]), so that what D-ODE changes can be read as well as seen."""
+    import json
 
     model, solver = panel.rsplit("/", 1)
     da = ds["samples"].sel({"panel": panel})
     nfes = [n for n in ds.coords["nfe"].values.tolist() if np.isfinite(da.sel({"nfe": n})).any()]
-    methods = ds.coords["method"].values.tolist()
-    has_ref = "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any()
-    ncol = len(nfes) + int(has_ref)
-    fig, axes = plt.subplots(len(methods), ncol, figsize=(2.3 * ncol, 2.4 * len(methods)), squeeze=False)
+    rows = []
+    ref = None
+    if "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any():
+        ref = _trim_padding(ds["reference"].sel({"model": model}).values)[:n_show]
+        steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
+        rows.append((f"DDIM\n{steps} steps\n(reference)", ref))
+    for nfe in nfes:
+        for method in ds.coords["method"].values.tolist():
+            images = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show]
+            rows.append((f"{method_label(solver, method)}\nNFE {nfe}", images))
+    pretty = PRETTY.get(solver, solver)
+    return _closeups(rows, ref, f"{model}: {pretty} vs D-{pretty}")
 
-    for r, method in enumerate(methods):
-        for c, nfe in enumerate(nfes):
-            x = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)
-            show_images(
-                axes[r, c],
-                x,
-                nrow=nrow or int(np.ceil(np.sqrt(len(x)))),
-                title=f"{method_label(solver, method)}, NFE {nfe}",
-            )
-        if has_ref:
-            ax = axes[r, -1]
-            if r == 0:
-                import json
 
-                steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
-                x = _trim_padding(ds["reference"].sel({"model": model}).values)
-                show_images(ax, x, nrow=nrow or int(np.ceil(np.sqrt(len(x)))), title=f"DDIM, {steps} steps")
-            else:
-                ax.axis("off")
-    fig.suptitle(f"{model}: {PRETTY.get(solver, solver)} vs D-{PRETTY.get(solver, solver)}", fontsize=11)
-    fig.tight_layout()
-    return fig
+def trajectory_finals(ds, solver: str, nfe: int, methods, n_show: int = 4):
+    """Where the trajectories of notebook 05 end: the first ``n_show`` samples of the reference run and of
+    each method, large, with each image's L2 distance to the reference's and the tracked pixels outlined
+    (the pixel plots follow those pixels of the first sample)."""
+    rows = [(_reference_label(ds).replace(" (", "\n("), _trim_padding(ds["reference_final"].values)[:n_show])]
+    for method in methods:
+        images = _trim_padding(ds["final"].sel({"solver": solver, "nfe": nfe, "method": method}).values)
+        rows.append((_traj_label(solver, method, nfe), images[:n_show]))
+    pixels = np.asarray(ds["pixel_position"].values, dtype=int)
+    return _closeups(rows, rows[0][1], f"{PRETTY.get(solver, solver)}, NFE {nfe}: the samples", pixels=pixels)
 
 
 def _cell_text(mean: float, std: float, digits: int) -> str:
@@ -762,3 +807,82 @@ def paired_difference(ds, var: str, method: str, reference: str, **selection) ->
         return f"{method} − {reference}: no paired cells"
     spread = f" ± {np.std(diff, ddof=1):.2f}" if diff.size > 1 else ""
     return f"{method} − {reference}: {np.mean(diff):+.2f}{spread} ({int(np.sum(diff < 0))}/{diff.size} seeds lower)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reproduction page (notebook 11)
+
+
+def verdict_table(page):
+    """The reproduction page's table, as HTML: claim, the paper's figure or table and number, ours (the
+    evidence's first line), the verdict (coloured by the book's CSS, ``verdict-<verdict>``), and the evidence:
+    the full text behind a click and links to the notebooks it comes from (``claims.EVIDENCE``).
+
+    ``page``: the dataset of ``11_reproduction.nc`` (``statement``, ``verdict``, ``evidence`` per claim)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    from dode.companion.claims import EVIDENCE
+    from dode.companion.paper import CLAIM_SOURCES
+
+    rows = []
+    for claim in page.coords["claim"].values.tolist():
+        row = page.sel(claim=claim)
+        verdict = str(row["verdict"].values)
+        lines = str(row["evidence"].values).splitlines() or [""]
+        where, number = CLAIM_SOURCES[claim]
+        links = ", ".join(f'<a href="{stem}.html">{escape(stem[:2])}</a>' for stem in EVIDENCE[claim])
+        details = "<br>".join(escape(line) for line in lines)
+        rows.append(
+            "<tr>"
+            f'<td style="text-align:left;white-space:normal">{escape(str(row["statement"].values))}</td>'
+            f"<td>{escape(where)}</td>"
+            f'<td style="text-align:left;white-space:normal">{escape(number)}</td>'
+            f'<td style="text-align:left;white-space:normal">{escape(lines[0])}</td>'
+            f'<td class="verdict-{verdict.replace(" ", "-")}">{escape(verdict)}</td>'
+            f'<td style="text-align:left;white-space:normal">notebooks {links}'
+            f"<details><summary>evidence</summary><small>{details}</small></details></td>"
+            "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("claim", "paper", "paper's number", "ours", "verdict", "evidence")
+    )
+    return HTML(
+        f'<table class="dataframe verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+#: the sweeps of the summary figure, in reading order: noise prediction (02, 04), data prediction (03)
+SUMMARY_STEMS = ("02_noise_prediction", "04_dpm_solver_pp", "03_data_prediction")
+
+
+def summary_figure(results: dict, ncols: int = 4):
+    """The book's opening figure: FD (FID) against NFE for every base solver and its D-solver, one panel per
+    (sweep, solver) of the results of notebooks 02, 04 and 03 (``results``: stem -> dataset)."""
+    import json
+    import math
+
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (stem, solver)
+        for stem in SUMMARY_STEMS
+        if stem in results
+        for solver in results[stem].coords["solver"].values.tolist()
+    ]
+    if not panels:
+        raise ValueError(f"results must hold at least one of {SUMMARY_STEMS}, got {sorted(results)}")
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (stem, solver) in zip(axes.ravel(), panels, strict=False):
+        ds = results[stem]
+        var = "fid" if "fid" in ds else "fd"
+        metric_vs_nfe(ds, var, solvers=[solver], methods=["base", "d-ode"], axes=[ax])
+        model = json.loads(ds.attrs["model"]).get("name", "")
+        ax.set_title(f"{PRETTY.get(solver, solver)} · {model}", fontsize=9)
+        ax.set_ylabel(var.upper())
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -3,8 +3,9 @@
 A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.companion.experiments.settings` fills them from
 the table below, and any value given to papermill overrides it. The ``cpu`` column is sized so that the
 whole book runs in about half an hour on two CPU cores (the embedded nets cost about 0.3 ms per sample and
-network evaluation there): the main sweeps keep the protocol's 2,000 evaluation samples and 3 seeds and
-trim the NFE grid; ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
+network evaluation there): the FID-against-NFE sweeps (02, 03, 04) keep 3 seeds and six NFEs from 3 to 20,
+so that each panel is a curve, at 1,000 evaluation samples per cell; the other sweeps keep 2,000 samples at
+one or a few NFEs. ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
 """
 
 from __future__ import annotations
@@ -33,12 +34,18 @@ RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu")
 _SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu")
 _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
+# the cpu curves of 02, 03 and 04: the sampling cost is n_samples * sum(NFEs) per method and seed, so six
+# NFEs (sum 49, against 15 for the former [5, 10]) are paid with half the evaluation samples
+_CURVE_CPU = dict(n_samples=1000, batch_size=1000)
+_CURVE_NFES = [3, 4, 5, 7, 10, 20]
+_CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None):
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None):
     """A quality sweep's three profiles; ``key="models"`` takes a list of models per profile (the results
-    file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings)."""
-    tables = {"smoke": _SWEEP_SMOKE, "cpu": _SWEEP_CPU, "paper": _SWEEP_PAPER}
+    file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings);
+    ``cpu`` overrides the cpu profile's table (the curves of 02-04)."""
+    tables = {"smoke": _SWEEP_SMOKE, "cpu": {**_SWEEP_CPU, **(cpu or {})}, "paper": _SWEEP_PAPER}
     out = {
         profile: {key: model, "solvers": solvers, "nfes": nfes[profile], "methods": list(methods), **table}
         for model, (profile, table) in zip(models, tables.items(), strict=True)
@@ -71,9 +78,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     "02_noise_prediction": _sweep(
         (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
         NOISE_SOLVERS,
-        {"smoke": [3, 5], "cpu": [5, 10], "paper": [2, 5, 10, 15, 20, 25, 50]},
+        {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
         key="models",
         per_model=_PAPER_PER_MODEL,
+        cpu=_CURVE_CPU,
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -81,21 +89,23 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ["ddim", "edm"],
         {
             "smoke": {"ddim": [3, 5], "edm": [3, 5]},
-            "cpu": {"ddim": [5, 10], "edm": [5, 9]},
+            "cpu": {"ddim": _CURVE_NFES, "edm": _CURVE_HEUN_NFES},
             "paper": {"ddim": [2, 5, 10, 15, 25, 50], "edm": [3, 5, 7, 9, 15, 25, 35]},
         },
         # the paper's lambda on every stage beside our default (one per landing time): they differ for Heun
         methods=("base", "d-ode", "d-ode-per-stage"),
         key="models",
+        cpu=_CURVE_CPU,
     ),
     # Fig. 9: DPM-Solver++(2M). The paper's text does not say which models Fig. 9 shows; DPM-Solver++ is a
     # solver of the noise-prediction section, so the paper profile runs the models of Fig. 3
     "04_dpm_solver_pp": _sweep(
         (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
         ["dpm_solver++"],
-        {"smoke": [3, 5], "cpu": [5, 10], "paper": [5, 10, 15, 20, 25, 50]},
+        {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [5, 10, 15, 20, 25, 50]},
         key="models",
         per_model=_PAPER_PER_MODEL,
+        cpu=_CURVE_CPU,
     ),
     # Tab. 2: formulations of D-DDIM
     "07_formulations": _sweep(
@@ -241,6 +251,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             batch_size=48,
             device="cpu",
             threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
+            overhead=dict(n_samples=48, repeats=3),
             pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
             pd_data=None,
             pd_eval_steps=None,
@@ -257,6 +268,9 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
             # step 9x slower (7.7 s vs 0.83 s at batch 64), the threads waiting on each other
             threads=1,
+            # the D-solver's sampling overhead: base and D interleaved on one batch, 7 paired repeats at each
+            # NFE (2 x 7 x 200 x 35 evaluations, about 30 s)
+            overhead=dict(n_samples=200, repeats=7),
             pd=dict(_PD_CPU),
             pd_data=None,
             pd_eval_steps=None,
@@ -271,6 +285,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             batch_size=500,
             device="cuda",
             threads=0,
+            overhead=dict(n_samples=500, repeats=9),
             pd=dict(
                 steps_start=8192,
                 steps_end=2,

@@ -10,7 +10,9 @@ Conventions (shared with tests/test_notebooks.py):
   is one line in `_toc.yml`.
 - Every notebook has a cell tagged `parameters` that defines `profile` (the runner passes the chosen one).
   A notebook that also defines `results_dir` writes its results to `<results_dir>/<name>.nc`; the runner
-  passes the path of `data/results/` relative to `notebooks/`.
+  passes the path of `data/results/` relative to `notebooks/`. One that defines `figures_dir` gets the
+  folder of the executed copies (`book/executed/`, relative to `notebooks/`), where it may leave a figure
+  that a page of the book shows (notebook 11 draws the introduction's).
 - Notebooks run with `notebooks/` as their working directory, as when opened by hand in Jupyter.
 - Notebooks resume from their own results files, so re-running is cheap and the runner simply executes
   every listed notebook again.
@@ -18,6 +20,11 @@ Conventions (shared with tests/test_notebooks.py):
   notebook gets the file's keys that its `parameters` cell defines (``papermill -f FILE`` takes the same
   file for one notebook). A key that no notebook of the book defines is reported (a typo would otherwise
   be ignored silently).
+- Progress bars never enter an executed notebook: the runner names a run log in ``$DODE_PROGRESS_LOG``
+  (``<results>/logs/<name>.log``), where every bar of ``dode`` is drawn (:mod:`dode.progress`), and shows that
+  log on its own terminal while the notebook runs.
+- The executed copy is folded for the reader (:func:`fold_for_the_book`): the code sits behind a toggle, the
+  figures and tables it draws stay in view, and the parameters cell shows once, as papermill injected it.
 
 The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
 """
@@ -32,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +47,14 @@ from pathlib import Path
 import yaml
 
 from dode.files import atomic_write
+from dode.progress import LOG_ENV
 
 PROFILES = ("smoke", "cpu", "paper")
 EXECUTED_PREFIX = "book/executed/"
 SOURCE_DIR = "notebooks"
 RESULTS_DIR = "data/results"
 RUN_TIMES_FILE = "run_times.csv"
+LOGS_DIR = "logs"  # under the results folder: one progress log per notebook
 RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "machine")
 KERNEL_NAME = "python3"
 
@@ -178,34 +188,143 @@ def unused_params(params: dict, notebooks: list[BookNotebook]) -> list[str]:
     return sorted(set(params) - known)
 
 
+class _Tail(threading.Thread):
+    """Copies what a notebook's kernel appends to its run log onto this process's terminal, as it comes."""
+
+    def __init__(self, path: Path, out) -> None:
+        super().__init__(daemon=True)
+        self.path, self.out, self.finished = path, out, threading.Event()
+
+    def run(self) -> None:
+        with self.path.open(errors="replace") as log:
+            while True:
+                done = self.finished.is_set()  # read once more after the kernel stopped writing
+                chunk = log.read()
+                if chunk:
+                    self.out.write(chunk)
+                    self.out.flush()
+                elif done:
+                    return
+                else:
+                    self.finished.wait(0.25)
+
+    def stop(self) -> None:
+        self.finished.set()
+        self.join()
+
+
+def run_parameters(
+    name: str, profile: str, declared, results_dir: str | None = None, figures_dir: str | None = None
+) -> dict:
+    """What the runner passes to papermill: ``profile``, ``results_dir`` and ``figures_dir`` where the
+    notebook declares them, and every other declared parameter at its value in the profile's protocol
+    (``dode.companion.protocols.PROTOCOLS[name][profile]``). The notebook would fill in the same values
+    itself; passed explicitly, they appear in the page's injected parameters cell, so the page shows every
+    value its run used."""
+    from dode.companion.protocols import PROTOCOLS
+
+    parameters = {"profile": profile}
+    if "results_dir" in declared and results_dir is not None:
+        parameters["results_dir"] = results_dir
+    if "figures_dir" in declared and figures_dir is not None:
+        parameters["figures_dir"] = figures_dir
+    table = PROTOCOLS.get(name, {}).get(profile, {})
+    parameters.update({k: v for k, v in table.items() if k in declared and k not in parameters})
+    return parameters
+
+
 def execute(
     notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True, params: dict | None = None
 ) -> float:
     """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
 
-    ``params``: further parameters (from ``--params FILE``); the notebook gets the ones it defines."""
+    ``params``: further parameters (from ``--params FILE``); the notebook gets the ones it defines, over
+    the protocol's values. The kernel draws its progress bars in ``<results_dir>/logs/<name>.log`` (shown
+    on stderr here when ``progress``), so none of them is captured into the executed notebook."""
     import papermill
 
+    # results_dir relative to the notebook's working directory: the injected cell shows up in the book, and
+    # an absolute path would print this machine's folders there
+    relative = os.path.relpath(results_dir.absolute(), notebook.source.parent)
+    figures = os.path.relpath(notebook.executed.parent.absolute(), notebook.source.parent)
     declared = notebook_parameters(notebook.source)
-    parameters = {"profile": profile, **{k: v for k, v in (params or {}).items() if k in declared}}
-    if "results_dir" in declared and "results_dir" not in parameters:
-        # relative to the notebook's working directory: the injected cell shows up in the book, and an
-        # absolute path would print this machine's folders there
-        parameters["results_dir"] = os.path.relpath(results_dir.absolute(), notebook.source.parent)
+    parameters = run_parameters(notebook.name, profile, declared, relative, figures)
+    parameters.update({k: v for k, v in (params or {}).items() if k in declared})
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
+    log = results_dir / LOGS_DIR / f"{notebook.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"{notebook.name} (profile={profile})\n")
+    tail = _Tail(log, sys.stderr) if progress else None
+    if tail:
+        tail.start()
+    previous = os.environ.get(LOG_ENV)
+    os.environ[LOG_ENV] = str(log.absolute())  # the kernel inherits this process's environment
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook.source),
-        str(notebook.executed),
-        parameters=parameters,
-        kernel_name=KERNEL_NAME,
-        cwd=str(notebook.source.parent),
-        progress_bar={"desc": notebook.name, "leave": False} if progress else False,
-        # the kernel's own start-up warnings (e.g. about its local TCP transport) would interleave with the
-        # progress bars; the notebook's warnings and errors still land in its outputs
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook.source),
+            str(notebook.executed),
+            parameters=parameters,
+            kernel_name=KERNEL_NAME,
+            cwd=str(notebook.source.parent),
+            # papermill's own bar (cells done) would fight the kernel's bars for the same terminal line
+            progress_bar=False,
+            # the kernel's own log is not the reader's concern: start-up warnings (e.g. about its local TCP
+            # transport) and, on a loaded machine, "KeyboardInterrupt caught in kernel" when the client
+            # interrupts a kernel slow to shut down after the last cell. The notebook's own warnings and
+            # errors still land in its outputs, and a failing cell fails the run.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(LOG_ENV, None)
+        else:
+            os.environ[LOG_ENV] = previous
+        if tail:
+            tail.stop()
+            sys.stderr.write("\n")
+    _fold_executed(notebook.executed)
     return time.perf_counter() - start
+
+
+#: Jupyter Book's cell tags: the input behind a toggle, the whole cell behind one, the cell left out
+FOLD_TAGS = ("hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell")
+_RICH_OUTPUTS = ("display_data", "execute_result")
+
+
+def fold_for_the_book(nb: dict) -> dict:
+    """Tag the cells of an executed notebook so that its page opens with the text and the figures.
+
+    - The source's ``parameters`` cell is left out: papermill's ``injected-parameters`` cell, which holds
+      the values this run used, follows it and is shown instead, folded.
+    - A code cell that draws something (a figure, a table) shows it with the code folded (``hide-input``);
+      one that only computes or prints is folded whole (``hide-cell``).
+    - A cell whose source already carries one of :data:`FOLD_TAGS` keeps its own choice.
+    """
+    injected = any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if any(tag in FOLD_TAGS for tag in tags):
+            continue
+        if "parameters" in tags and injected:
+            tags.append("remove-cell")
+        elif "injected-parameters" in tags:
+            tags.append("hide-input")
+        elif any(out.get("output_type") in _RICH_OUTPUTS for out in cell.get("outputs", [])):
+            tags.append("hide-input")
+        else:
+            tags.append("hide-cell")
+    return nb
+
+
+def _fold_executed(path: Path) -> None:
+    import json
+
+    nb = fold_for_the_book(json.loads(path.read_text()))
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def failure_message(notebook: BookNotebook, profile: str, wall: float, error: Exception, repo: Path) -> str:

@@ -1,7 +1,7 @@
 """What distillation costs: D-ODE solvers against progressive distillation (paper Tab. 1, Fig. 8a).
 
 One run on one machine measures both sides of the paper's claim that fitting D-ODE lambdas takes minutes
-where distilling the network itself takes far longer (METHOD section 6):
+where distilling the network itself takes far longer (method chapter, section 6):
 
 * **ODE solvers** (:func:`dode.companion.experiments.quality_sweep`): EDM's Heun sampler and DDIM in sigma (Euler)
   on the EDM model, base and D-ODE, at each NFE: the closed-form fit's wall time (``fit_seconds``), the
@@ -9,6 +9,11 @@ where distilling the network itself takes far longer (METHOD section 6):
 * **Progressive distillation** (:mod:`dode.zoo.progressive`): a DDIM teacher of ``steps_start`` steps halved
   down to ``steps_end``; each student's training time (``train_seconds``, ``cumulative_train_seconds``),
   sampling time and FD/FID, stored as method ``pd`` of solver ``ddim`` at NFE = its steps.
+* **Sampling overhead of the D-solver** (:func:`paired_sampling_times`): the per-cell times above are taken
+  one after the other on a possibly shared machine, so their ratio says as much about the machine's other
+  jobs as about the transform. The overhead is measured apart, base and D-solver interleaved on the same
+  noise and repeated (``overhead_base_seconds``, ``overhead_d_seconds``, dims solver x nfe x repeat), and
+  :func:`overhead_table` reports the paired ratio's median and spread.
 
 Everything lands in one :class:`~dode.companion.results.ResultStore` (resumable; finished students are saved next to
 it and reused), and :func:`cost_table`, :func:`time_to_reach` and :func:`fd_vs_nfe` draw the notebook's
@@ -44,6 +49,8 @@ __all__ = [
     "time_to_reach",
     "fd_vs_nfe",
     "fd_vs_cost",
+    "paired_sampling_times",
+    "overhead_table",
 ]
 
 #: the keys of a notebook's ``pd`` parameter (the recipe of :func:`dode.zoo.progressive.progressive_distillation`)
@@ -116,6 +123,58 @@ def student_stats(
     return stats, seconds
 
 
+def paired_sampling_times(den, label: str, nfe: int, lambdas, noise: torch.Tensor, repeats: int):
+    """Wall times of sampling ``noise`` with the base solver and with the D-solver (``lambdas``), interleaved:
+    each repeat times one run of each, their order alternating between repeats, so that a slow spell of a
+    shared machine falls on both alike and the per-repeat ratio cancels it (the method of
+    ``benchmarks/solver_overhead.py``). Returns two arrays of ``repeats`` seconds: base, D."""
+    from dode.sampling import sample
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be a positive number of paired runs, got {repeats}")
+    solver, options = ex.solver_spec(label)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(repeats):
+        for with_d in (False, True) if r % 2 == 0 else (True, False):
+            t0 = time.perf_counter()
+            x = sample(den, noise, solver, nfe, lambdas=lambdas if with_d else None, **options)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            times[with_d].append(time.perf_counter() - t0)
+    return np.asarray(times[False]), np.asarray(times[True])
+
+
+def overhead_table(ds):
+    """The D-solver's sampling time over the base solver's, from the paired, interleaved runs: the median
+    of the per-repeat ratios and their range, per solver and NFE (one batch of ``overhead_samples``)."""
+    import pandas as pd
+
+    rows = []
+    if "overhead_base_seconds" not in ds:
+        return pd.DataFrame(rows)
+    for solver in ds.coords["solver"].values.tolist():
+        for nfe in ds.coords["nfe"].values.tolist():
+            sel = {"solver": solver, "nfe": nfe}
+            base = np.asarray(ds["overhead_base_seconds"].sel(sel).values, dtype=np.float64)
+            d = np.asarray(ds["overhead_d_seconds"].sel(sel).values, dtype=np.float64)
+            ok = np.isfinite(base) & np.isfinite(d)
+            if not ok.any():
+                continue
+            ratio = d[ok] / base[ok]
+            rows.append(
+                (
+                    FAMILIES[(solver, "d-ode")],
+                    nfe,
+                    f"{np.median(ratio):.3f}",
+                    f"{ratio.min():.3f} – {ratio.max():.3f}",
+                    int(ok.sum()),
+                    f"{1e3 * np.median(base[ok]):.0f}",
+                )
+            )
+    columns = ["D-solver", "NFE", "time / base (median)", "range over repeats", "repeats", "base run (ms)"]
+    return pd.DataFrame(rows, columns=columns).set_index(["D-solver", "NFE"])
+
+
 def _load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -183,6 +242,33 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
         device=device,
         progress=progress,
     )
+
+    overhead = cfg.get("overhead") or {}
+    if overhead:
+        # after the sweep, whose fitted lambdas it reuses (seed of the first evaluation batch)
+        seed, repeats = cfg["seeds"][0], int(overhead["repeats"])
+        z = ex.noise(seed, "eval", int(overhead["n_samples"]), shape, device=device)
+        for label, label_nfes in nfes.items():
+            for nfe in label_nfes:
+                cell = {"solver": label, "nfe": nfe}
+                if store.has("overhead_d_seconds", **cell):
+                    continue
+                lam = ex._stored_lambdas(
+                    store,
+                    den,
+                    {**cell, "method": "d-ode", "seed": seed},
+                    cfg["K"],
+                    cfg["B"],
+                    None,
+                    None,
+                    "ls",
+                )
+                base_s, d_s = paired_sampling_times(den, label, nfe, lam, z, repeats)
+                with store.together():
+                    dims = {"repeat": list(range(repeats))}
+                    store.put("overhead_base_seconds", base_s, extra_dims=dims, **cell)
+                    store.put("overhead_d_seconds", d_s, extra_dims=dims, **cell)
+        store.attrs.update(overhead_samples=str(int(overhead["n_samples"])))
 
     def pd_cell_done(steps: int) -> bool:
         scored = steps not in eval_steps or all(

@@ -16,6 +16,8 @@ computed by pytorch-fid's ``calculate_frechet_distance``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterable
@@ -246,7 +248,11 @@ def frechet_distance(stats_a, stats_b) -> float:
         raise ValueError(
             f"the statistics have different feature dimensions: {mu1.shape[0]} and {mu2.shape[0]}"
         )
-    with warnings.catch_warnings():
+    # pytorch-fid prints "fid calculation produces singular product; adding 1e-06 to diagonal of cov
+    # estimates" when the covariances are singular, as they are with fewer samples than feature dimensions
+    # (the smoke profile); it then regularises and goes on, so the notice is dropped here rather than
+    # printed into a notebook's page
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         # pytorch-fid 0.3.0 passes scipy.linalg.sqrtm's `disp` argument, deprecated since SciPy 1.17
         warnings.filterwarnings(
             "ignore", message=".*`disp` argument is deprecated.*", category=DeprecationWarning

@@ -403,7 +403,7 @@ def vp_schedule_from_scheduler_config(config: dict) -> VPSchedule:
     """The discrete VP schedule of a diffusers scheduler config, rebuilt in float64.
 
     diffusers computes its betas in float32; recomputing them in float64 from the same settings keeps the
-    continuous-time interpolation of ``log alpha`` (METHOD section 1) free of float32 rounding.
+    continuous-time interpolation of ``log alpha`` (method chapter, section 1) free of float32 rounding.
     Also reads the keys of the first diffusers releases (``timesteps``), still found in some repos.
     """
     T = int(config.get("num_train_timesteps", config.get("timesteps", 1000)))
@@ -487,6 +487,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+#: load the weights plainly: diffusers' default (low_cpu_mem_usage) needs the accelerate package and, without
+#: it, logs a notice on every load that falls back to this same plain load
+_PLAIN_LOAD = {"low_cpu_mem_usage": False}
+
+
 def _load_diffusers(
     name: str, path, revision: str | None = None, download: bool = False, **options
 ) -> Denoiser:
@@ -522,7 +527,7 @@ def _load_diffusers(
             f"{root} is not a diffusers DDPM folder: expected the UNet's config.json and weights "
             "(in unet/ or at the top) and scheduler_config.json (in scheduler/ or at the top)"
         )
-    unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub)
+    unet = UNet2DModel.from_pretrained(str(root), subfolder=unet_sub, **_PLAIN_LOAD)
     sched_config = _read_json(sched_file)
 
     den = diffusers_denoiser(unet, sched_config, name=name)

@@ -2,7 +2,7 @@
 the paper's Table 1 / Fig. 8a.
 
 The sampler being distilled is deterministic DDIM, i.e. Euler in sigma on EDM models (paper Eq. 37-38;
-METHOD section 2): a step from ``s`` to ``t`` with the denoiser output ``D`` is
+method chapter, section 2): a step from ``s`` to ``t`` with the denoiser output ``D`` is
 
     x_t = (t / s) x_s + (1 - t / s) D(x_s, s).                                                   (1)
 
@@ -46,7 +46,6 @@ import copy
 import hashlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -60,6 +59,7 @@ import torch
 from dode.denoiser import Denoiser
 from dode.files import atomic_write
 from dode.grids import make_grid
+from dode.progress import progress_bar
 from dode.schedules import EDMSchedule
 from dode.zoo.nets import EMA
 
@@ -363,8 +363,6 @@ def _train_halving(
     progress: bool,
 ) -> tuple[torch.nn.Module, dict]:
     """Train the ``steps``-step student of ``teacher`` (``2 * steps`` steps); return its EMA net and record."""
-    from tqdm import tqdm
-
     fine = pd_grid(den.schedule, cfg.steps_start, 2 * steps).to(device)
     starts, mids, ends = fine[:-1:2], fine[1::2], fine[2::2]  # student step i: starts[i] -> ends[i]
     dtype, kwargs = den.dtype, den.model_kwargs
@@ -396,14 +394,13 @@ def _train_halving(
 
     n = cfg.iterations_per_halving
     start = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         range(first, n),
         initial=first,
         total=n,
         desc=f"PD {2 * steps}->{steps} steps",
         disable=not progress,
         mininterval=2.0,
-        file=sys.stderr,
     )
     for it in bar:
         if pos + cfg.batch_size > len(order):

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm  # plain bars: tqdm.auto warns in kernels without ipywidgets
 
 from dode.files import atomic_write, git_state, sha256_file
+from dode.progress import progress_bar
 from dode.schedules import EDMSchedule, VPSchedule
 from dode.zoo.data import DATA_DIR, N_HELD_OUT, SPLIT_SEED, load_digits
 from dode.zoo.nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters
@@ -302,14 +302,13 @@ def train(
         git = ckpt["git"]  # the code that started the run
 
     start = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         range(first_step, cfg.steps),
         initial=first_step,
         total=cfg.steps,
         desc=cfg.name,
         disable=not progress,
         mininterval=2.0,
-        file=sys.stderr,
     )
     for step in bar:
         if pos + cfg.batch_size > len(order):
