@@ -62,7 +62,7 @@ def load(
     name: str, meta: dict, path, ddim_repo: str | Path | None = None, ema: bool = True, **options
 ) -> Denoiser:
     """Build the repository's ``Model`` from its config, load the checkpoint at ``path``; see the module doc."""
-    from dode.zoo import checkpoint_file, clone_root
+    from dode.zoo.checkpoints import checkpoint_file, clone_root
 
     if options:
         raise TypeError(

@@ -35,7 +35,7 @@ class _ADMNet(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
-        from dode.zoo import class_onehot
+        from dode.zoo.checkpoints import class_onehot
 
         onehot = class_onehot(class_labels, self.label_dim, x)
         y = None if onehot is None else onehot.argmax(dim=1)  # guided-diffusion embeds class indices
@@ -55,7 +55,7 @@ def load(
 
     ``use_fp16`` runs the U-Net's inner blocks in float16 as guided-diffusion's sampling scripts do on a
     GPU (``convert_to_fp16``); off by default, so the network computes in float32."""
-    from dode.zoo import checkpoint_file, clone_root
+    from dode.zoo.checkpoints import checkpoint_file, clone_root
 
     if options:
         raise TypeError(
