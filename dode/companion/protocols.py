@@ -43,6 +43,9 @@ _PD_CPU = dict(
     seed=0,
 )
 
+# the test bed's mixture: 4 components in 8 dimensions (as in tests/conftest.py)
+_GMM = dict(n_components=4, dim=8, seed=0)
+
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
 )
@@ -197,6 +200,33 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             K=10,
             B=100,
             device="cuda",
+        ),
+    },
+    # Beyond the paper: the exact Gaussian-mixture test bed (dode.companion.testbed), distance to the exact
+    # ODE solution of base, greedy-D and joint-D solvers, taught by DDIM and by themselves. cpu: about a minute
+    "12_exact_testbed": {
+        "smoke": dict(
+            schedules=["vp"], solvers=["ddim", "ipndm"], nfes=[4], K=2, B=16, n_fresh=32, gmm=_GMM, seed=0
+        ),
+        "cpu": dict(
+            schedules=["vp"],
+            solvers=["ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++"],
+            nfes=[3, 5, 8, 12, 20],
+            K=10,
+            B=100,
+            n_fresh=500,
+            gmm=_GMM,
+            seed=0,
+        ),
+        "paper": dict(
+            schedules=["vp", "edm"],
+            solvers=["ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++"],
+            nfes=[3, 5, 7, 9, 12, 15, 20, 25],
+            K=10,
+            B=100,
+            n_fresh=2000,
+            gmm=_GMM,
+            seed=0,
         ),
     },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
