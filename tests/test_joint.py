@@ -114,3 +114,46 @@ def test_joint_fit_is_deterministic(gmm):
     a = dode.distill(den, noise, "ipndm", 4, K=2, fit="joint", fit_options={"max_iter": 2})
     b = dode.distill(den, noise, "ipndm", 4, K=2, fit="joint", fit_options={"max_iter": 2})
     torch.testing.assert_close(torch.from_numpy(a.values), torch.from_numpy(b.values), rtol=0, atol=0)
+
+
+def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_path):
+    from dode.companion import experiments as ex
+    from dode.companion.results import ResultStore
+
+    assert [
+        ex.teacher_of(lb, "paper") for lb in ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
+    ] == [
+        "ddim",
+        "ipndm",
+        "deis",
+        "ddim",
+        "ddim",
+    ]
+    assert ex.teacher_of("ipndm", None) is None and ex.teacher_of("ipndm", "ddim") == "ddim"
+    den = dode.zoo.load("digits-eps-mini")
+    metric = dode.metrics.FD(batch_size=16)
+    methods = ["base", "d-ode", "d-ode-joint"]
+    dims = ex.sweep_dims(["deis3"], [3], methods, [0])
+    store = ResultStore(tmp_path / "s.nc", dims, {"k": 1})
+    ex.quality_sweep(
+        store,
+        den,
+        metric,
+        "fd",
+        solvers=["deis3"],
+        nfes=[3],
+        seeds=[0],
+        methods=methods,
+        K=2,
+        B=4,
+        n_samples=16,
+        batch_size=16,
+        teacher="paper",
+        progress=False,
+    )
+    shape = ex.sample_shape(den)
+    fit_noise = ex.noise(0, "fit", 4, shape)
+    for method, fit in (("d-ode", "ls"), ("d-ode-joint", "joint")):
+        expected = dode.distill(den, fit_noise, "deis", 3, 2, teacher="deis", fit=fit, order=3)
+        stored = np.asarray(store.get("lambdas", solver="deis3", method=method, nfe=3, seed=0))[:3]
+        np.testing.assert_allclose(stored[:, : expected.values.shape[1]], expected.values, rtol=1e-6)

@@ -18,13 +18,21 @@ _SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000,
 _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode")):
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), joint=()):
     # model_options go to dode.zoo.load: e.g. {"path": "/ckpt/edm-cifar10-32x32-uncond-vp.pkl",
     # "edm_repo": "/src/edm"} on a GPU box whose checkpoints are local files
+    # joint: the profiles that add the joint fit (d-ode-joint) beside the paper's greedy one. Teachers are
+    # the paper's (Supp. 11): iPNDM and DEIS teach themselves, the other solvers are taught by DDIM
     tables = {"smoke": _SWEEP_SMOKE, "cpu": _SWEEP_CPU, "paper": _SWEEP_PAPER}
     return {
         profile: dict(
-            model=model, solvers=solvers, nfes=nfes[profile], methods=list(methods), model_options={}, **table
+            model=model,
+            solvers=solvers,
+            nfes=nfes[profile],
+            methods=[*methods, *(["d-ode-joint"] if profile in joint else [])],
+            teacher="paper",
+            model_options={},
+            **table,
         )
         for model, (profile, table) in zip(models, tables.items(), strict=True)
     }
@@ -56,6 +64,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ("digits-eps-mini", "digits-eps", "ddpm-cifar10"),
         NOISE_SOLVERS,
         {"smoke": [3, 5], "cpu": [5, 10], "paper": [2, 5, 10, 15, 20, 25, 50]},
+        # the joint fit costs tens of greedy fits (dode.joint): neither within the cpu book's half hour nor
+        # cheap at NFE 50 on CIFAR-10 (it would more than double this notebook's paper-profile evaluations);
+        # the peers page (13) has joint cells on digits. Add it with -p methods '["base", "d-ode", "d-ode-joint"]'
+        joint=("smoke",),
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -300,8 +312,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
 def network_evaluations(stem: str, profile: str) -> int:
     """Network evaluations of one sweep notebook under ``profile``: every (solver, NFE, seed, method) samples
     ``n_samples`` in NFE evaluations, and the D-variants of a (solver, NFE, seed) are fitted on ``B`` noises
-    against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. What
-    a GPU box's run time scales with."""
+    against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. A
+    joint fit (``d-ode-joint``) re-runs the sampler on the fitting batch: counted as its typical
+    ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an estimate. What a GPU box's
+    run time scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
@@ -310,7 +324,8 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from dode.companion.experiments import _same_as_per_time, solver_spec
+    from dode.companion.experiments import JOINT_METHODS, _same_as_per_time, solver_spec
+    from dode.joint import JOINT_DEFAULTS
     from dode.schedules import EDMSchedule
     from dode.solvers import make_plan
 
@@ -325,6 +340,8 @@ def network_evaluations(stem: str, profile: str) -> int:
             landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
             sampling = len(methods) * cfg["n_samples"] * nfe
             fitting = (cfg["B"] * cfg["K"] * landing + fitted * cfg["B"] * nfe) if fitted else 0
+            joint_runs = JOINT_DEFAULTS["max_iter"] * (nfe + 1) + 2
+            fitting += sum(m in JOINT_METHODS for m in methods) * joint_runs * cfg["B"] * nfe
             total += (sampling + fitting) * len(cfg["seeds"])
     return total
 
