@@ -54,6 +54,13 @@ _PD_CPU = dict(
 # the test bed's mixture: 4 components in 8 dimensions (as in tests/conftest.py)
 _GMM = dict(n_components=4, dim=8, seed=0)
 
+# the peers page: diffusers' schedulers and dode's solvers (dode.companion.peers)
+_PEERS_CPU = ("unipc_bh1", "unipc_bh2", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_3m", "deis", "ddim")
+_PEERS_PAPER = (*_PEERS_CPU, "dpmpp_3m_karras", "dpmpp_2m_sigma_min")
+_DODE_CPU = ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
+_DODE_PAPER = _DODE_CPU
+_GRIDS_PAPER = ("time_uniform", "logsnr_uniform", "edm")
+
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
 )
@@ -239,6 +246,59 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_fresh=2000,
             gmm=_GMM,
             seed=0,
+        ),
+    },
+    # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
+    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 5 and 10, the joint fits at NFE 5 only
+    "13_peers": {
+        "smoke": dict(
+            model="digits-eps-mini",
+            samplers=[
+                "diffusers:unipc_bh1",
+                "diffusers:dpmpp_2m",
+                "dode:dpm_solver++:time_uniform:base",
+                "dode:dpm_solver++:time_uniform:d-ode",
+                "dode:ddim:time_uniform:d-ode-joint",
+            ],
+            nfes=[3],
+            joint_nfes=[3],
+            seed=0,
+            K=2,
+            B=8,
+            n_samples=48,
+            device="cpu",
+        ),
+        "cpu": dict(
+            model="digits-eps",
+            samplers=[
+                *[f"diffusers:{p}" for p in _PEERS_CPU],
+                *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
+                "dode:dpm_solver++:logsnr_uniform:base",
+                *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "dpm_solver3", "dpm_solver++")],
+                *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
+            ],
+            nfes=[5, 10],
+            joint_nfes=[5],
+            seed=0,
+            K=10,
+            B=100,
+            n_samples=1000,
+            device="cpu",
+        ),
+        "paper": dict(
+            model="ddpm-cifar10",
+            samplers=[
+                *[f"diffusers:{p}" for p in _PEERS_PAPER],
+                *[f"dode:{s}:{g}:{m}" for s in _DODE_PAPER for g in _GRIDS_PAPER for m in ("base", "d-ode")],
+                *[f"dode:{s}:time_uniform:d-ode-joint" for s in _DODE_PAPER],
+            ],
+            nfes=[3, 5, 8, 12, 20],
+            joint_nfes=[3, 5, 8, 12, 20],
+            seed=0,
+            K=10,
+            B=100,
+            n_samples=50_000,
+            device="cuda",
         ),
     },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
