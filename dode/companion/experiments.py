@@ -510,6 +510,7 @@ def _lambda_dims(lam: Lambdas) -> dict:
 def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
     """Rebuild the Lambdas of a cell from the store (fitting is not repeated on resume)."""
     from dode.grids import grid_key
+    from dode.solvers import get_solver
 
     label, nfe = cell["solver"], cell["nfe"]
     solver, options = solver_spec(label)
@@ -521,7 +522,7 @@ def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
         solver=solver,
         nfe=nfe,
         grid=grid_key(grid),
-        options=options,
+        options=get_solver(solver).check_options(options),  # with the solver's defaults, as distill stores
         variant=FITTED_METHODS[cell["method"]][0],
         stages=FITTED_METHODS[cell["method"]][1],
         model=den.name,
