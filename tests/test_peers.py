@@ -85,3 +85,61 @@ def test_sampler_names_are_checked(den):
         peers.make_scheduler("euler", den)
     with pytest.raises(ValueError, match="discrete VP noise-prediction"):
         peers.make_scheduler("ddim", den.__class__(den.fn, SCHEDULES["edm"], "eps"))
+
+
+def _peers_results(values: dict):
+    import xarray as xr
+
+    names = list(values)
+    return xr.Dataset(
+        {"fd": (("sampler", "nfe"), [values[n] for n in names])}, coords={"sampler": names, "nfe": [5, 10]}
+    )
+
+
+def test_best_choice_says_where_a_d_solver_wins_and_where_it_does_not():
+    from dode.companion import claims
+
+    ds = _peers_results(
+        {
+            "diffusers:unipc_bh1": [4.5, 0.9],
+            "dode:dpm_solver++:time_uniform:base": [6.0, 0.6],
+            "dode:dpm_solver++:time_uniform:d-ode": [1.6, 0.7],
+            "dode:dpm_solver++:time_uniform:d-ode-joint": [1.2, float("nan")],
+        }
+    )
+    verdict = claims.check_best_choice({"13_peers": ds})
+    assert verdict.verdict == "partly"
+    assert "NFE 5: D-ODE is the best choice" in verdict.evidence
+    assert "NFE 10: D-ODE is not the best choice" in verdict.evidence
+    assert "(joint fit)" in verdict.evidence.splitlines()[1]  # the joint D-solver was the best at NFE 5
+    assert claims.check_best_choice({}).verdict == "not run"
+    joint = claims.check_joint_fit({"13_peers": ds})
+    assert joint.verdict == "not run"  # the exact test bed decides; digits only add evidence
+
+
+def test_joint_fit_finding_reads_the_exact_test_bed():
+    import numpy as np
+    import xarray as xr
+
+    from dode.companion import claims
+
+    # base, greedy, joint for one solver at two NFEs, DDIM and self teachers
+    d = np.full((1, 1, 3, 2, 2), np.nan)
+    d[0, 0, 0] = [[0.13, 0.07], [0.13, 0.07]]  # base (stored under both teachers)
+    d[0, 0, 1] = [[0.14, 0.10], [0.14, 0.08]]  # greedy: worse than base
+    d[0, 0, 2] = [[0.12, 0.08], [0.12, 0.06]]  # joint: better than greedy, better than base when self-taught
+    ds = xr.Dataset(
+        {"distance_fresh": (("schedule", "solver", "method", "teacher", "nfe"), d)},
+        coords={
+            "schedule": ["vp"],
+            "solver": ["ipndm"],
+            "method": ["base", "d-ode", "d-ode-joint"],
+            "teacher": ["ddim", "self"],
+            "nfe": [10, 12],
+        },
+    )
+    verdict = claims.check_joint_fit({"12_exact_testbed": ds})
+    assert verdict.verdict == "reproduced", verdict.evidence
+    assert "greedy worse than base in 2 cells, joint better than base in 2 of them" in verdict.evidence
+    d[0, 0, 2, 1, 1] = 0.09  # the self-taught joint fit at NFE 12 now worse than greedy and base
+    assert claims.check_joint_fit({"12_exact_testbed": ds}).verdict == "partly"
