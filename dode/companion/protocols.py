@@ -249,7 +249,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
     # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
-    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 5 and 10, the joint fits at NFE 5 only
+    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 5 and 10, the joint fits at NFE 5 only (about
+    # 2 minutes on the loaded 2-core build machine)
     "13_peers": {
         "smoke": dict(
             model="digits-eps-mini",
@@ -274,7 +275,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
                 *[f"diffusers:{p}" for p in _PEERS_CPU],
                 *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
                 "dode:dpm_solver++:logsnr_uniform:base",
-                *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "dpm_solver3", "dpm_solver++")],
+                *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "deis3", "dpm_solver3", "dpm_solver++")],
+                "dode:dpm_solver++:logsnr_uniform:d-ode",
                 *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
             ],
             nfes=[5, 10],
