@@ -27,6 +27,7 @@ __all__ = [
     "paired_gains",
     "check_all",
     "check_findings",
+    "paper_teacher",
     "CHECKS",
     "FINDING_CHECKS",
     "metric_name",
@@ -448,6 +449,13 @@ def check_best_choice(results: dict) -> Verdict:
     return Verdict("best_choice", verdict, "\n".join(lines))
 
 
+def paper_teacher(label: str) -> str:
+    """The test bed's teacher coordinate (``self`` or ``ddim``) of the paper's teacher for solver ``label``."""
+    from dode.companion.experiments import solver_spec, teacher_of
+
+    return "self" if teacher_of(label, "paper") == solver_spec(label)[0] else "ddim"
+
+
 def check_joint_fit(results: dict) -> Verdict:
     """Page 12 (exact distances, fresh noise) and page 13 (FD on digits): joint against greedy and base."""
     lines, never_worse, repairs = [], [], []
@@ -457,12 +465,7 @@ def check_joint_fit(results: dict) -> Verdict:
             for label in ds.coords["solver"].values.tolist():
                 for nfe in ds.coords["nfe"].values.tolist():
                     d = ds["distance_fresh"].sel({"schedule": sched, "solver": label, "nfe": nfe})
-                    # the paper's teacher: the solver itself where it can teach, else DDIM
-                    teacher = (
-                        "self"
-                        if np.isfinite(float(d.sel({"method": "d-ode", "teacher": "self"})))
-                        else "ddim"
-                    )
+                    teacher = paper_teacher(label)
                     base = float(d.sel({"method": "base", "teacher": "ddim"}))
                     greedy = float(d.sel({"method": "d-ode", "teacher": teacher}))
                     joint = float(d.sel({"method": "d-ode-joint", "teacher": teacher}))
