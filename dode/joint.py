@@ -53,9 +53,9 @@ def joint_fit(
     targets: dict[float, torch.Tensor],
     *,
     grid=None,
-    landing_weight: float = 0.0,
-    max_iter: int = 30,
-    tol: float = 1e-7,
+    landing_weight: float = JOINT_DEFAULTS["landing_weight"],
+    max_iter: int = JOINT_DEFAULTS["max_iter"],
+    tol: float = JOINT_DEFAULTS["tol"],
     **options,
 ) -> Lambdas:
     """Refine the greedy ``start`` lambdas jointly on the fitting batch ``noise``.

@@ -143,3 +143,20 @@ def test_joint_fit_finding_reads_the_exact_test_bed():
     assert "greedy worse than base in 2 cells, joint better than base in 2 of them" in verdict.evidence
     d[0, 0, 2, 1, 1] = 0.09  # the self-taught joint fit at NFE 12 now worse than greedy and base
     assert claims.check_joint_fit({"12_exact_testbed": ds}).verdict == "partly"
+
+
+def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
+    import xarray as xr
+
+    from dode.companion import experiments as ex
+    from dode.companion.protocols import PROTOCOLS
+
+    samplers = ["diffusers:dpmpp_2m", "dode:dpm_solver++:time_uniform:base"]
+    values = []
+    for batch_size in (48, 20):
+        cfg = ex.settings(PROTOCOLS["13_peers"], "smoke", samplers=samplers, batch_size=batch_size)
+        path = peers.peers_sweep("13_peers", cfg, tmp_path / str(batch_size), progress=False)
+        with xr.open_dataset(path) as ds:
+            values.append(ds["fd"].values)
+            assert (ds["network_evaluations"].values == 3).all()
+    torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)

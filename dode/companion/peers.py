@@ -90,7 +90,7 @@ def make_scheduler(peer: str, denoiser: Denoiser):
 def diffusers_sample(denoiser: Denoiser, noise: torch.Tensor, peer: str, steps: int):
     """``(samples, network evaluations)`` of the diffusers scheduler ``peer`` in ``steps`` steps."""
     scheduler = make_scheduler(peer, denoiser)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=noise.device)
     calls = 0
     x = noise.to(torch.float64) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
@@ -132,7 +132,8 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
     """Fill ``<results_dir>/<stem>.nc`` with ``<metric>``, ``network_evaluations``, ``fit_seconds`` and
     ``sample_seconds`` over sampler x nfe (one seed). ``cfg``: ``model``, ``samplers`` (names, see the module
     docstring), ``nfes``, ``joint_nfes`` (NFEs at which the joint fits run: they cost tens of greedy fits),
-    ``seed``, ``K``, ``B``, ``n_samples``, ``device``. Every sampler draws the seed's evaluation noise."""
+    ``seed``, ``K``, ``B``, ``n_samples``, ``batch_size``, ``device``. Every sampler draws the seed's
+    evaluation noise, batch by batch."""
     import time
 
     from tqdm import tqdm
@@ -148,7 +149,6 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "seed")} | {"metric": metric_name}
     store = ex.open_store(results_dir, stem, dims, key, cfg, den)
     units = [(s, n) for s in cfg["samplers"] for n in cfg["nfes"]]
-    z = ex.noise(cfg["seed"], "eval", cfg["n_samples"], shape, device=cfg["device"])
     for name, nfe in tqdm(units, desc="samplers", disable=not progress):
         cell = {"sampler": name, "nfe": nfe}
         p = parse_sampler(name)
@@ -156,13 +156,17 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
             continue
         if p.get("method") == "d-ode-joint" and nfe not in cfg["joint_nfes"]:
             continue  # the cell stays NaN
-        fit_seconds, t0 = 0.0, time.perf_counter()
+        fit_seconds, draw = 0.0, None
         if p["family"] == "diffusers":
-            x, evaluations = diffusers_sample(den, z, p["peer"], nfe)
+
+            def draw(z, peer=p["peer"], nfe=nfe):
+                return diffusers_sample(den, z, peer, nfe)
+
         else:
             solver, options = ex.solver_spec(p["solver"])
             lam = None
             if p["method"] != "base":
+                t0 = time.perf_counter()
                 fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
                 fit = "joint" if p["method"] == "d-ode-joint" else "ls"
                 teacher = ex.teacher_of(p["solver"], "paper")
@@ -170,17 +174,28 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
                     den, fit_noise, solver, nfe, cfg["K"], grid=p["grid"], teacher=teacher, fit=fit, **options
                 )
                 fit_seconds = time.perf_counter() - t0
+
+            def draw(z, solver=solver, nfe=nfe, grid=p["grid"], lam=lam, options=options):
+                return sample(den, z, solver, nfe, grid=grid, lambdas=lam, **options), nfe
+
+        stats, seconds, evaluations = FeatureStats(), 0.0, set()
+        for start in range(0, cfg["n_samples"], cfg["batch_size"]):
+            n = min(cfg["batch_size"], cfg["n_samples"] - start)
+            z = ex.noise(cfg["seed"], "eval", n, shape, start=start, device=cfg["device"])
             t0 = time.perf_counter()
-            x = sample(den, z, solver, nfe, grid=p["grid"], lambdas=lam, **options)
-            evaluations = nfe
-        sample_seconds = time.perf_counter() - t0
-        stats = FeatureStats()
-        stats.update(metric.features(x.float()))
+            x, counted = draw(z)
+            seconds += time.perf_counter() - t0
+            evaluations.add(counted)
+            stats.update(metric.features(x.float()))
+        if len(evaluations) != 1:
+            raise AssertionError(
+                f"{name} made {sorted(evaluations)} network evaluations in different batches"
+            )
         with store.together():
             store.put(metric_name, metric(stats), **cell)
-            store.put("network_evaluations", float(evaluations), **cell)
+            store.put("network_evaluations", float(evaluations.pop()), **cell)
             store.put("fit_seconds", fit_seconds, **cell)
-            store.put("sample_seconds", sample_seconds, **cell)
+            store.put("sample_seconds", seconds, **cell)
     return store.path
 
 

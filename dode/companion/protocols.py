@@ -267,6 +267,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             K=2,
             B=8,
             n_samples=48,
+            batch_size=48,
             device="cpu",
         ),
         "cpu": dict(
@@ -285,6 +286,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             K=10,
             B=100,
             n_samples=1000,
+            batch_size=1000,
             device="cpu",
         ),
         "paper": dict(
@@ -300,6 +302,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             K=10,
             B=100,
             n_samples=50_000,
+            batch_size=500,
             device="cuda",
         ),
     },
