@@ -147,7 +147,10 @@ def joint_fit(
             A = JtJ + mu * np.diag(np.maximum(np.diag(JtJ), 1e-12))
             step = -np.linalg.lstsq(A, g, rcond=None)[0]
             trial = theta + step
-            r_trial = residual(trial)
+            try:
+                r_trial = residual(trial)
+            except FloatingPointError:  # a step so long that the network diverged: reject it like any other
+                r_trial = torch.full_like(r, np.inf)
             f_trial = objective(r_trial) if torch.isfinite(r_trial).all() else np.inf
             if f_trial < f:
                 decrease = (f - f_trial) / max(f, 1e-300)
@@ -158,8 +161,6 @@ def joint_fit(
         if not improved or decrease < tol:
             break
 
-    values = np.full_like(start.values, np.nan)
-    values[free] = theta
     info = {
         **start.info,
         "greedy_lambdas": start.values.tolist(),
@@ -174,4 +175,4 @@ def joint_fit(
         "joint_seconds": time.perf_counter() - t0,
     }
     meta = {**start.metadata(), "fit": "joint"}
-    return Lambdas(values, **meta, landing_times=start.landing_times, info=info)
+    return Lambdas(lambdas_of(theta).values, **meta, landing_times=start.landing_times, info=info)

@@ -157,3 +157,24 @@ def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_
         expected = dode.distill(den, fit_noise, "deis", 3, 2, teacher="deis", fit=fit, order=3)
         stored = np.asarray(store.get("lambdas", solver="deis3", method=method, nfe=3, seed=0))[:3]
         np.testing.assert_allclose(stored[:, : expected.values.shape[1]], expected.values, rtol=1e-6)
+
+
+def test_a_trial_step_that_diverges_is_rejected_not_fatal(gmm, monkeypatch):
+    import dode.joint as joint_module
+
+    den = gmm.denoiser(SCHEDULES["vp"], "eps")
+    noise = make_noise(16, seed=8)
+    nfe = 4
+    real_sample = joint_module.sample
+    calls = {"n": 0}
+
+    def diverging_first_trial(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == nfe + 3:  # greedy, zero, the nfe Jacobian columns, then the first trial step
+            raise FloatingPointError("non-finite network output")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(joint_module, "sample", diverging_first_trial)
+    lam = dode.distill(den, noise, "ddim", nfe, K=3, fit="joint", fit_options={"max_iter": 2})
+    assert calls["n"] > nfe + 3
+    assert lam.info["objective_joint"] <= min(lam.info["objective_greedy"], lam.info["objective_base"])
