@@ -204,7 +204,7 @@ def peers_figure(ds, metric: str):
     (greedy fit: circles, joint fit: squares); one colour per dode solver."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 5))
     nfes = ds.coords["nfe"].values
     solvers = sorted(
         {p["solver"] for p in map(parse_sampler, ds.coords["sampler"].values.tolist()) if "solver" in p}
