@@ -160,3 +160,8 @@ def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
             values.append(ds["fd"].values)
             assert (ds["network_evaluations"].values == 3).all()
     torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)
+
+
+def test_lower_order_final_must_be_a_bool(den):
+    with pytest.raises(ValueError, match="lower_order_final must be True or False"):
+        dode.sample(den, make_noise(2), "dpm_solver++", 5, lower_order_final="yes")
