@@ -24,11 +24,12 @@ import torch
 
 from dode.denoiser import Denoiser
 from dode.grids import grid_key, refine
+from dode.joint import check_fit_options, joint_fit
 from dode.lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
 from dode.sampling import check_noise, run
 from dode.solvers import Point, get_solver, make_plan
 
-__all__ = ["distill", "least_squares", "FITS"]
+__all__ = ["distill", "least_squares", "FITS", "FIT_METHODS"]
 
 
 def least_squares(residual: torch.Tensor, columns: list[torch.Tensor]) -> np.ndarray:
@@ -55,6 +56,9 @@ def _ls_fitter(targets):
 
 #: fit methods: name -> factory(targets) -> fitter(k, lands, x_base, jac) -> params
 FITS = {"ls": _ls_fitter}
+#: every ``fit=`` of :func:`distill`: the greedy closed forms, and ``joint`` (greedy, then refined jointly
+#: on the final sample by :func:`dode.joint.joint_fit`)
+FIT_METHODS = (*FITS, "joint")
 
 
 def teacher_targets(denoiser: Denoiser, noise: torch.Tensor, plan, K: int, teacher: str = "ddim"):
@@ -83,6 +87,7 @@ def distill(
     space: str = "native",
     stages: str = "per_time",
     fit: str = "ls",
+    fit_options: dict | None = None,
     seed: int | None = None,
     teacher_run=None,
     **options,
@@ -99,7 +104,9 @@ def distill(
     stages: which evaluations carry a lambda: ``per_time`` (one per landing time of the plan) or
         ``per_stage`` (the paper's, every stage). They differ only for ``edm``, whose Heun corrector gets no
         lambda of its own under ``per_time`` (why: :func:`dode.sampling.lambda_evaluations`).
-    fit: closed-form fit method, one of :data:`FITS`.
+    fit: ``ls`` (the paper's greedy closed form, stage by stage) or ``joint`` (all lambdas together on the
+        final sample, started from ``ls``: :func:`dode.joint.joint_fit`).
+    fit_options: options of the joint fit (:data:`dode.joint.JOINT_DEFAULTS`).
     seed: the seed the fitting noise was drawn with, recorded with the lambdas.
     teacher_run: ``(teacher_plan, targets)`` from :func:`teacher_targets` on the *same* noise, plan, K and
         teacher, to fit several variants on one teacher run (the teacher dominates the cost); checked to
@@ -114,8 +121,10 @@ def distill(
         raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {sorted(FITS)}, got {fit!r}")
+    if fit not in FIT_METHODS:
+        raise ValueError(f"fit must be one of {FIT_METHODS}, got {fit!r}")
+    fit_options = check_fit_options(fit, fit_options)
+    greedy_fit = "ls" if fit == "joint" else fit
     plan = make_plan(denoiser.schedule, solver, nfe, grid, options)
     t0 = time.perf_counter()
     if teacher_run is None:
@@ -131,7 +140,7 @@ def distill(
             )
     t1 = time.perf_counter()
     student = run(
-        denoiser, noise, plan, variant=variant, space=space, stages=stages, fitter=FITS[fit](targets)
+        denoiser, noise, plan, variant=variant, space=space, stages=stages, fitter=FITS[greedy_fit](targets)
     )
     t2 = time.perf_counter()
 
@@ -139,7 +148,7 @@ def distill(
     values = np.full((plan.nfe, width), np.nan)
     for k, params in enumerate(student.fitted):
         values[k, : len(params)] = params
-    return Lambdas(
+    greedy = Lambdas(
         values,
         solver=solver,
         nfe=plan.nfe,
@@ -155,7 +164,10 @@ def distill(
         B=int(noise.shape[0]),
         seed=seed,
         teacher=teacher_plan.solver,
-        fit=fit,
+        fit=greedy_fit,
         landing_times=plan.landing_times,
         info={"teacher_nfe": teacher_plan.nfe, "teacher_seconds": t1 - t0, "student_seconds": t2 - t1},
     )
+    if fit == "joint":
+        return joint_fit(denoiser, noise, greedy, targets, grid=grid, **fit_options, **options)
+    return greedy

@@ -20,9 +20,30 @@ import numpy as np
 
 from dode.companion.paper import CLAIMS
 
-__all__ = ["Verdict", "VERDICTS", "paired_gains", "check_all", "CHECKS", "EVIDENCE", "metric_name"]
+__all__ = [
+    "Verdict",
+    "VERDICTS",
+    "FINDINGS",
+    "paired_gains",
+    "check_all",
+    "check_findings",
+    "paper_teacher",
+    "CHECKS",
+    "EVIDENCE",
+    "FINDING_CHECKS",
+    "metric_name",
+]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
+
+#: findings beyond the paper (notebooks 12, 13), checked like its claims: "reproduced" = it holds in this
+#: build's results, "partly" = in some cells, "not reproduced" = in none
+FINDINGS = {
+    "best_choice": "at few NFE a D-solver is the best sampler for this model, better than every diffusers "
+    "scheduler and every dode base solver on the same network and noise (page 13)",
+    "joint_fit": "the joint fit is never worse than the paper's greedy fit and beats the base solver where "
+    "the greedy fit makes it worse (exact test bed, page 12; digits, page 13)",
+}
 
 
 @dataclass(frozen=True)
@@ -32,14 +53,14 @@ class Verdict:
     evidence: str
 
     def __post_init__(self):
-        if self.claim not in CLAIMS:
-            raise ValueError(f"claim must be one of {sorted(CLAIMS)}, got {self.claim!r}")
+        if self.claim not in CLAIMS and self.claim not in FINDINGS:
+            raise ValueError(f"claim must be one of {sorted(CLAIMS) + sorted(FINDINGS)}, got {self.claim!r}")
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     @property
     def statement(self) -> str:
-        return CLAIMS[self.claim]
+        return CLAIMS.get(self.claim) or FINDINGS[self.claim]
 
 
 def metric_name(ds) -> str:
@@ -408,3 +429,119 @@ def check_all(results: dict) -> list[Verdict]:
         check = CHECKS[claim]
         out.append(check(results))
     return out
+
+
+def _best_by_group(ds, var: str, nfe) -> dict:
+    """The best sampler of each group (diffusers, dode base, D-solver) of the peers page at ``nfe``."""
+    from dode.companion.peers import parse_sampler, sampler_label
+
+    best: dict[str, tuple[str, float]] = {}
+    for name in ds.coords["sampler"].values.tolist():
+        value = float(ds[var].sel({"sampler": name, "nfe": nfe}))
+        if not np.isfinite(value):
+            continue
+        p = parse_sampler(name)
+        group = "diffusers" if p["family"] == "diffusers" else "base" if p["method"] == "base" else "D"
+        if group not in best or value < best[group][1]:
+            best[group] = (sampler_label(name), value)
+    return best
+
+
+def check_best_choice(results: dict) -> Verdict:
+    """Page 13: at which NFE the best D-solver beats the best diffusers scheduler and the best base solver."""
+    ds = results.get("13_peers")
+    if ds is None:
+        return Verdict("best_choice", "not run", "notebook 13 has no results")
+    var, lines, wins = metric_name(ds), ["one seed: the margins are indicative, not significant"], []
+    for nfe in ds.coords["nfe"].values.tolist():
+        best = _best_by_group(ds, var, nfe)
+        if len(best) < 3:
+            continue
+        (d_label, d), (p_label, p), (b_label, b) = best["D"], best["diffusers"], best["base"]
+        won = d < min(p, b)
+        wins.append(won)
+        lines.append(
+            f"NFE {nfe}: {'D-ODE is the best choice' if won else 'D-ODE is not the best choice'}: best D-solver "
+            f"{d_label} {d:.2f}, best diffusers scheduler {p_label} {p:.2f} ({p / d:.1f}x the D-solver's), "
+            f"best dode base solver {b_label} {b:.2f}"
+        )
+    if not wins:
+        return Verdict("best_choice", "not run", "notebook 13 holds no NFE with all three kinds of sampler")
+    verdict = "reproduced" if all(wins) else "partly" if any(wins) else "not reproduced"
+    return Verdict("best_choice", verdict, "\n".join(lines))
+
+
+def paper_teacher(label: str) -> str:
+    """The test bed's teacher coordinate (``self`` or ``ddim``) of the paper's teacher for solver ``label``."""
+    from dode.companion.experiments import solver_spec, teacher_of
+
+    return "self" if teacher_of(label, "paper") == solver_spec(label)[0] else "ddim"
+
+
+def check_joint_fit(results: dict) -> Verdict:
+    """Page 12 (exact distances, fresh noise) and page 13 (FD on digits): joint against greedy and base."""
+    lines, never_worse, repairs = [], [], []
+    ds = results.get("12_exact_testbed")
+    if ds is not None:
+        for sched in ds.coords["schedule"].values.tolist():
+            for label in ds.coords["solver"].values.tolist():
+                for nfe in ds.coords["nfe"].values.tolist():
+                    d = ds["distance_fresh"].sel({"schedule": sched, "solver": label, "nfe": nfe})
+                    teacher = paper_teacher(label)
+                    base = float(d.sel({"method": "base", "teacher": "ddim"}))
+                    greedy = float(d.sel({"method": "d-ode", "teacher": teacher}))
+                    joint = float(d.sel({"method": "d-ode-joint", "teacher": teacher}))
+                    if not np.isfinite([base, greedy, joint]).all():
+                        continue
+                    never_worse.append(joint <= greedy)
+                    if greedy > base:
+                        repairs.append(joint < base)
+                        lines.append(
+                            f"exact test bed, {sched} {label} NFE {nfe}: greedy makes the base solver worse "
+                            f"({base:.3f} -> {greedy:.3f}); joint {joint:.3f}"
+                        )
+        lines.insert(
+            0,
+            f"exact test bed (fresh noise): joint no farther from the exact solution than greedy in "
+            f"{sum(never_worse)}/{len(never_worse)} cells; greedy worse than base in {len(repairs)} cells, "
+            f"joint better than base in {sum(repairs)} of them",
+        )
+    peers = results.get("13_peers")
+    if peers is not None:
+        from dode.companion.peers import parse_sampler, sampler_label
+
+        var = metric_name(peers)
+        names = peers.coords["sampler"].values.tolist()
+        for name in names:
+            p = parse_sampler(name)
+            if p["family"] != "dode" or p["method"] != "d-ode-joint":
+                continue
+            for nfe in peers.coords["nfe"].values.tolist():
+                get = {m: f"dode:{p['solver']}:{p['grid']}:{m}" for m in ("base", "d-ode", "d-ode-joint")}
+                if not all(g in names for g in get.values()):
+                    continue
+                v = {m: float(peers[var].sel({"sampler": g, "nfe": nfe})) for m, g in get.items()}
+                if not np.isfinite(list(v.values())).all():
+                    continue
+                changes = (v["d-ode"] < v["base"]) != (v["d-ode-joint"] < v["base"])
+                lines.append(
+                    f"digits, {sampler_label(get['base'])} NFE {nfe} (one seed): {var.upper()} base {v['base']:.2f}, "
+                    f"greedy {v['d-ode']:.2f}, joint {v['d-ode-joint']:.2f}"
+                    + (" -- the joint fit changes the verdict against the base solver" if changes else "")
+                )
+    if not never_worse:
+        return Verdict("joint_fit", "not run", "notebook 12 has no results")
+    held = all(never_worse) and all(repairs)
+    verdict = "reproduced" if held else "partly" if sum(never_worse) + sum(repairs) > 0 else "not reproduced"
+    return Verdict("joint_fit", verdict, "\n".join(lines))
+
+
+FINDING_CHECKS: dict[str, Callable[[dict], Verdict]] = {
+    "best_choice": check_best_choice,
+    "joint_fit": check_joint_fit,
+}
+
+
+def check_findings(results: dict) -> list[Verdict]:
+    """A verdict for every finding beyond the paper (:data:`FINDINGS`)."""
+    return [FINDING_CHECKS[f](results) for f in FINDINGS]

@@ -42,6 +42,9 @@ __all__ = [
     "method_kind",
     "CONSTANT_METHODS",
     "FITTED_METHODS",
+    "JOINT_METHODS",
+    "PAPER_TEACHERS",
+    "teacher_of",
     "open_store",
     "model_record",
     "identity",
@@ -81,6 +84,7 @@ METHOD_LABELS = {
     "sep": "D-…-Sep",
     "all": "D-…-All",
     "d-ode-per-stage": "D-… (λ per stage)",
+    "d-ode-joint": "D-… (joint fit)",
     "fixed": "Fixed-D-",
     "lookahead": "LA-",
 }
@@ -349,7 +353,13 @@ def _nfes_for(nfes, label: str) -> list[int]:
 #: fitted methods -> (D-ODE variant, stages): the variants of the method chapter's section 5 with one lambda
 #: per landing time (our default), and the paper's D-ODE with a lambda on every stage (they differ only for EDM's Heun,
 #: see dode.sampling.lambda_evaluations)
-FITTED_METHODS = {**{v: (v, "per_time") for v in VARIANTS}, "d-ode-per-stage": ("d-ode", "per_stage")}
+FITTED_METHODS = {
+    **{v: (v, "per_time") for v in VARIANTS},
+    "d-ode-per-stage": ("d-ode", "per_stage"),
+    "d-ode-joint": ("d-ode", "per_time"),
+}
+#: fitted methods whose lambdas come from the joint fit (dode.joint) whatever the sweep's ``fit``
+JOINT_METHODS = ("d-ode-joint",)
 #: methods that sample with one constant lambda for every evaluation, chosen by grid search (method chapter,
 #: section 5), and the prediction type their transform acts in: Fixed-D-DDIM on the model's own outputs (Eq. 10 with
 #: a constant), LA-DDIM's lookahead on the data predictions (Zhang et al. 2023)
@@ -464,7 +474,8 @@ def quality_sweep(
     :func:`one_at_a_time` for K and B or ``[{"lambda_value": c}, ...]`` for a grid search; by default there
     are none. A D-ODE variant (``methods``: see :func:`method_kind`) is fitted on the seed's fitting batch
     with the point's K and B (else ``K``, ``B``) and its parameters stored (``lambdas``, ``fit_seconds``);
-    variants fitted with the same K and B share one teacher run. A constant-lambda method samples with the
+    variants fitted with the same K and B share one teacher run (``teacher``: a solver, None for DDIM, or
+    ``paper`` for the paper's teachers, :func:`teacher_of`). A constant-lambda method samples with the
     point's ``lambda_value``. Every method samples the seed's evaluation noise (the same for all methods and
     points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
     on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
@@ -483,15 +494,18 @@ def quality_sweep(
             continue
         bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in {**cell, "method": method, **params}.items()))
         kind, lam = method_kind(method), None
+        cell_teacher = teacher_of(cell["solver"], teacher)
         if kind == "fitted":
             k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
             if store.has("lambdas", **cells[0]):
-                lam = _stored_lambdas(store, den, cells[0], k_fit, b_fit, grid, teacher, fit)
+                lam = _stored_lambdas(
+                    store, den, cells[0], k_fit, b_fit, grid, cell_teacher, _method_fit(method, fit)
+                )
             else:
                 tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
                 if tkey not in teachers:
                     teachers.clear()  # only the current cell's teacher runs are kept
-                    teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, teacher, device)
+                    teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, cell_teacher, device)
                 targets, teacher_secs = teachers[tkey]
                 lam, secs = fit_lambdas(
                     den,
@@ -504,8 +518,8 @@ def quality_sweep(
                     variant=FITTED_METHODS[method][0],
                     stages=FITTED_METHODS[method][1],
                     grid=grid,
-                    teacher=teacher,
-                    fit=fit,
+                    teacher=cell_teacher,
+                    fit=_method_fit(method, fit),
                     device=device,
                     targets=targets,
                 )
@@ -535,6 +549,22 @@ def quality_sweep(
                 store.put(metric_name, value, **c)
 
 
+#: the paper's teachers (Supp. 11): iPNDM and DEIS teach themselves, every other solver is taught by DDIM
+PAPER_TEACHERS = {"ipndm": "ipndm", "deis": "deis"}
+
+
+def teacher_of(label: str, teacher: str | None) -> str | None:
+    """The teacher solver of ``label`` under a sweep's ``teacher``: a solver name (None: DDIM), or ``paper``
+    for :data:`PAPER_TEACHERS` (a solver teaching itself shares its options, e.g. DEIS's order)."""
+    if teacher != "paper":
+        return teacher
+    return PAPER_TEACHERS.get(solver_spec(label)[0], "ddim")
+
+
+def _method_fit(method: str, fit: str) -> str:
+    return "joint" if method in JOINT_METHODS else fit
+
+
 def _teacher_run(den, cell, K, B, shape, grid, teacher, device):
     """The teacher states of a (solver, NFE, seed) cell's fitting batch, and the seconds they took."""
     from dode.distill import teacher_targets
@@ -558,6 +588,7 @@ def _lambda_dims(lam: Lambdas) -> dict:
 def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
     """Rebuild the Lambdas of a cell from the store (fitting is not repeated on resume)."""
     from dode.grids import grid_key
+    from dode.solvers import get_solver
 
     label, nfe = cell["solver"], cell["nfe"]
     solver, options = solver_spec(label)
@@ -569,7 +600,7 @@ def _stored_lambdas(store, den, cell, K, B, grid, teacher, fit) -> Lambdas:
         solver=solver,
         nfe=nfe,
         grid=grid_key(grid),
-        options=options,
+        options=get_solver(solver).check_options(options),  # with the solver's defaults, as distill stores
         variant=FITTED_METHODS[cell["method"]][0],
         stages=FITTED_METHODS[cell["method"]][1],
         model=den.name,

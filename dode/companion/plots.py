@@ -70,6 +70,7 @@ def method_label(solver: str, method: str) -> str:
         "d-ode-2": f"D-{name}-2",
         "sep": f"D-{name}-Sep",
         "all": f"D-{name}-All",
+        "d-ode-joint": f"D-{name} (joint fit)",
         "fixed": f"Fixed-D-{name}",
         "lookahead": f"LA-{name}",
     }.get(method, f"{name} ({method})")

@@ -41,13 +41,22 @@ _CURVE_NFES = [3, 4, 5, 7, 10, 20]
 _CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None):
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None, joint=()):
     """A quality sweep's three profiles; ``key="models"`` takes a list of models per profile (the results
     file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings);
-    ``cpu`` overrides the cpu profile's table (the curves of 02-04)."""
+    ``cpu`` overrides the cpu profile's table (the curves of 02-04); ``joint``: the profiles that add the
+    joint fit (d-ode-joint) beside the paper's greedy one. Teachers are the paper's (Supp. 11): iPNDM and
+    DEIS teach themselves, the other solvers are taught by DDIM."""
     tables = {"smoke": _SWEEP_SMOKE, "cpu": {**_SWEEP_CPU, **(cpu or {})}, "paper": _SWEEP_PAPER}
     out = {
-        profile: {key: model, "solvers": solvers, "nfes": nfes[profile], "methods": list(methods), **table}
+        profile: {
+            key: model,
+            "solvers": solvers,
+            "nfes": nfes[profile],
+            "methods": [*methods, *(["d-ode-joint"] if profile in joint else [])],
+            "teacher": "paper",
+            **table,
+        }
         for model, (profile, table) in zip(models, tables.items(), strict=True)
     }
     if key == "models":
@@ -69,6 +78,16 @@ _PD_CPU = dict(
     seed=0,
 )
 
+# the test bed's mixture: 4 components in 8 dimensions (as in tests/conftest.py)
+_GMM = dict(n_components=4, dim=8, seed=0)
+
+# the peers page: diffusers' schedulers and dode's solvers (dode.companion.peers)
+_PEERS_CPU = ("unipc_bh1", "unipc_bh2", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_3m", "deis", "ddim")
+_PEERS_PAPER = (*_PEERS_CPU, "dpmpp_3m_karras", "dpmpp_2m_sigma_min")
+_DODE_CPU = ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
+_DODE_PAPER = _DODE_CPU
+_GRIDS_PAPER = ("time_uniform", "logsnr_uniform", "edm")
+
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
 )
@@ -82,6 +101,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         key="models",
         per_model=_PAPER_PER_MODEL,
         cpu=_CURVE_CPU,
+        # the joint fit costs tens of greedy fits (dode.joint): neither within the cpu book's half hour nor
+        # cheap at NFE 50 on CIFAR-10 (it would more than double this notebook's paper-profile evaluations);
+        # the peers page (13) has joint cells on digits. Add it with -y 'methods: [base, d-ode, d-ode-joint]'
+        joint=("smoke",),
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -236,6 +259,92 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             device="cuda",
         ),
     },
+    # Beyond the paper: the exact Gaussian-mixture test bed (dode.companion.testbed), distance to the exact
+    # ODE solution of base, greedy-D and joint-D solvers, taught by DDIM and by themselves. cpu: about a minute
+    # (NFE 20 would double it: the joint fit's cost grows with the square of the NFE)
+    "12_exact_testbed": {
+        "smoke": dict(
+            schedules=["vp"], solvers=["ddim", "ipndm"], nfes=[4], K=2, B=16, n_fresh=32, gmm=_GMM, seed=0
+        ),
+        "cpu": dict(
+            schedules=["vp"],
+            solvers=["ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++"],
+            nfes=[3, 5, 8, 12],
+            K=10,
+            B=100,
+            n_fresh=500,
+            gmm=_GMM,
+            seed=0,
+        ),
+        "paper": dict(
+            schedules=["vp", "edm"],
+            solvers=["ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++"],
+            nfes=[3, 5, 7, 9, 12, 15, 20, 25],
+            K=10,
+            B=100,
+            n_fresh=2000,
+            gmm=_GMM,
+            seed=0,
+        ),
+    },
+    # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
+    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 5 and 10, the joint fits at NFE 5 only (about
+    # 2 minutes on the loaded 2-core build machine)
+    "13_peers": {
+        "smoke": dict(
+            model="digits-eps-mini",
+            samplers=[
+                "diffusers:unipc_bh1",
+                "diffusers:dpmpp_2m",
+                "dode:dpm_solver++:time_uniform:base",
+                "dode:dpm_solver++:time_uniform:d-ode",
+                "dode:ddim:time_uniform:d-ode-joint",
+            ],
+            nfes=[3],
+            joint_nfes=[3],
+            seed=0,
+            K=2,
+            B=8,
+            n_samples=48,
+            batch_size=48,
+            device="cpu",
+        ),
+        "cpu": dict(
+            model="digits-eps",
+            samplers=[
+                *[f"diffusers:{p}" for p in _PEERS_CPU],
+                *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
+                "dode:dpm_solver++:logsnr_uniform:base",
+                *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "deis3", "dpm_solver3", "dpm_solver++")],
+                "dode:dpm_solver++:logsnr_uniform:d-ode",
+                *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
+            ],
+            nfes=[5, 10],
+            joint_nfes=[5],
+            seed=0,
+            K=10,
+            B=100,
+            n_samples=1000,
+            batch_size=1000,
+            device="cpu",
+        ),
+        "paper": dict(
+            model="ddpm-cifar10",
+            samplers=[
+                *[f"diffusers:{p}" for p in _PEERS_PAPER],
+                *[f"dode:{s}:{g}:{m}" for s in _DODE_PAPER for g in _GRIDS_PAPER for m in ("base", "d-ode")],
+                *[f"dode:{s}:time_uniform:d-ode-joint" for s in _DODE_PAPER],
+            ],
+            nfes=[3, 5, 8, 12, 20],
+            joint_nfes=[3, 5, 8, 12, 20],
+            seed=0,
+            K=10,
+            B=100,
+            n_samples=50_000,
+            batch_size=500,
+            device="cuda",
+        ),
+    },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
     # paper = Salimans & Ho's released CIFAR-10 configuration (8192 -> 1 steps there, stopped at 2 here as
     # D-EDM needs 2 steps; 50k Adam steps of batch 128 per halving, lr 5e-5 annealed linearly to 0, no EMA,
@@ -316,8 +425,10 @@ for _profiles in PROTOCOLS.values():
 def network_evaluations(stem: str, profile: str) -> int:
     """Network evaluations of one sweep notebook under ``profile``: every model and (solver, NFE, seed, method) samples
     ``n_samples`` in NFE evaluations, and the D-variants of a (solver, NFE, seed) are fitted on ``B`` noises
-    against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. What
-    a GPU box's run time scales with."""
+    against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. A
+    joint fit (``d-ode-joint``) re-runs the sampler on the fitting batch: counted as its typical
+    ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an estimate. What a GPU box's
+    run time scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
@@ -326,7 +437,8 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from dode.companion.experiments import model_settings, same_as_per_time, solver_spec
+    from dode.companion.experiments import JOINT_METHODS, model_settings, same_as_per_time, solver_spec
+    from dode.joint import JOINT_DEFAULTS
     from dode.schedules import EDMSchedule
     from dode.solvers import make_plan
 
@@ -343,6 +455,8 @@ def network_evaluations(stem: str, profile: str) -> int:
                 landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
                 sampling = len(methods) * own["n_samples"] * nfe
                 fitting = (own["B"] * own["K"] * landing + fitted * own["B"] * nfe) if fitted else 0
+                joint_runs = JOINT_DEFAULTS["max_iter"] * (nfe + 1) + 2
+                fitting += sum(m in JOINT_METHODS for m in methods) * joint_runs * own["B"] * nfe
                 total += (sampling + fitting) * len(cfg["seeds"])
     return total
 

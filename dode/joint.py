@@ -1,0 +1,178 @@
+"""The joint fit: all D-ODE parameters of a run fitted together on the student's final sample.
+
+The paper's fit (:mod:`dode.distill`, ``fit="ls"``) is greedy: each lambda minimises the distance to the
+teacher at its own landing time, given the lambdas before it. Nothing in it makes the *final* sample closer
+to the teacher's, and on the exact Gaussian mixture it can leave a good solver (iPNDM, DEIS-3) farther from
+the exact solution than with no lambda at all (book/method.md, "the joint fit"). The joint fit minimises
+
+    F(theta) = (1 / B) sum_b || x_N(theta)_b - x_teacher_b ||^2
+               + w (1 / B) sum_k sum_b || x_k(theta)_b - x_teacher(t_k)_b ||^2 / N
+
+over every free parameter ``theta`` of the run at once (``x_k``: the state evaluation ``k`` lands on,
+``w``: ``landing_weight``, 0 by default), by Levenberg-Marquardt started from the better of the greedy
+lambdas and lambda = 0 (the base solver). A step is accepted only if it lowers ``F``, so on the fitting
+batch the result is never farther from the teacher than either start.
+
+The Jacobian with respect to the parameters is taken by forward finite differences, re-running the one
+sampling loop (:func:`dode.sample`) with one parameter perturbed at a time: every solver, schedule,
+prediction type and variant gets the joint fit through the same public entry point, at the cost of
+``P + 1`` sampling runs per iteration (``P`` free parameters).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from dode.denoiser import Denoiser
+from dode.lambdas import Lambdas
+from dode.sampling import sample
+
+__all__ = ["joint_fit", "JOINT_DEFAULTS", "check_fit_options"]
+
+#: the joint fit's options (``dode.distill(..., fit="joint", fit_options={...})``)
+JOINT_DEFAULTS = {"landing_weight": 0.0, "max_iter": 30, "tol": 1e-7}
+
+
+def check_fit_options(fit: str, fit_options: dict | None) -> dict:
+    """The ``fit_options`` of :func:`dode.distill`, checked: only the joint fit takes any."""
+    fit_options = dict(fit_options or {})
+    allowed = sorted(JOINT_DEFAULTS) if fit == "joint" else []
+    unknown = sorted(set(fit_options) - set(allowed))
+    if unknown:
+        raise ValueError(f"fit_options of fit={fit!r} may hold {allowed}, got {unknown}")
+    return fit_options
+
+
+def joint_fit(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    start: Lambdas,
+    targets: dict[float, torch.Tensor],
+    *,
+    grid=None,
+    landing_weight: float = JOINT_DEFAULTS["landing_weight"],
+    max_iter: int = JOINT_DEFAULTS["max_iter"],
+    tol: float = JOINT_DEFAULTS["tol"],
+    **options,
+) -> Lambdas:
+    """Refine the greedy ``start`` lambdas jointly on the fitting batch ``noise``.
+
+    ``targets``: the teacher's states at the plan's landing times (:func:`dode.distill.teacher_targets`);
+    ``grid`` and ``options``: exactly those ``start`` was fitted with. ``landing_weight`` >= 0 adds the
+    intermediate landing states to the objective (module docstring); ``max_iter`` bounds the
+    Levenberg-Marquardt iterations; ``tol`` stops them once an accepted step lowers the objective by less
+    than this fraction. Returns :class:`~dode.Lambdas` with ``fit="joint"``; ``info`` holds the objective
+    of the base solver, of the greedy start and of the result, the sampling runs and the seconds spent.
+    """
+    if start.constant:
+        raise ValueError("start must be fitted per-evaluation lambdas (dode.distill), not a constant Lambdas")
+    if not (np.isfinite(landing_weight) and landing_weight >= 0):
+        raise ValueError(f"landing_weight must be a finite number >= 0, got {landing_weight!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    landing = [float(t) for t in start.landing_times]
+    missing = sorted(set(landing) - set(targets))
+    if missing:
+        raise ValueError(f"targets lack the landing times {missing[:3]} of these lambdas")
+    t0 = time.perf_counter()
+    free = ~np.isnan(start.values)  # the entries a run actually uses (NaN: no parameter there)
+    n_batch = noise.shape[0]
+    final_target = targets[landing[-1]].reshape(n_batch, -1)
+    landing_targets = torch.stack([targets[t].reshape(n_batch, -1) for t in landing])
+    # residual scaled so that ||r||^2 is the objective F of the module docstring
+    w_final = 1.0 / np.sqrt(n_batch)
+    w_landing = np.sqrt(landing_weight / (n_batch * len(landing)))
+    runs = 0
+
+    def lambdas_of(theta: np.ndarray) -> Lambdas:
+        values = np.full_like(start.values, np.nan)
+        values[free] = theta
+        return Lambdas(values, **start.metadata(), landing_times=start.landing_times)
+
+    def residual(theta: np.ndarray) -> torch.Tensor:
+        nonlocal runs
+        runs += 1
+        if landing_weight == 0:
+            x = sample(
+                denoiser, noise, start.solver, start.nfe, grid=grid, lambdas=lambdas_of(theta), **options
+            )
+            return ((x.reshape(n_batch, -1) - final_target) * w_final).reshape(-1)
+        tr = sample(
+            denoiser,
+            noise,
+            start.solver,
+            start.nfe,
+            grid=grid,
+            lambdas=lambdas_of(theta),
+            trajectory=True,
+            **options,
+        )
+        states = tr.states[1:].reshape(len(landing), n_batch, -1).to(landing_targets)
+        parts = [
+            (tr.x.reshape(n_batch, -1) - final_target) * w_final,
+            (states - landing_targets) * w_landing,
+        ]
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def objective(r: torch.Tensor) -> float:
+        return float((r.to(torch.float64) ** 2).sum())
+
+    greedy = start.values[free].astype(np.float64)
+    zero = np.zeros_like(greedy)
+    r_greedy, r_zero = residual(greedy), residual(zero)
+    f_greedy, f_zero = objective(r_greedy), objective(r_zero)
+    theta, r, f = (greedy, r_greedy, f_greedy) if f_greedy <= f_zero else (zero, r_zero, f_zero)
+
+    # forward differences: the step balances truncation against the rounding of the network's dtype
+    h_rel = float(np.sqrt(torch.finfo(denoiser.dtype).eps))
+    mu, accepted, iterations = 1e-3, 0, 0
+    while iterations < max_iter:
+        iterations += 1
+        h = h_rel * np.maximum(1.0, np.abs(theta))
+        columns = []
+        for i in range(theta.size):
+            shifted = theta.copy()
+            shifted[i] += h[i]
+            columns.append((residual(shifted) - r).to(torch.float64) / h[i])
+        J = torch.stack(columns, dim=1)
+        JtJ = (J.T @ J).cpu().numpy()
+        g = (J.T @ r.to(torch.float64)).cpu().numpy()
+        improved = False
+        while mu < 1e12:  # Levenberg-Marquardt: damp towards gradient descent until a step lowers F
+            A = JtJ + mu * np.diag(np.maximum(np.diag(JtJ), 1e-12))
+            step = -np.linalg.lstsq(A, g, rcond=None)[0]
+            trial = theta + step
+            try:
+                r_trial = residual(trial)
+            except FloatingPointError:  # a step so long that the network diverged: reject it like any other
+                r_trial = torch.full_like(r, np.inf)
+            f_trial = objective(r_trial) if torch.isfinite(r_trial).all() else np.inf
+            if f_trial < f:
+                decrease = (f - f_trial) / max(f, 1e-300)
+                theta, r, f = trial, r_trial, f_trial
+                mu, improved, accepted = max(mu / 3.0, 1e-9), True, accepted + 1
+                break
+            mu *= 4.0
+        if not improved or decrease < tol:
+            break
+
+    info = {
+        **start.info,
+        "greedy_lambdas": start.values.tolist(),
+        "objective_base": f_zero,
+        "objective_greedy": f_greedy,
+        "objective_joint": f,
+        "landing_weight": float(landing_weight),
+        "joint_iterations": iterations,
+        "joint_accepted_steps": accepted,
+        "joint_sampling_runs": runs,
+        "joint_network_evaluations": runs * start.nfe * n_batch,
+        "joint_seconds": time.perf_counter() - t0,
+    }
+    meta = {**start.metadata(), "fit": "joint"}
+    return Lambdas(lambdas_of(theta).values, **meta, landing_times=start.landing_times, info=info)

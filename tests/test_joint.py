@@ -1,0 +1,180 @@
+"""The joint fit (dode.joint) on the exact Gaussian-mixture test bed."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import SCHEDULES, make_noise
+
+import dode
+from dode.distill import teacher_targets
+from dode.solvers import make_plan
+
+RUNS = [
+    ("ddim", 6, {}),
+    ("ipndm", 6, {}),
+    ("deis", 6, {"order": 3}),
+    ("dpm_solver", 6, {"order": 3}),
+    ("dpm_solver++", 6, {}),
+    ("edm", 5, {}),
+]
+
+
+def _distance(x, y) -> float:
+    return float(((x - y) ** 2).sum(dim=1).mean())
+
+
+@pytest.mark.parametrize("solver,nfe,options", RUNS)
+def test_joint_is_never_farther_from_the_teacher_than_greedy_or_base(
+    gmm, schedule_name, prediction, solver, nfe, options
+):
+    """On the fitting batch, measured here independently of the fit's own bookkeeping."""
+    sched = SCHEDULES[schedule_name]
+    den = gmm.denoiser(sched, prediction)
+    noise = make_noise(24, seed=3)
+    greedy = dode.distill(den, noise, solver, nfe, K=4, **options)
+    joint = dode.distill(den, noise, solver, nfe, K=4, fit="joint", fit_options={"max_iter": 4}, **options)
+    assert joint.fit == "joint" and greedy.fit == "ls"
+    np.testing.assert_array_equal(np.isnan(joint.values), np.isnan(greedy.values))
+    np.testing.assert_array_equal(np.asarray(joint.info["greedy_lambdas"]), greedy.values)
+    plan = make_plan(sched, solver, nfe, None, options)
+    _, targets = teacher_targets(den, noise, plan, 4)
+    teacher = targets[plan.landing_times[-1]]
+    errors = {
+        name: _distance(dode.sample(den, noise, solver, nfe, lambdas=lam, **options), teacher)
+        for name, lam in (("base", None), ("greedy", greedy), ("joint", joint))
+    }
+    assert errors["joint"] <= min(errors["greedy"], errors["base"]) * (1 + 1e-12), errors
+    # the fit's objective is that distance (final state only by default)
+    assert joint.info["objective_joint"] == pytest.approx(errors["joint"], rel=1e-9)
+    assert joint.info["objective_greedy"] == pytest.approx(errors["greedy"], rel=1e-9)
+    assert joint.info["objective_base"] == pytest.approx(errors["base"], rel=1e-9)
+
+
+@pytest.mark.parametrize("solver,options", [("ipndm", {}), ("deis", {"order": 3})])
+def test_self_taught_joint_fit_beats_the_base_solver_on_fresh_noise(gmm, solver, options):
+    """The case the greedy fit gets wrong: iPNDM and DEIS-3 taught by themselves (Supp. 11) at NFE 10 on
+    the DDPM schedule. Greedy lands farther from the exact ODE solution than the base solver; joint closer."""
+    sched = SCHEDULES["vp"]
+    den = gmm.denoiser(sched, "eps")
+    fit_noise, fresh = make_noise(100, seed=10), make_noise(200, seed=11)
+    plan = make_plan(sched, solver, 10, None, options)
+    exact = gmm.reference(fresh, sched, plan.start.t, plan.landing_times[-1])
+    greedy = dode.distill(den, fit_noise, solver, 10, teacher=solver, **options)
+    joint = dode.distill(den, fit_noise, solver, 10, teacher=solver, fit="joint", **options)
+
+    def error(lam):
+        x = dode.sample(den, fresh, solver, 10, lambdas=lam, **options)
+        return float((x - exact).norm(dim=1).mean())
+
+    base_err, greedy_err, joint_err = error(None), error(greedy), error(joint)
+    assert greedy_err > base_err, "the greedy fit is expected to hurt here (the reason for the joint fit)"
+    assert joint_err < 0.97 * base_err, (base_err, greedy_err, joint_err)
+
+
+def test_landing_weight_adds_the_landing_states_to_the_objective(gmm):
+    sched = SCHEDULES["vp"]
+    den = gmm.denoiser(sched, "eps")
+    noise = make_noise(16, seed=5)
+    w = 0.5
+    lam = dode.distill(
+        den, noise, "ddim", 4, K=3, fit="joint", fit_options={"landing_weight": w, "max_iter": 2}
+    )
+    plan = make_plan(sched, "ddim", 4)
+    _, targets = teacher_targets(den, noise, plan, 3)
+    tr = dode.sample(den, noise, "ddim", 4, lambdas=lam, trajectory=True)
+    final = _distance(tr.x, targets[plan.landing_times[-1]])
+    landing = np.mean([_distance(tr.states[k + 1], targets[t]) for k, t in enumerate(plan.landing_times)])
+    assert lam.info["objective_joint"] == pytest.approx(final + w * landing, rel=1e-9)
+    assert lam.info["objective_joint"] <= lam.info["objective_greedy"]
+
+
+def test_joint_lambdas_round_trip_and_refuse_bad_options(gmm, tmp_path):
+    den = gmm.denoiser(SCHEDULES["vp"], "x0")
+    noise = make_noise(8, seed=6)
+    lam = dode.distill(den, noise, "dpm_solver++", 4, K=2, fit="joint", fit_options={"max_iter": 1})
+    back = dode.Lambdas.load(lam.save(tmp_path / "joint.nc"))
+    assert back.fit == "joint"
+    np.testing.assert_array_equal(back.values, lam.values)
+    assert back.info["joint_sampling_runs"] == lam.info["joint_sampling_runs"] > 0
+    with pytest.raises(ValueError, match="fit_options"):
+        dode.distill(den, noise, "ddim", 4, fit="joint", fit_options={"iterations": 3})
+    with pytest.raises(ValueError, match="fit_options"):
+        dode.distill(den, noise, "ddim", 4, fit="ls", fit_options={"max_iter": 3})
+    with pytest.raises(ValueError, match="fit must be one of"):
+        dode.distill(den, noise, "ddim", 4, fit="newton")
+    with pytest.raises(ValueError, match="landing_weight"):
+        dode.distill(den, noise, "ddim", 4, fit="joint", fit_options={"landing_weight": -1.0})
+    with pytest.raises(ValueError, match="constant"):
+        dode.joint.joint_fit(den, noise, dode.Lambdas.constant_value(0.1), {})
+
+
+def test_joint_fit_is_deterministic(gmm):
+    den = gmm.denoiser(SCHEDULES["edm"], "eps")
+    noise = make_noise(8, seed=7)
+    a = dode.distill(den, noise, "ipndm", 4, K=2, fit="joint", fit_options={"max_iter": 2})
+    b = dode.distill(den, noise, "ipndm", 4, K=2, fit="joint", fit_options={"max_iter": 2})
+    torch.testing.assert_close(torch.from_numpy(a.values), torch.from_numpy(b.values), rtol=0, atol=0)
+
+
+def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_path):
+    from dode.companion import experiments as ex
+    from dode.companion.results import ResultStore
+
+    assert [
+        ex.teacher_of(lb, "paper") for lb in ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
+    ] == [
+        "ddim",
+        "ipndm",
+        "deis",
+        "ddim",
+        "ddim",
+    ]
+    assert ex.teacher_of("ipndm", None) is None and ex.teacher_of("ipndm", "ddim") == "ddim"
+    den = dode.zoo.load("digits-eps-mini")
+    metric = dode.metrics.FD(batch_size=16)
+    methods = ["base", "d-ode", "d-ode-joint"]
+    dims = ex.sweep_dims(["deis3"], [3], methods, [0])
+    store = ResultStore(tmp_path / "s.nc", dims, {"k": 1})
+    ex.quality_sweep(
+        store,
+        den,
+        metric,
+        "fd",
+        solvers=["deis3"],
+        nfes=[3],
+        seeds=[0],
+        methods=methods,
+        K=2,
+        B=4,
+        n_samples=16,
+        batch_size=16,
+        teacher="paper",
+        progress=False,
+    )
+    shape = ex.sample_shape(den)
+    fit_noise = ex.noise(0, "fit", 4, shape)
+    for method, fit in (("d-ode", "ls"), ("d-ode-joint", "joint")):
+        expected = dode.distill(den, fit_noise, "deis", 3, 2, teacher="deis", fit=fit, order=3)
+        stored = np.asarray(store.get("lambdas", solver="deis3", method=method, nfe=3, seed=0))[:3]
+        np.testing.assert_allclose(stored[:, : expected.values.shape[1]], expected.values, rtol=1e-6)
+
+
+def test_a_trial_step_that_diverges_is_rejected_not_fatal(gmm, monkeypatch):
+    import dode.joint as joint_module
+
+    den = gmm.denoiser(SCHEDULES["vp"], "eps")
+    noise = make_noise(16, seed=8)
+    nfe = 4
+    real_sample = joint_module.sample
+    calls = {"n": 0}
+
+    def diverging_first_trial(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == nfe + 3:  # greedy, zero, the nfe Jacobian columns, then the first trial step
+            raise FloatingPointError("non-finite network output")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(joint_module, "sample", diverging_first_trial)
+    lam = dode.distill(den, noise, "ddim", nfe, K=3, fit="joint", fit_options={"max_iter": 2})
+    assert calls["n"] > nfe + 3
+    assert lam.info["objective_joint"] <= min(lam.info["objective_greedy"], lam.info["objective_base"])

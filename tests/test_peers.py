@@ -1,0 +1,167 @@
+"""The peers page's machinery: diffusers' schedulers driven on a dode Denoiser, against dode's own solvers."""
+
+import pytest
+import torch
+from conftest import SCHEDULES, make_noise
+
+import dode
+from dode.companion import peers
+
+
+@pytest.fixture
+def den(gmm):
+    return gmm.denoiser(SCHEDULES["vp"], "eps")
+
+
+def _diffusers_times(den, steps, lower_order_final):
+    base = peers.make_scheduler("dpmpp_2m_sigma_min", den)
+    scheduler = type(base).from_config(base.config, lower_order_final=lower_order_final)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10, 20])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_dode_dpm_solver_pp_is_diffusers_dpm_solver_multistep_on_the_same_timesteps(
+    den, steps, lower_order_final
+):
+    """Same network, noise and timesteps (diffusers' linspace times, then t = 0 as dode's VP grids end):
+    dode's DPM-Solver++(2M) and diffusers' DPMSolverMultistepScheduler agree to diffusers' float32
+    coefficients, with and without the first-order final step below 15 steps (``lower_order_final``)."""
+    noise = make_noise(32, seed=2)
+    scheduler = _diffusers_times(den, steps, lower_order_final)
+    grid = torch.tensor([*scheduler.timesteps.tolist(), 0.0], dtype=torch.float64)
+    x = noise.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(den(x, float(t)), t, x).prev_sample
+    y = dode.sample(den, noise, "dpm_solver++", steps, grid=grid, lower_order_final=lower_order_final)
+    assert float((x - y).abs().max()) < 1e-3
+    if steps < 15:  # the option matters there: the two last steps differ by far more than the agreement
+        other = dode.sample(
+            den, noise, "dpm_solver++", steps, grid=grid, lower_order_final=not lower_order_final
+        )
+        assert float((x - other).abs().max()) > 1e-2
+
+
+def test_the_first_order_final_step_is_the_better_default_on_the_exact_mixture(gmm, den):
+    noise = make_noise(200, seed=3)
+    exact = gmm.reference(noise, den.schedule, den.schedule.t_max, 0.0)
+    errors = {
+        lof: float(
+            (dode.sample(den, noise, "dpm_solver++", 10, lower_order_final=lof) - exact).norm(dim=1).mean()
+        )
+        for lof in (True, False)
+    }
+    assert errors[True] < errors[False], errors
+    assert dode.make_plan(den.schedule, "dpm_solver++", 10).options == {"lower_order_final": True}
+
+
+@pytest.mark.parametrize("peer", sorted(peers.PEERS))
+def test_every_peer_runs_counts_its_network_evaluations_and_starts_from_the_same_noise(
+    den, peer, monkeypatch
+):
+    noise = make_noise(16, seed=4)
+    seen = []
+    real = den.fn
+
+    def spy(x, t, **kw):
+        seen.append(x.detach().clone())
+        return real(x, t, **kw)
+
+    monkeypatch.setattr(den, "fn", spy)
+    x, calls = peers.diffusers_sample(den, noise, peer, 5)
+    assert calls == len(seen) == 5
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(seen[0].to(torch.float64), noise.to(seen[0].dtype).to(torch.float64))
+
+
+def test_sampler_names_are_checked(den):
+    assert peers.parse_sampler("diffusers:unipc_bh1") == {"family": "diffusers", "peer": "unipc_bh1"}
+    assert peers.parse_sampler("dode:deis3:logsnr_uniform:d-ode-joint")["method"] == "d-ode-joint"
+    for bad in ("diffusers:euler", "dode:deis3:time_uniform", "dode:deis3:time_uniform:greedy", "k:x"):
+        with pytest.raises(ValueError, match="sampler must be"):
+            peers.parse_sampler(bad)
+    with pytest.raises(ValueError, match="peer must be one of"):
+        peers.make_scheduler("euler", den)
+    with pytest.raises(ValueError, match="discrete VP noise-prediction"):
+        peers.make_scheduler("ddim", den.__class__(den.fn, SCHEDULES["edm"], "eps"))
+
+
+def _peers_results(values: dict):
+    import xarray as xr
+
+    names = list(values)
+    return xr.Dataset(
+        {"fd": (("sampler", "nfe"), [values[n] for n in names])}, coords={"sampler": names, "nfe": [5, 10]}
+    )
+
+
+def test_best_choice_says_where_a_d_solver_wins_and_where_it_does_not():
+    from dode.companion import claims
+
+    ds = _peers_results(
+        {
+            "diffusers:unipc_bh1": [4.5, 0.9],
+            "dode:dpm_solver++:time_uniform:base": [6.0, 0.6],
+            "dode:dpm_solver++:time_uniform:d-ode": [1.6, 0.7],
+            "dode:dpm_solver++:time_uniform:d-ode-joint": [1.2, float("nan")],
+        }
+    )
+    verdict = claims.check_best_choice({"13_peers": ds})
+    assert verdict.verdict == "partly"
+    assert "NFE 5: D-ODE is the best choice" in verdict.evidence
+    assert "NFE 10: D-ODE is not the best choice" in verdict.evidence
+    assert "(joint fit)" in verdict.evidence.splitlines()[1]  # the joint D-solver was the best at NFE 5
+    assert claims.check_best_choice({}).verdict == "not run"
+    joint = claims.check_joint_fit({"13_peers": ds})
+    assert joint.verdict == "not run"  # the exact test bed decides; digits only add evidence
+
+
+def test_joint_fit_finding_reads_the_exact_test_bed():
+    import numpy as np
+    import xarray as xr
+
+    from dode.companion import claims
+
+    # base, greedy, joint for one solver at two NFEs, DDIM and self teachers
+    d = np.full((1, 1, 3, 2, 2), np.nan)
+    d[0, 0, 0] = [[0.13, 0.07], [0.13, 0.07]]  # base (stored under both teachers)
+    d[0, 0, 1] = [[0.14, 0.10], [0.14, 0.08]]  # greedy: worse than base
+    d[0, 0, 2] = [[0.12, 0.08], [0.12, 0.06]]  # joint: better than greedy, better than base when self-taught
+    ds = xr.Dataset(
+        {"distance_fresh": (("schedule", "solver", "method", "teacher", "nfe"), d)},
+        coords={
+            "schedule": ["vp"],
+            "solver": ["ipndm"],
+            "method": ["base", "d-ode", "d-ode-joint"],
+            "teacher": ["ddim", "self"],
+            "nfe": [10, 12],
+        },
+    )
+    verdict = claims.check_joint_fit({"12_exact_testbed": ds})
+    assert verdict.verdict == "reproduced", verdict.evidence
+    assert "greedy worse than base in 2 cells, joint better than base in 2 of them" in verdict.evidence
+    d[0, 0, 2, 1, 1] = 0.09  # the self-taught joint fit at NFE 12 now worse than greedy and base
+    assert claims.check_joint_fit({"12_exact_testbed": ds}).verdict == "partly"
+
+
+def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
+    import xarray as xr
+
+    from dode.companion import experiments as ex
+    from dode.companion.protocols import PROTOCOLS
+
+    samplers = ["diffusers:dpmpp_2m", "dode:dpm_solver++:time_uniform:base"]
+    values = []
+    for batch_size in (48, 20):
+        cfg = ex.settings(PROTOCOLS["13_peers"], "smoke", samplers=samplers, batch_size=batch_size)
+        path = peers.peers_sweep("13_peers", cfg, tmp_path / str(batch_size), progress=False)
+        with xr.open_dataset(path) as ds:
+            values.append(ds["fd"].values)
+            assert (ds["network_evaluations"].values == 3).all()
+    torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)
+
+
+def test_lower_order_final_must_be_a_bool(den):
+    with pytest.raises(ValueError, match="lower_order_final must be True or False"):
+        dode.sample(den, make_noise(2), "dpm_solver++", 5, lower_order_final="yes")
