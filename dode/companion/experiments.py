@@ -27,7 +27,6 @@ from dode.sampling import sample
 __all__ = [
     "PROFILES",
     "SOLVER_LABELS",
-    "METHOD_LABELS",
     "check_profile",
     "settings",
     "noise",
@@ -66,29 +65,6 @@ SOLVER_LABELS: dict[str, tuple[str, dict]] = {
     "dpm_solver++": ("dpm_solver++", {}),
     "edm": ("edm", {}),
 }
-PRETTY = {
-    "ddim": "DDIM",
-    "ipndm": "iPNDM",
-    "deis3": "DEIS-3",
-    "deis2": "DEIS-2",
-    "dpm_solver3": "DPM-Solver-3",
-    "dpm_solver2": "DPM-Solver-2",
-    "dpm_solver++": "DPM-Solver++(2M)",
-    "edm": "EDM (Heun)",
-}
-#: method -> how a sample is produced: "base" (the plain solver) or a D-ODE variant fitted by distill
-METHOD_LABELS = {
-    "base": "base",
-    "d-ode": "D-",
-    "d-ode-2": "D-…-2",
-    "sep": "D-…-Sep",
-    "all": "D-…-All",
-    "d-ode-per-stage": "D-… (λ per stage)",
-    "d-ode-joint": "D-… (joint fit)",
-    "fixed": "Fixed-D-",
-    "lookahead": "LA-",
-}
-
 _CHUNK = 256
 _PURPOSES = {"fit": 1, "eval": 2, "reference": 3, "figure": 4}
 _LABELS = 1000  # offset of the class-label streams' SeedSequence tag from the noise streams'

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dode.companion import experiments as ex
+from dode.companion.labels import method_label
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.sampling import sample
@@ -117,8 +118,6 @@ def parse_sampler(name: str) -> dict:
 
 def sampler_label(name: str) -> str:
     """What a figure calls a sampler."""
-    from dode.companion.plots import method_label
-
     p = parse_sampler(name)
     if p["family"] == "diffusers":
         return f"diffusers {PEER_LABELS[p['peer']]}"
@@ -142,12 +141,12 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
 
     for name in cfg["samplers"]:
         parse_sampler(name)
-    den = ex.load_model(cfg["model"], device=cfg["device"], **(cfg.get("model_options") or {}))
-    metric_name, metric = ex.make_metric(den, device=cfg["device"])
+    den = ex.load_model(cfg["model"], device=cfg["device"], model_options=cfg.get("model_options"))
+    metric_name, metric = ex.make_metric(den, device=cfg["device"], fid_stats=cfg.get("fid_stats"))
     shape = ex.sample_shape(den)
     dims = {"sampler": list(cfg["samplers"]), "nfe": list(cfg["nfes"])}
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "seed")} | {"metric": metric_name}
-    store = ex.open_store(results_dir, stem, dims, key, cfg, den)
+    store = ex.open_store(results_dir, stem, dims, key, cfg, {den.name: ex.identity(den, metric)})
     units = [(s, n) for s in cfg["samplers"] for n in cfg["nfes"]]
     for name, nfe in tqdm(units, desc="samplers", disable=not progress):
         cell = {"sampler": name, "nfe": nfe}

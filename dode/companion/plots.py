@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from dode.companion.experiments import PRETTY
+from dode.companion.labels import SOLVER_NAMES, method_label
 
 __all__ = [
     "style",
@@ -19,7 +19,6 @@ __all__ = [
     "mean_std_table",
     "image_grid",
     "show_images",
-    "method_label",
     "sweep_table",
     "paired_gain",
     "plot_lambdas",
@@ -59,21 +58,6 @@ def style() -> None:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
-
-
-def method_label(solver: str, method: str) -> str:
-    """``DDIM`` / ``D-DDIM`` / ``D-DDIM-Sep``..., following the paper's names."""
-    name = PRETTY.get(solver, solver)
-    return {
-        "base": name,
-        "d-ode": f"D-{name}",
-        "d-ode-2": f"D-{name}-2",
-        "sep": f"D-{name}-Sep",
-        "all": f"D-{name}-All",
-        "d-ode-joint": f"D-{name} (joint fit)",
-        "fixed": f"Fixed-D-{name}",
-        "lookahead": f"LA-{name}",
-    }.get(method, f"{name} ({method})")
 
 
 def mean_std(da, dim: str = "seed"):
@@ -156,7 +140,7 @@ def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, lo
                 label=method_label(solver, method),
                 **st,
             )
-        ax.set_title(PRETTY.get(solver, solver) + (f" · {model}" if model else ""))
+        ax.set_title(SOLVER_NAMES.get(solver, solver) + (f" · {model}" if model else ""))
         ax.set_xlabel("NFE")
         if logy:
             ax.set_yscale("log")
@@ -231,7 +215,7 @@ def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_
     for solver in ds.coords["solver"].values.tolist():
         table = mean_std_table(ds, var, rows="method", cols="nfe", fixed={"solver": solver}, digits=digits)
         methods = list(table.index)
-        table.index = pd.MultiIndex.from_tuples([(PRETTY.get(solver, solver), m) for m in methods])
+        table.index = pd.MultiIndex.from_tuples([(SOLVER_NAMES.get(solver, solver), m) for m in methods])
         if paper:
             table["paper"] = [" / ".join(f"{v:g}" for v in paper.get((solver, m), ())) for m in methods]
         frames.append(table)
@@ -265,7 +249,7 @@ def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits:
                 spread = "" if not np.isfinite(s) else f" ± {s:.{digits}f}"
                 cells.append(f"{m:+.{digits}f}{spread} ({w}/{c})")
         rows.append(cells)
-        index.append(PRETTY.get(solver, solver))
+        index.append(SOLVER_NAMES.get(solver, solver))
     return pd.DataFrame(rows, index=index, columns=[f"NFE {n}" for n in ds.coords["nfe"].values.tolist()])
 
 
@@ -290,7 +274,7 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
             marker="o",
             markersize=3,
             capsize=2,
-            label=PRETTY.get(solver, solver) + (f" · {model}" if model else ""),
+            label=SOLVER_NAMES.get(solver, solver) + (f" · {model}" if model else ""),
         )
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_xlabel("network evaluation k")
@@ -322,7 +306,7 @@ def timing_table(ds):
             )
             base = ds["sample_seconds"].sel(sel).sel({"method": "base"}).mean("seed").item()
             if np.isfinite(base):
-                rows.append((PRETTY.get(solver, solver), nfe, fit, base))
+                rows.append((SOLVER_NAMES.get(solver, solver), nfe, fit, base))
     columns = ["solver", "NFE", "fit: teacher + student run (s)", "sampling the evaluation set (s)"]
     return pd.DataFrame(rows, columns=columns).round(2).set_index(["solver", "NFE"])
 
@@ -528,7 +512,7 @@ def distance_table(ds):
     rows = []
     for solver in ds.coords["solver"].values.tolist():
         for nfe in ds.coords["nfe"].values.tolist():
-            row = {"solver": PRETTY.get(solver, solver), "NFE": nfe}
+            row = {"solver": SOLVER_NAMES.get(solver, solver), "NFE": nfe}
             for method in ds.coords["method"].values.tolist():
                 d = _cell(ds, "distance", solver, nfe, method)
                 t = _cell(ds, "state_time", solver, nfe, method).values
@@ -562,7 +546,7 @@ def sample_distance_table(ds):
         model, solver = panel.rsplit("/", 1)
         ref = _trim_padding(ds["reference"].sel({"model": model}).values)
         for nfe in ds.coords["nfe"].values.tolist():
-            row = {"model": model, "solver": PRETTY.get(solver, solver), "NFE": nfe}
+            row = {"model": model, "solver": SOLVER_NAMES.get(solver, solver), "NFE": nfe}
             for method in ds.coords["method"].values.tolist():
                 x = ds["samples"].sel({"panel": panel, "method": method, "nfe": nfe}).values
                 if not np.isfinite(x).any():
@@ -624,7 +608,7 @@ def sample_grids(ds, panel: str, n_show: int = 4):
         for method in ds.coords["method"].values.tolist():
             images = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show]
             rows.append((f"{method_label(solver, method)}\nNFE {nfe}", images))
-    pretty = PRETTY.get(solver, solver)
+    pretty = SOLVER_NAMES.get(solver, solver)
     return _closeups(rows, ref, f"{model}: {pretty} vs D-{pretty}")
 
 
@@ -637,7 +621,9 @@ def trajectory_finals(ds, solver: str, nfe: int, methods, n_show: int = 4):
         images = _trim_padding(ds["final"].sel({"solver": solver, "nfe": nfe, "method": method}).values)
         rows.append((_traj_label(solver, method, nfe), images[:n_show]))
     pixels = np.asarray(ds["pixel_position"].values, dtype=int)
-    return _closeups(rows, rows[0][1], f"{PRETTY.get(solver, solver)}, NFE {nfe}: the samples", pixels=pixels)
+    return _closeups(
+        rows, rows[0][1], f"{SOLVER_NAMES.get(solver, solver)}, NFE {nfe}: the samples", pixels=pixels
+    )
 
 
 def _cell_text(mean: float, std: float, digits: int) -> str:
@@ -881,7 +867,7 @@ def summary_figure(results: dict, ncols: int = 4):
         var = "fid" if "fid" in ds else "fd"
         metric_vs_nfe(ds, var, solvers=[solver], methods=["base", "d-ode"], axes=[ax])
         model = json.loads(ds.attrs["model"]).get("name", "")
-        ax.set_title(f"{PRETTY.get(solver, solver)} · {model}", fontsize=9)
+        ax.set_title(f"{SOLVER_NAMES.get(solver, solver)} · {model}", fontsize=9)
         ax.set_ylabel(var.upper())
     for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")

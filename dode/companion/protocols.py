@@ -41,19 +41,18 @@ _CURVE_NFES = [3, 4, 5, 7, 10, 20]
 _CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None, joint=()):
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None):
     """A quality sweep's three profiles; ``key="models"`` takes a list of models per profile (the results
     file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings);
-    ``cpu`` overrides the cpu profile's table (the curves of 02-04); ``joint``: the profiles that add the
-    joint fit (d-ode-joint) beside the paper's greedy one. Teachers are the paper's (Supp. 11): iPNDM and
-    DEIS teach themselves, the other solvers are taught by DDIM."""
+    ``cpu`` overrides the cpu profile's table (the curves of 02-04). Teachers are the paper's (Supp. 11):
+    iPNDM and DEIS teach themselves, the other solvers are taught by DDIM."""
     tables = {"smoke": _SWEEP_SMOKE, "cpu": {**_SWEEP_CPU, **(cpu or {})}, "paper": _SWEEP_PAPER}
     out = {
         profile: {
             key: model,
             "solvers": solvers,
             "nfes": nfes[profile],
-            "methods": [*methods, *(["d-ode-joint"] if profile in joint else [])],
+            "methods": list(methods),
             "teacher": "paper",
             **table,
         }
@@ -101,10 +100,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         key="models",
         per_model=_PAPER_PER_MODEL,
         cpu=_CURVE_CPU,
-        # the joint fit costs tens of greedy fits (dode.joint): neither within the cpu book's half hour nor
-        # cheap at NFE 50 on CIFAR-10 (it would more than double this notebook's paper-profile evaluations);
-        # the peers page (13) has joint cells on digits. Add it with -y 'methods: [base, d-ode, d-ode-joint]'
-        joint=("smoke",),
+        # no joint fit (d-ode-joint) here: it costs tens of greedy fits (dode.joint), neither within the cpu
+        # book's half hour nor cheap at NFE 50 on CIFAR-10; pages 12 and 13 have joint cells on the test bed
+        # and on digits, tests/test_joint.py runs it through this sweep. Add it with
+        # -y '{methods: [base, d-ode, d-ode-joint]}'
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(

@@ -123,7 +123,7 @@ def testbed_figure(ds, schedule: str, var: str = "distance_fresh"):
     D-solvers taught by DDIM (dashed) and by the solver itself (solid)."""
     import matplotlib.pyplot as plt
 
-    from dode.companion.experiments import PRETTY
+    from dode.companion.labels import SOLVER_NAMES
 
     solvers = ds.coords["solver"].values.tolist()
     fig, axes = plt.subplots(1, len(solvers), figsize=(3.0 * len(solvers), 3.0), sharey=True, squeeze=False)
@@ -148,7 +148,7 @@ def testbed_figure(ds, schedule: str, var: str = "distance_fresh"):
         ax.set_yscale("log")
         ax.set_xticks(nfes, [str(n) for n in nfes])
         ax.minorticks_off()
-        ax.set_title(PRETTY.get(label, label), fontsize=10)
+        ax.set_title(SOLVER_NAMES.get(label, label), fontsize=10)
         ax.set_xlabel("NFE")
     axes[0][0].set_ylabel("mean L2 distance to the exact solution")
     handles = {}

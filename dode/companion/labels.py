@@ -1,0 +1,30 @@
+"""What figures and tables call solvers and methods: the paper's names (DDIM, D-DDIM, D-DDIM-Sep, ...)."""
+
+__all__ = ["SOLVER_NAMES", "method_label"]
+
+#: solver label of the sweeps (``experiments.SOLVER_LABELS``) -> the name the paper gives it
+SOLVER_NAMES = {
+    "ddim": "DDIM",
+    "ipndm": "iPNDM",
+    "deis3": "DEIS-3",
+    "deis2": "DEIS-2",
+    "dpm_solver3": "DPM-Solver-3",
+    "dpm_solver2": "DPM-Solver-2",
+    "dpm_solver++": "DPM-Solver++(2M)",
+    "edm": "EDM (Heun)",
+}
+
+
+def method_label(solver: str, method: str) -> str:
+    """``DDIM`` / ``D-DDIM`` / ``D-DDIM-Sep``..., following the paper's names."""
+    name = SOLVER_NAMES.get(solver, solver)
+    return {
+        "base": name,
+        "d-ode": f"D-{name}",
+        "d-ode-2": f"D-{name}-2",
+        "sep": f"D-{name}-Sep",
+        "all": f"D-{name}-All",
+        "d-ode-joint": f"D-{name} (joint fit)",
+        "fixed": f"Fixed-D-{name}",
+        "lookahead": f"LA-{name}",
+    }.get(method, f"{name} ({method})")
