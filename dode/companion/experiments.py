@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dode.companion.distributed import World, joined, under_torchrun
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
 from dode.sampling import sample
+
+SINGLE = World()  # one process: every collective is the identity
 
 __all__ = [
     "PROFILES",
@@ -44,6 +47,7 @@ __all__ = [
     "open_store",
     "model_record",
     "run_sweep",
+    "results_path",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -171,6 +175,11 @@ def model_record(den: Denoiser) -> dict:
     return {"name": den.name, **{k: den.info[k] for k in keep if k in den.info}}
 
 
+def results_path(results_dir: str | Path, stem: str) -> Path:
+    """The results file of notebook ``stem``."""
+    return Path(results_dir) / f"{stem}.nc"
+
+
 def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, den: Denoiser | None):
     from dode.companion.results import ResultStore, provenance
 
@@ -178,7 +187,7 @@ def open_store(results_dir: str | Path, stem: str, dims: dict, key: dict, params
     # results of another profile or model are never mixed in (nor overwritten): the store refuses them
     key = {**key, "profile": params["profile"], "model": record}
     return ResultStore(
-        Path(results_dir) / f"{stem}.nc", dims, key, provenance(params["profile"], params, record)
+        results_path(results_dir, stem), dims, key, provenance(params["profile"], params, record)
     )
 
 
@@ -237,10 +246,15 @@ def sample_batches(
     grid=None,
     device="cpu",
     purpose: str = "eval",
+    world: World = SINGLE,
 ) -> Iterable[tuple[torch.Tensor, float]]:
-    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``."""
+    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``.
+
+    The samples are cut into fixed batches of ``batch_size`` and the batches dealt to the ranks of
+    ``world`` in turn (batch ``b`` to rank ``b mod size``), so no sample's batch depends on the number of
+    processes (as EDM's ``generate.py`` deals its seeds)."""
     solver, options = solver_spec(label)
-    for start in range(0, n_samples, batch_size):
+    for start in range(world.rank * batch_size, n_samples, world.size * batch_size):
         z = noise(seed, purpose, min(batch_size, n_samples - start), shape, start=start, device=device)
         t0 = time.perf_counter()
         x = sample(den, z, solver, nfe, grid=grid, lambdas=lambdas, **options)
@@ -249,15 +263,26 @@ def sample_batches(
         yield x.float(), time.perf_counter() - t0
 
 
-def sample_stats(den: Denoiser, metric, label: str, nfe: int, **kwargs):
-    """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time."""
+def sample_stats(den: Denoiser, metric, label: str, nfe: int, *, world: World = SINGLE, **kwargs):
+    """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time.
+
+    With several ranks, each samples its batches (:func:`sample_batches`) and computes their features where
+    they are; rank 0 gathers one batch per rank at a time and accumulates them in batch order, so it adds
+    exactly the batches a single process adds, in the same order, and the statistics are bit-identical.
+    The seconds are summed over the ranks (device-seconds). Rank 0 gets the statistics, the others None."""
     from dode.metrics import FeatureStats
 
     stats, seconds = FeatureStats(), 0.0
-    for x, dt in sample_batches(den, label, nfe, **kwargs):
-        seconds += dt
-        stats.update(metric.features(x))
-    return stats, seconds
+    batches = iter(sample_batches(den, label, nfe, world=world, **kwargs))
+    n_batches = -(-kwargs["n_samples"] // kwargs["batch_size"])
+    for _ in range(-(-n_batches // world.size)):  # rounds of one batch per rank (the last may be short)
+        batch = next(batches, None)
+        mine = (metric.features(batch[0]), batch[1]) if batch is not None else (None, 0.0)
+        for features, dt in world.gather(mine) or []:  # in rank order = batch order
+            seconds += dt
+            if features is not None:
+                stats.update(features)
+    return (stats if world.is_main else None), seconds
 
 
 def _nfes_for(nfes, label: str) -> list[int]:
@@ -379,6 +404,7 @@ def quality_sweep(
     fit: str = "ls",
     device="cpu",
     progress: bool = True,
+    world: World = SINGLE,
 ) -> None:
     """Fill ``store`` with the sample quality of every (solver, method, NFE, seed[, point]); skip finished cells.
 
@@ -391,6 +417,11 @@ def quality_sweep(
     points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
     on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
     once, so an interrupted sweep resumes.
+
+    With several ranks (``world``, see :mod:`dode.companion.distributed`) every rank runs this loop over the
+    same units; rank 0 alone holds ``store`` (the others pass None): it decides which units are done, fits
+    the lambdas once (or reads them back) and broadcasts them, and computes and writes the metric from the
+    features every rank gathers to it (:func:`sample_stats`).
     """
     from tqdm import tqdm
 
@@ -400,43 +431,21 @@ def quality_sweep(
     shape = sample_shape(den)
     units = _work_units(solvers, nfes, seeds, methods, points)
     teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
-    bar = tqdm(units, desc="runs", disable=not progress)
+    bar = tqdm(units, desc="runs", disable=not (progress and world.is_main))
     for cell, method, params, pts in bar:
         cells = [{**cell, "method": method, **p} for p in pts]
-        if all(store.has(metric_name, **c) for c in cells):
+        if world.broadcast(world.is_main and all(store.has(metric_name, **c) for c in cells)):
             continue
         bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in {**cell, "method": method, **params}.items()))
         kind, lam = method_kind(method), None
         if kind == "fitted":
-            k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
-            if store.has("lambdas", **cells[0]):
-                lam = _stored_lambdas(store, den, cells[0], k_fit, b_fit, grid, teacher, fit)
-            else:
-                tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
-                if tkey not in teachers:
-                    teachers.clear()  # only the current cell's teacher runs are kept
-                    teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, teacher, device)
-                targets, teacher_secs = teachers[tkey]
-                lam, secs = fit_lambdas(
-                    den,
-                    cell["solver"],
-                    cell["nfe"],
-                    seed=cell["seed"],
-                    K=k_fit,
-                    B=b_fit,
-                    shape=shape,
-                    variant=FITTED_METHODS[method][0],
-                    stages=FITTED_METHODS[method][1],
-                    grid=grid,
-                    teacher=teacher,
-                    fit=fit,
-                    device=device,
-                    targets=targets,
+            # fitted once, on rank 0, and broadcast: every rank samples with the same lambdas
+            fitted = None
+            if world.is_main:
+                fitted = _unit_lambdas(
+                    store, den, cell, method, cells, params, K, B, shape, grid, teacher, fit, device, teachers
                 )
-                with store.together():
-                    for c in cells:  # the fit's cost includes its (shared) teacher run
-                        store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), **c)
-                        store.put("fit_seconds", secs + teacher_secs, **c)
+            lam = world.broadcast(fitted)
         elif kind == "constant":
             lam = Lambdas.constant_value(float(params["lambda_value"]), space=CONSTANT_METHODS[method])
         stats, secs = sample_stats(
@@ -451,12 +460,48 @@ def quality_sweep(
             lambdas=lam,
             grid=grid,
             device=device,
+            world=world,
         )
-        value = metric(stats)
-        with store.together():
-            for c in cells:
-                store.put("sample_seconds", secs, **c)
-                store.put(metric_name, value, **c)
+        if world.is_main:
+            value = metric(stats)
+            with store.together():
+                for c in cells:
+                    store.put("sample_seconds", secs, **c)
+                    store.put(metric_name, value, **c)
+
+
+def _unit_lambdas(store, den, cell, method, cells, params, K, B, shape, grid, teacher, fit, device, teachers):
+    """The lambdas of a fitted unit: read back from ``store``, or fitted (sharing the cell's teacher run with
+    the other variants through ``teachers``) and stored at every point of the unit."""
+    k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
+    if store.has("lambdas", **cells[0]):
+        return _stored_lambdas(store, den, cells[0], k_fit, b_fit, grid, teacher, fit)
+    tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
+    if tkey not in teachers:
+        teachers.clear()  # only the current cell's teacher runs are kept
+        teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, teacher, device)
+    targets, teacher_secs = teachers[tkey]
+    lam, secs = fit_lambdas(
+        den,
+        cell["solver"],
+        cell["nfe"],
+        seed=cell["seed"],
+        K=k_fit,
+        B=b_fit,
+        shape=shape,
+        variant=FITTED_METHODS[method][0],
+        stages=FITTED_METHODS[method][1],
+        grid=grid,
+        teacher=teacher,
+        fit=fit,
+        device=device,
+        targets=targets,
+    )
+    with store.together():
+        for c in cells:  # the fit's cost includes its (shared) teacher run
+            store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), **c)
+            store.put("fit_seconds", secs + teacher_secs, **c)
+    return lam
 
 
 def _teacher_run(den, cell, K, B, shape, grid, teacher, device):
@@ -530,31 +575,51 @@ def sweep_points(cfg: dict) -> list[dict]:
     return points
 
 
-def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
+def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True, nproc: int = 1) -> Path:
     """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
 
     ``cfg`` needs ``model, solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and may set
     ``model_options`` (for :func:`dode.zoo.load`), ``grid``, ``teacher``, ``fit`` and the extra sweep dimensions
     of :func:`sweep_points` (``K_values``, ``B_values``, ``lambda_values``). Returns the results file, from which
     the notebook draws its figures.
+
+    ``nproc > 1`` runs the sweep in that many processes on this node: ``python -m dode.sweep`` under torchrun,
+    as a subprocess whose progress goes to the terminal, not into a notebook (book/gpu.md). Under torchrun
+    (that command) each process is one rank of the sweep; the results do not depend on their number.
     """
-    den = load_model(cfg["model"], device=cfg["device"], **(cfg.get("model_options") or {}))
-    metric_name, metric = make_metric(den, device=cfg["device"])
-    points = _check_points(sweep_points(cfg), cfg["methods"])
-    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
-    key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
-    store = open_store(results_dir, stem, dims, key, cfg, den)
-    quality_sweep(
-        store,
-        den,
-        metric,
-        metric_name,
-        **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")},
-        points=points,
-        grid=cfg.get("grid"),
-        teacher=cfg.get("teacher"),
-        fit=cfg.get("fit", "ls"),
-        device=cfg["device"],
-        progress=progress,
-    )
-    return store.path
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive number of processes, got {nproc!r}")
+    if nproc > 1 and not under_torchrun():
+        from dode.companion.sweep import launch
+
+        launch(stem, cfg, results_dir, nproc)
+        return results_path(results_dir, stem)
+    with joined(cfg["device"]) as world:
+        device = world.device(cfg["device"])
+        den = load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
+        metric_name, metric = make_metric(den, device=device)
+        points = _check_points(sweep_points(cfg), cfg["methods"])
+        dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
+        key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {
+            "metric": metric_name
+        }
+        # rank 0 alone reads and writes the results file
+        store = open_store(results_dir, stem, dims, key, cfg, den) if world.is_main else None
+        quality_sweep(
+            store,
+            den,
+            metric,
+            metric_name,
+            **{
+                k: cfg[k]
+                for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")
+            },
+            points=points,
+            grid=cfg.get("grid"),
+            teacher=cfg.get("teacher"),
+            fit=cfg.get("fit", "ls"),
+            device=device,
+            progress=progress,
+            world=world,
+        )
+    return results_path(results_dir, stem)

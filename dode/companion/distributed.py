@@ -1,0 +1,88 @@
+"""The processes of one sweep: a plain run (one process) or the ranks torchrun starts.
+
+torchrun (``torch.distributed.run``) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every process it
+starts, on one node or several, and its own rendezvous finds the peers; :func:`joined` reads them and opens
+the process group (NCCL on CUDA, gloo on the CPU). Without them it is a world of one process, and every
+collective below is the identity, so the single-process sweep runs through exactly the same code.
+
+Rank 0 is the only one that reads and writes the results file and fits lambdas; it tells the others what it
+decided (:meth:`World.broadcast`) and collects their metric features (:meth:`World.gather`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["World", "joined", "under_torchrun"]
+
+#: how long a rank waits in a collective: rank 0 fits lambdas (a teacher run of K * NFE evaluations on B
+#: noises) and writes the results file while the others wait for its broadcast
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the sweep's processes (``rank`` of ``size``; ``local_rank`` on its node)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """Where this rank computes: ``cuda:LOCAL_RANK`` for a CUDA sweep of several ranks, else ``device``."""
+        if self.size > 1 and torch.device(device).type == "cuda":
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (pickled: lambdas arrive bit for bit)."""
+        if self.size == 1:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list | None:
+        """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the others."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (as one of several ranks)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def joined(device: str) -> Iterator[World]:
+    """The world of this process, with its process group open for the block (none for a single process)."""
+    if not under_torchrun():
+        yield World()
+        return
+    world = World(
+        rank=int(os.environ["RANK"]),
+        size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        # NCCL's object collectives use the current device: each rank its own GPU
+        torch.cuda.set_device(world.local_rank)
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+    try:
+        yield world
+    finally:
+        torch.distributed.destroy_process_group()
