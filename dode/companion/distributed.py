@@ -81,7 +81,19 @@ def joined(device: str) -> Iterator[World]:
     if cuda:
         # NCCL's object collectives use the current device: each rank its own GPU
         torch.cuda.set_device(world.local_rank)
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+    # torchrun's store outlives a restart (--max-restarts) and still holds the dead workers' addresses under
+    # the keys a new group reads: gloo then waits for peers that are gone. Each attempt gets keys of its own.
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", timeout=TIMEOUT))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch.distributed.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        store=torch.distributed.PrefixStore(f"dode-attempt-{attempt}/", store),
+        rank=world.rank,
+        world_size=world.size,
+        timeout=TIMEOUT,
+    )
     try:
         yield world
     finally:

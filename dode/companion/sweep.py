@@ -28,7 +28,7 @@ import yaml
 from dode.companion.experiments import PROFILES, run_sweep, settings
 from dode.companion.protocols import PROTOCOLS
 
-__all__ = ["SWEEPS", "parameters", "main", "launch"]
+__all__ = ["SWEEPS", "parameters", "parser", "main", "launch"]
 
 #: the notebooks whose computation is one quality sweep (dode.companion.experiments.run_sweep)
 SWEEPS = (
@@ -60,7 +60,8 @@ def parameters(params_file: str | Path | None, assignments: list[str]) -> dict:
     return given
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m dode.sweep``."""
     parser = argparse.ArgumentParser(prog="python -m dode.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("stem", choices=SWEEPS, help="the sweep notebook")
     parser.add_argument("--profile", required=True, choices=PROFILES)
@@ -70,11 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="NAME=VALUE", help="one parameter (repeatable)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = parser()
+    args = command.parse_args(argv)
     try:
         cfg = settings(PROTOCOLS[args.stem], args.profile, **parameters(args.params, args.set))
     except ValueError as err:
-        parser.error(str(err))
+        command.error(str(err))
     path = run_sweep(args.stem, cfg, args.results_dir, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"results: {path}")
