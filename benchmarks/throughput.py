@@ -13,10 +13,12 @@ network's rate instead.
 
 ``--random-weights`` builds the model's real architecture with random weights instead of loading the
 checkpoint (``ddpm-cifar10``: the UNet2DModel of google/ddpm-cifar10-32, 35.7M parameters), so the rate can
-be measured before any download::
+be measured before any download. ``--dtype`` and ``--channels-last`` measure what half precision and
+channels-last weights gain (book/gpu.md says what they change)::
 
     python benchmarks/throughput.py --model digits-eps --batch 500 --device cpu
     python benchmarks/throughput.py --model ddpm-cifar10 --random-weights --batch 500 --device cuda --gpus 8
+    python benchmarks/throughput.py --model ddpm-cifar10 --random-weights --batch 500 --device cuda --dtype float16 --channels-last
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 import dode
 from dode import zoo
+from dode.companion.experiments import DTYPES, load_model
 from dode.companion.protocols import PROTOCOLS, network_evaluations
 from dode.companion.sweep import SWEEPS
 
@@ -64,11 +67,11 @@ DDPM_CIFAR10_SCHEDULER = {
 RANDOM_WEIGHTS = {"ddpm-cifar10": (DDPM_CIFAR10_UNET, DDPM_CIFAR10_SCHEDULER)}
 
 
-def load(model: str, device: str, random_weights: bool, folder: Path) -> dode.Denoiser:
+def load(model: str, device: str, random_weights: bool, folder: Path, **options) -> dode.Denoiser:
     """The zoo model, or (``random_weights``) its architecture at random weights, loaded through the zoo
-    from a diffusers folder written into ``folder``."""
+    from a diffusers folder written into ``folder``; ``options`` as a sweep's ``model_options``."""
     if not random_weights:
-        return zoo.load(model, device=device)
+        return load_model(model, device=device, **options)
     if model not in RANDOM_WEIGHTS:
         raise SystemExit(f"--random-weights knows {sorted(RANDOM_WEIGHTS)}, not {model!r}")
     import json
@@ -79,7 +82,7 @@ def load(model: str, device: str, random_weights: bool, folder: Path) -> dode.De
     torch.manual_seed(0)
     UNet2DModel(**unet_config).save_pretrained(folder)
     (folder / "scheduler_config.json").write_text(json.dumps(scheduler_config))
-    return zoo.load(model, path=folder, device=device)
+    return load_model(model, path=folder, device=device, **options)
 
 
 def evaluations_per_second(den: dode.Denoiser, batch: int, nfe: int, repeats: int, device: str) -> float:
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--gpus", type=int, default=8, help="the N of the N-GPU estimate")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="the network's dtype")
+    parser.add_argument("--channels-last", action="store_true", help="the network's weights channels-last")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     for name in ("batch", "nfe", "repeats", "gpus"):
@@ -121,17 +126,19 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="dode-throughput-") as tmp:
-        den = load(args.model, args.device, args.random_weights, Path(tmp))
+        options = {"dtype": args.dtype, "channels_last": args.channels_last}
+        den = load(args.model, args.device, args.random_weights, Path(tmp), **options)
         rate = evaluations_per_second(den, args.batch, args.nfe, args.repeats, args.device)
+        parameters = sum(p.numel() for p in den.fn.parameters()) if isinstance(den.fn, torch.nn.Module) else 0
     weights = "random weights" if args.random_weights else "its weights"
+    weights += f", {den.dtype}".replace("torch.", "") + (", channels-last" if args.channels_last else "")
     print(
-        f"{args.model} ({weights}) on {args.device}, batch {args.batch}, DDIM NFE {args.nfe}, "
-        f"{torch.get_num_threads()} CPU threads: {rate:,.0f} network evaluations/s"
+        f"{args.model} ({weights}, {parameters / 1e6:.2f}M parameters) on {args.device}, batch {args.batch}, "
+        f"DDIM NFE {args.nfe}, {torch.get_num_threads()} CPU threads: {rate:,.0f} network evaluations/s"
     )
-    print(f"\nestimated wall time of the paper profile at {rate:,.0f} evaluations/s")
-    print(
-        f"{'notebook':22s} {'paper model':24s} {'evaluations':>14s} {'1 GPU':>13s} {f'{args.gpus} GPUs':>13s}"
-    )
+    print(f"\nestimated wall time of the paper profile at {rate:,.0f} evaluations/s per device")
+    one, many = "1 device", f"{args.gpus} devices"
+    print(f"{'notebook':22s} {'paper model':24s} {'evaluations':>14s} {one:>13s} {many:>13s}")
     for stem in SWEEPS:
         model = PROTOCOLS[stem]["paper"]["model"]
         try:

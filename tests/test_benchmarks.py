@@ -65,8 +65,9 @@ def _throughput(*args: str) -> str:
     [
         ["--model", "digits-eps", "--batch", "50", "--nfe", "2"],
         ["--model", "ddpm-cifar10", "--random-weights", "--batch", "1", "--nfe", "1"],  # the real U-Net
+        ["--model", "digits-eps", "--batch", "10", "--nfe", "1", "--dtype", "bfloat16", "--channels-last"],
     ],
-    ids=["digits-eps", "ddpm-cifar10-random"],
+    ids=["digits-eps", "ddpm-cifar10-random", "digits-eps-bfloat16-channels-last"],
 )
 def test_throughput_benchmark_reports_a_rate_and_an_estimate_per_sweep(args):
     from dode.companion.protocols import network_evaluations

@@ -269,3 +269,42 @@ def test_every_sweep_command_of_the_gpu_page_parses():
         parsed = sweep.parser().parse_args(words)
         assert parsed.profile == "paper" and parsed.stem in sweep.SWEEPS
         assert sweep.parameters(None, parsed.set) is not None
+
+
+def test_model_options_take_a_dtype_by_name_and_channels_last(monkeypatch):
+    import torch
+
+    import dode
+    from dode import zoo
+    from dode.companion import experiments as ex
+
+    den = ex.load_model("digits-eps-mini", dtype="bfloat16")
+    assert den.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in den.fn.parameters())
+    with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float16', 'float32'\]"):
+        ex.load_model("digits-eps-mini", dtype="half")
+
+    def conv_model(name, device="cpu", dtype=None, **options):  # a network whose layout can be seen
+        return dode.Denoiser(torch.nn.Conv2d(3, 3, 3, padding=1), dode.VPSchedule.linear(), prediction="eps")
+
+    monkeypatch.setattr(zoo, "load", conv_model)
+    weight = ex.load_model("any", channels_last=True).fn.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert ex.precision_key({"dtype": "float16", "channels_last": True}) == {
+        "dtype": "float16",
+        "channels_last": 1,
+    }
+    assert ex.precision_key({"dtype": torch.bfloat16}) == {"dtype": "bfloat16"}
+    assert ex.precision_key({"dtype": "float32", "path": "x"}) == {} == ex.precision_key(None)
+
+
+def test_a_half_precision_sweep_never_mixes_with_a_float32_file(tmp_path):
+    from dode.companion.experiments import settings
+    from dode.companion.protocols import PROTOCOLS
+    from dode.companion.results import IncompatibleResults
+
+    stem = "04_dpm_solver_pp"
+    small = dict(nfes=[3], methods=["base"])
+    run_sweep(stem, settings(PROTOCOLS[stem], "smoke", **small), tmp_path, progress=False)
+    half = settings(PROTOCOLS[stem], "smoke", model_options={"dtype": "bfloat16"}, **small)
+    with pytest.raises(IncompatibleResults, match="precision"):
+        run_sweep(stem, half, tmp_path, progress=False)

@@ -34,6 +34,8 @@ __all__ = [
     "settings",
     "noise",
     "load_model",
+    "DTYPES",
+    "precision_key",
     "make_metric",
     "sample_shape",
     "fit_lambdas",
@@ -144,10 +146,44 @@ def noise(
     return out.to(device)
 
 
+#: the network dtypes ``model_options`` may name (as a YAML or JSON parameter gives them)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def load_model(name: str, device="cpu", **options) -> Denoiser:
+    """:func:`dode.zoo.load` with ``options``, two of which may also come as plain parameters: ``dtype``, the
+    network's dtype (a torch dtype or a name of :data:`DTYPES`; half precision for the diffusers models), and
+    ``channels_last=True``, the network's weights stored channels-last (faster convolutions on GPUs). Both
+    change the network's rounding, so they are off unless asked for (book/gpu.md)."""
     from dode import zoo
 
-    return zoo.load(name, device=device, **options)
+    options = dict(options)
+    dtype = options.pop("dtype", None)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"model_options dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    channels_last = options.pop("channels_last", False)
+    if channels_last not in (True, False, 0, 1):
+        raise ValueError(f"model_options channels_last must be true or false, got {channels_last!r}")
+    den = zoo.load(name, device=device, dtype=dtype, **options)
+    if channels_last:
+        if not isinstance(den.fn, torch.nn.Module):
+            raise ValueError(f"channels_last needs a torch network, {name!r} is not one")
+        den.fn.to(memory_format=torch.channels_last)
+    return den
+
+
+def precision_key(model_options: dict | None) -> dict:
+    """The precision options that change results (``dtype`` other than float32, ``channels_last``), for a
+    results file's comparability key: cells computed in half precision never mix with float32 ones."""
+    options = model_options or {}
+    key = {}
+    if options.get("dtype") not in (None, "float32", torch.float32):
+        key["dtype"] = str(options["dtype"]).removeprefix("torch.")
+    if options.get("channels_last"):
+        key["channels_last"] = 1
+    return key
 
 
 def sample_shape(den: Denoiser) -> tuple[int, int, int]:
@@ -603,6 +639,8 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
         key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {
             "metric": metric_name
         }
+        if precision_key(cfg.get("model_options")):  # absent by default: files of float32 runs keep their key
+            key["precision"] = precision_key(cfg.get("model_options"))
         # rank 0 alone reads and writes the results file
         store = open_store(results_dir, stem, dims, key, cfg, den) if world.is_main else None
         quality_sweep(
