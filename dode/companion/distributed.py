@@ -1,7 +1,7 @@
 """The processes of one sweep: a plain run (one process) or the ranks torchrun starts.
 
 torchrun (``torch.distributed.run``) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every process it
-starts, on one node or several, and its own rendezvous finds the peers; :func:`joined` reads them and opens
+starts, on one node or several, and its own rendezvous finds the peers; :func:`join` reads them and opens
 the process group (NCCL on CUDA, gloo on the CPU). Without them it is a world of one process, and every
 collective below is the identity, so the single-process sweep runs through exactly the same code.
 
@@ -11,15 +11,14 @@ decided (:meth:`World.broadcast`) and collects their metric features (:meth:`Wor
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import datetime
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["World", "joined", "under_torchrun"]
+__all__ = ["World", "join", "under_torchrun"]
 
 #: how long a rank waits in a collective: rank 0 fits lambdas (a teacher run of K * NFE evaluations on B
 #: noises) and writes the results file while the others wait for its broadcast
@@ -66,17 +65,18 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-@contextlib.contextmanager
-def joined(device: str) -> Iterator[World]:
-    """The world of this process, with its process group open for the block (none for a single process)."""
+def join(device: str) -> World:
+    """This process's world: under torchrun its rank, with the process group opened (once per process, and
+    closed at exit; NCCL for a CUDA ``device``, else gloo); otherwise a world of one process."""
     if not under_torchrun():
-        yield World()
-        return
+        return World()
     world = World(
         rank=int(os.environ["RANK"]),
         size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
+    if torch.distributed.is_initialized():
+        return world
     cuda = torch.device(device).type == "cuda"
     if cuda:
         # NCCL's object collectives use the current device: each rank its own GPU
@@ -94,7 +94,5 @@ def joined(device: str) -> Iterator[World]:
         world_size=world.size,
         timeout=TIMEOUT,
     )
-    try:
-        yield world
-    finally:
-        torch.distributed.destroy_process_group()
+    atexit.register(torch.distributed.destroy_process_group)
+    return world

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.companion.distributed import World, joined, under_torchrun
+from dode.companion.distributed import World, join, under_torchrun
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
@@ -630,34 +630,29 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
 
         launch(stem, cfg, results_dir, nproc)
         return results_path(results_dir, stem)
-    with joined(cfg["device"]) as world:
-        device = world.device(cfg["device"])
-        den = load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
-        metric_name, metric = make_metric(den, device=device)
-        points = _check_points(sweep_points(cfg), cfg["methods"])
-        dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
-        key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {
-            "metric": metric_name
-        }
-        if precision_key(cfg.get("model_options")):  # absent by default: files of float32 runs keep their key
-            key["precision"] = precision_key(cfg.get("model_options"))
-        # rank 0 alone reads and writes the results file
-        store = open_store(results_dir, stem, dims, key, cfg, den) if world.is_main else None
-        quality_sweep(
-            store,
-            den,
-            metric,
-            metric_name,
-            **{
-                k: cfg[k]
-                for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")
-            },
-            points=points,
-            grid=cfg.get("grid"),
-            teacher=cfg.get("teacher"),
-            fit=cfg.get("fit", "ls"),
-            device=device,
-            progress=progress,
-            world=world,
-        )
+    world = join(cfg["device"])  # under torchrun: this process's rank, its process group open
+    device = world.device(cfg["device"])
+    den = load_model(cfg["model"], device=device, **(cfg.get("model_options") or {}))
+    metric_name, metric = make_metric(den, device=device)
+    points = _check_points(sweep_points(cfg), cfg["methods"])
+    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
+    key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
+    if precision_key(cfg.get("model_options")):  # absent by default: files of float32 runs keep their key
+        key["precision"] = precision_key(cfg.get("model_options"))
+    # rank 0 alone reads and writes the results file
+    store = open_store(results_dir, stem, dims, key, cfg, den) if world.is_main else None
+    quality_sweep(
+        store,
+        den,
+        metric,
+        metric_name,
+        **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods", "K", "B", "n_samples", "batch_size")},
+        points=points,
+        grid=cfg.get("grid"),
+        teacher=cfg.get("teacher"),
+        fit=cfg.get("fit", "ls"),
+        device=device,
+        progress=progress,
+        world=world,
+    )
     return results_path(results_dir, stem)
