@@ -160,9 +160,9 @@ def load_model(name: str, device="cpu", **options) -> Denoiser:
     options = dict(options)
     dtype = options.pop("dtype", None)
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
+        if dtype.removeprefix("torch.") not in DTYPES:
             raise ValueError(f"model_options dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
+        dtype = DTYPES[dtype.removeprefix("torch.")]
     channels_last = options.pop("channels_last", False)
     if channels_last not in (True, False, 0, 1):
         raise ValueError(f"model_options channels_last must be true or false, got {channels_last!r}")
@@ -179,7 +179,7 @@ def precision_key(model_options: dict | None) -> dict:
     results file's comparability key: cells computed in half precision never mix with float32 ones."""
     options = model_options or {}
     key = {}
-    if options.get("dtype") not in (None, "float32", torch.float32):
+    if options.get("dtype") not in (None, "float32", "torch.float32", torch.float32):
         key["dtype"] = str(options["dtype"]).removeprefix("torch.")
     if options.get("channels_last"):
         key["channels_last"] = 1

@@ -93,8 +93,9 @@ def launch(stem: str, cfg: dict, results_dir: str | Path, nproc: int) -> None:
     import dode
 
     with tempfile.TemporaryDirectory(prefix="dode-sweep-") as tmp:
-        params = Path(tmp) / "params.json"  # JSON is YAML: the resolved parameters, as the notebook has them
-        params.write_text(json.dumps({k: v for k, v in cfg.items() if k != "profile"}))
+        # JSON is YAML: the resolved parameters, as the notebook has them (a torch dtype as its name)
+        params = Path(tmp) / "params.json"
+        params.write_text(json.dumps({k: v for k, v in cfg.items() if k != "profile"}, default=str))
         command = [
             sys.executable,
             "-m",
