@@ -308,3 +308,15 @@ def test_a_half_precision_sweep_never_mixes_with_a_float32_file(tmp_path):
     half = settings(PROTOCOLS[stem], "smoke", model_options={"dtype": "bfloat16"}, **small)
     with pytest.raises(IncompatibleResults, match="precision"):
         run_sweep(stem, half, tmp_path, progress=False)
+
+
+def test_a_rank_computes_on_its_own_gpu_and_a_single_process_world_is_the_identity(monkeypatch):
+    from dode.companion.distributed import World, join
+
+    assert World(rank=3, size=4, local_rank=1).device("cuda") == "cuda:1"
+    assert World(rank=3, size=4, local_rank=1).device("cpu") == "cpu"
+    assert World().device("cuda") == "cuda"  # one process: the device asked for
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = join("cpu")
+    assert world == World() and world.is_main
+    assert world.broadcast({"x": 1}) == {"x": 1} and world.gather(5) == [5]
