@@ -1,8 +1,11 @@
 """The benchmark scripts run (their numbers are reported in issue notes, not asserted)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,60 @@ def test_solver_overhead_benchmark_runs_and_reports_every_ratio():
     for r in rows:
         ratios = [float(v) for v in r[2:]]
         assert len(ratios) == 9 and all(v > 0 for v in ratios[:2] + ratios[-3:]), out
+
+
+def _throughput(*args: str) -> str:
+    return subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "digits-eps", "--batch", "50", "--nfe", "2"],
+        ["--model", "ddpm-cifar10", "--random-weights", "--batch", "1", "--nfe", "1"],  # the real U-Net
+        ["--model", "digits-eps", "--batch", "10", "--nfe", "1", "--dtype", "bfloat16", "--channels-last"],
+    ],
+    ids=["digits-eps", "ddpm-cifar10-random", "digits-eps-bfloat16-channels-last"],
+)
+def test_throughput_benchmark_reports_a_rate_and_an_estimate_per_sweep(args):
+    from dode.companion.protocols import network_evaluations
+    from dode.companion.sweep import SWEEPS
+
+    out = _throughput(*args, "--gpus", "4")
+    rate = float(re.search(r": ([\d,.]+) network evaluations/s", out).group(1).replace(",", ""))
+    assert rate > 0, out
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in SWEEPS
+    }
+    assert sorted(rows) == sorted(SWEEPS), out
+    counted = {stem: row for stem, row in rows.items() if row[2] != "(not"}
+    assert "02_noise_prediction" in counted and "03_data_prediction" in counted
+    for stem, row in counted.items():
+        n = network_evaluations(stem, "paper")
+        assert int(row[2].replace(",", "")) == n
+        one, four = _seconds(row[3], row[4]), _seconds(row[5], row[6])
+        assert abs(one - n / rate) <= 0.06 * one + 6, (row, n / rate)  # printed to 0.1 h or 0.1 min
+        assert abs(four * 4 - one) <= 0.06 * one + 24, row  # four GPUs: a quarter of the time
+
+
+def _seconds(value: str, unit: str) -> float:
+    return float(value.replace(",", "")) * {"h": 3600, "min": 60}[unit]

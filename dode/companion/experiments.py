@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dode.companion.distributed import World, join, under_torchrun
 from dode.denoiser import Denoiser
 from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
 from dode.progress import progress_bar
 from dode.sampling import sample
+
+SINGLE = World()  # one process: every collective is the identity
 
 __all__ = [
     "PROFILES",
@@ -31,6 +34,8 @@ __all__ = [
     "settings",
     "noise",
     "load_model",
+    "DTYPES",
+    "precision_key",
     "make_metric",
     "sample_shape",
     "fit_lambdas",
@@ -50,6 +55,7 @@ __all__ = [
     "class_labels",
     "conditioned",
     "run_sweep",
+    "results_path",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -148,20 +154,53 @@ def conditioned(den: Denoiser, seed: int, purpose: str, n: int, start: int = 0) 
     return den.bind(class_labels=class_labels(seed, purpose, n, label_dim, start))
 
 
+#: the network dtypes ``model_options`` may name (as a YAML or JSON parameter gives them)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def load_model(name: str, device="cpu", model_options: dict | None = None) -> Denoiser:
     """``dode.zoo.load(name)`` with the options of ``model_options[name]`` (a mapping model name -> the
     options of :func:`dode.zoo.load`: ``path``, the clone of the authors' code, ...; one mapping serves
-    every notebook of a paper run)."""
+    every notebook of a paper run). Two options may also come as plain parameters: ``dtype``, the
+    network's dtype (a torch dtype or a name of :data:`DTYPES`; half precision for the diffusers models),
+    and ``channels_last=True``, the network's weights stored channels-last (faster convolutions on GPUs).
+    Both change the network's rounding, so they are off unless asked for (book/gpu.md)."""
     from dode import zoo
 
-    model_options = dict(model_options or {})
-    options = model_options.get(name) or {}
+    options = (model_options or {}).get(name) or {}
     if not isinstance(options, dict):
         raise ValueError(
             f"model_options must map model names to option mappings, e.g. {{{name!r}: {{'path': ...}}}}; "
             f"got {name!r}: {options!r}"
         )
-    return zoo.load(name, device=device, **options)
+    options = dict(options)
+    dtype = options.pop("dtype", None)
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"model_options dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype.removeprefix("torch.")]
+    channels_last = options.pop("channels_last", False)
+    if channels_last not in (True, False, 0, 1):
+        raise ValueError(f"model_options channels_last must be true or false, got {channels_last!r}")
+    den = zoo.load(name, device=device, dtype=dtype, **options)
+    if channels_last:
+        if not isinstance(den.fn, torch.nn.Module):
+            raise ValueError(f"channels_last needs a torch network, {name!r} is not one")
+        den.fn.to(memory_format=torch.channels_last)
+    return den
+
+
+def precision_key(options: dict | None) -> dict:
+    """The precision options of one model (its ``model_options`` entry) that change results (``dtype`` other
+    than float32, ``channels_last``), for a results file's comparability key: cells computed in half
+    precision never mix with float32 ones."""
+    options = options or {}
+    key = {}
+    if options.get("dtype") not in (None, "float32", "torch.float32", torch.float32):
+        key["dtype"] = str(options["dtype"]).removeprefix("torch.")
+    if options.get("channels_last"):
+        key["channels_last"] = 1
+    return key
 
 
 def sample_shape(den: Denoiser) -> tuple[int, int, int]:
@@ -218,6 +257,11 @@ def identity(den: Denoiser, metric=None, **settings) -> dict:
     return out
 
 
+def results_path(results_dir: str | Path, stem: str) -> Path:
+    """The results file of notebook ``stem``."""
+    return Path(results_dir) / f"{stem}.nc"
+
+
 def open_store(
     results_dir: str | Path, stem: str, dims: dict, key: dict, params: dict, identities: dict[str, dict]
 ):
@@ -229,7 +273,7 @@ def open_store(
 
     key = {**key, "profile": params["profile"]}
     return ResultStore(
-        Path(results_dir) / f"{stem}.nc",
+        results_path(results_dir, stem),
         dims,
         key,
         provenance(params["profile"], params, identities),
@@ -292,10 +336,15 @@ def sample_batches(
     grid=None,
     device="cpu",
     purpose: str = "eval",
+    world: World = SINGLE,
 ) -> Iterable[tuple[torch.Tensor, float]]:
-    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``."""
+    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``.
+
+    The samples are cut into fixed batches of ``batch_size`` and the batches dealt to the ranks of
+    ``world`` in turn (batch ``b`` to rank ``b mod size``), so no sample's batch depends on the number of
+    processes (as EDM's ``generate.py`` deals its seeds)."""
     solver, options = solver_spec(label)
-    for start in range(0, n_samples, batch_size):
+    for start in range(world.rank * batch_size, n_samples, world.size * batch_size):
         n = min(batch_size, n_samples - start)
         z = noise(seed, purpose, n, shape, start=start, device=device)
         t0 = time.perf_counter()
@@ -307,15 +356,26 @@ def sample_batches(
         yield x.float(), time.perf_counter() - t0
 
 
-def sample_stats(den: Denoiser, metric, label: str, nfe: int, **kwargs):
-    """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time."""
+def sample_stats(den: Denoiser, metric, label: str, nfe: int, *, world: World = SINGLE, **kwargs):
+    """Feature statistics of the evaluation samples (streamed in batches) and the pure sampling time.
+
+    With several ranks, each samples its batches (:func:`sample_batches`) and computes their features where
+    they are; rank 0 gathers one batch per rank at a time and accumulates them in batch order, so it adds
+    exactly the batches a single process adds, in the same order, and the statistics are bit-identical.
+    The seconds are summed over the ranks (device-seconds). Rank 0 gets the statistics, the others None."""
     from dode.metrics import FeatureStats
 
     stats, seconds = FeatureStats(), 0.0
-    for x, dt in sample_batches(den, label, nfe, **kwargs):
-        seconds += dt
-        stats.update(metric.features(x))
-    return stats, seconds
+    batches = iter(sample_batches(den, label, nfe, world=world, **kwargs))
+    n_batches = -(-kwargs["n_samples"] // kwargs["batch_size"])
+    for _ in range(-(-n_batches // world.size)):  # rounds of one batch per rank (the last may be short)
+        batch = next(batches, None)
+        mine = (metric.features(batch[0]), batch[1]) if batch is not None else (None, 0.0)
+        for features, dt in world.gather(mine) or []:  # in rank order = batch order
+            seconds += dt
+            if features is not None:
+                stats.update(features)
+    return (stats if world.is_main else None), seconds
 
 
 def _nfes_for(nfes, label: str) -> list[int]:
@@ -443,6 +503,7 @@ def quality_sweep(
     fit: str = "ls",
     device="cpu",
     progress: bool = True,
+    world: World = SINGLE,
 ) -> None:
     """Fill ``store`` with the sample quality of every (solver, method, NFE, seed[, point]); skip finished cells.
 
@@ -456,6 +517,11 @@ def quality_sweep(
     points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
     on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
     once, so an interrupted sweep resumes.
+
+    With several ranks (``world``, see :mod:`dode.companion.distributed`) every rank runs this loop over the
+    same units; rank 0 alone holds ``store`` (the others pass None): it decides which units are done, fits
+    the lambdas once (or reads them back) and broadcasts them, and computes and writes the metric from the
+    features every rank gathers to it (:func:`sample_stats`).
     """
     for m in methods:
         method_kind(m)
@@ -463,46 +529,35 @@ def quality_sweep(
     shape = sample_shape(den)
     units = _work_units(solvers, nfes, seeds, methods, points)
     teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
-    bar = progress_bar(units, desc="runs", disable=not progress)
+    bar = progress_bar(units, desc="runs", disable=not (progress and world.is_main))
     for cell, method, params, pts in bar:
         cells = [{**cell, "method": method, **p} for p in pts]
-        if all(store.has(metric_name, **c) for c in cells):
+        if world.broadcast(world.is_main and all(store.has(metric_name, **c) for c in cells)):
             continue
         bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in {**cell, "method": method, **params}.items()))
         kind, lam = method_kind(method), None
         cell_teacher = teacher_of(cell["solver"], teacher)
         if kind == "fitted":
-            k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
-            if store.has("lambdas", **cells[0]):
-                lam = _stored_lambdas(
-                    store, den, cells[0], k_fit, b_fit, grid, cell_teacher, _method_fit(method, fit)
-                )
-            else:
-                tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
-                if tkey not in teachers:
-                    teachers.clear()  # only the current cell's teacher runs are kept
-                    teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, cell_teacher, device)
-                targets, teacher_secs = teachers[tkey]
-                lam, secs = fit_lambdas(
+            # fitted once, on rank 0, and broadcast: every rank samples with the same lambdas
+            fitted = None
+            if world.is_main:
+                fitted = _unit_lambdas(
+                    store,
                     den,
-                    cell["solver"],
-                    cell["nfe"],
-                    seed=cell["seed"],
-                    K=k_fit,
-                    B=b_fit,
-                    shape=shape,
-                    variant=FITTED_METHODS[method][0],
-                    stages=FITTED_METHODS[method][1],
-                    grid=grid,
-                    teacher=cell_teacher,
-                    fit=_method_fit(method, fit),
-                    device=device,
-                    targets=targets,
+                    cell,
+                    method,
+                    cells,
+                    params,
+                    K,
+                    B,
+                    shape,
+                    grid,
+                    cell_teacher,
+                    _method_fit(method, fit),
+                    device,
+                    teachers,
                 )
-                with store.together():
-                    for c in cells:  # the fit's cost includes its (shared) teacher run
-                        store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), **c)
-                        store.put("fit_seconds", secs + teacher_secs, **c)
+            lam = world.broadcast(fitted)
         elif kind == "constant":
             lam = Lambdas.constant_value(float(params["lambda_value"]), space=CONSTANT_METHODS[method])
         stats, secs = sample_stats(
@@ -517,12 +572,48 @@ def quality_sweep(
             lambdas=lam,
             grid=grid,
             device=device,
+            world=world,
         )
-        value = metric(stats)
-        with store.together():
-            for c in cells:
-                store.put("sample_seconds", secs, **c)
-                store.put(metric_name, value, **c)
+        if world.is_main:
+            value = metric(stats)
+            with store.together():
+                for c in cells:
+                    store.put("sample_seconds", secs, **c)
+                    store.put(metric_name, value, **c)
+
+
+def _unit_lambdas(store, den, cell, method, cells, params, K, B, shape, grid, teacher, fit, device, teachers):
+    """The lambdas of a fitted unit: read back from ``store``, or fitted (sharing the cell's teacher run with
+    the other variants through ``teachers``) and stored at every point of the unit."""
+    k_fit, b_fit = int(params.get("K", K)), int(params.get("B", B))
+    if store.has("lambdas", **cells[0]):
+        return _stored_lambdas(store, den, cells[0], k_fit, b_fit, grid, teacher, fit)
+    tkey = (cell["solver"], cell["nfe"], cell["seed"], k_fit, b_fit)
+    if tkey not in teachers:
+        teachers.clear()  # only the current cell's teacher runs are kept
+        teachers[tkey] = _teacher_run(den, cell, k_fit, b_fit, shape, grid, teacher, device)
+    targets, teacher_secs = teachers[tkey]
+    lam, secs = fit_lambdas(
+        den,
+        cell["solver"],
+        cell["nfe"],
+        seed=cell["seed"],
+        K=k_fit,
+        B=b_fit,
+        shape=shape,
+        variant=FITTED_METHODS[method][0],
+        stages=FITTED_METHODS[method][1],
+        grid=grid,
+        teacher=teacher,
+        fit=fit,
+        device=device,
+        targets=targets,
+    )
+    with store.together():
+        for c in cells:  # the fit's cost includes its (shared) teacher run
+            store.put("lambdas", lam.values, extra_dims=_lambda_dims(lam), **c)
+            store.put("fit_seconds", secs + teacher_secs, **c)
+    return lam
 
 
 #: the paper's teachers (Supp. 11): iPNDM and DEIS teach themselves, every other solver is taught by DDIM
@@ -629,7 +720,7 @@ def model_settings(cfg: dict, name: str) -> dict:
     return {k: own.get(k, cfg[k]) for k in PER_MODEL}
 
 
-def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
+def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True, nproc: int = 1) -> Path:
     """Run (or resume) the quality sweep of notebook ``stem`` with resolved parameters ``cfg``.
 
     ``cfg`` needs ``solvers, nfes, seeds, methods, K, B, n_samples, batch_size, device`` and either ``model``
@@ -640,16 +731,29 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
     checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
     draws its figures.
+
+    ``nproc > 1`` runs the sweep in that many processes on this node: ``python -m dode.sweep`` under torchrun,
+    as a subprocess whose progress goes to the terminal, not into a notebook (book/gpu.md). Under torchrun
+    (that command) each process is one rank of the sweep; the results do not depend on their number.
     """
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive number of processes, got {nproc!r}")
     if "models" in cfg and not isinstance(cfg["models"], list | tuple):
         raise ValueError(f"models must be a list of dode.zoo names, got {cfg['models']!r}")
     names = list(cfg["models"]) if "models" in cfg else [cfg["model"]]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"models must name distinct dode.zoo models, got {names}")
+    if nproc > 1 and not under_torchrun():
+        from dode.companion.sweep import launch
+
+        launch(stem, cfg, results_dir, nproc)
+        return results_path(results_dir, stem)
+    world = join(cfg["device"])  # under torchrun: this process's rank, its process group open
+    device = world.device(cfg["device"])
     loaded = {}
     for name in names:
-        den = load_model(name, device=cfg["device"], model_options=cfg.get("model_options"))
-        loaded[name] = (den, *make_metric(den, device=cfg["device"], fid_stats=cfg.get("fid_stats")))
+        den = load_model(name, device=device, model_options=cfg.get("model_options"))
+        loaded[name] = (den, *make_metric(den, device=device, fid_stats=cfg.get("fid_stats")))
     metric_names = {name: m for name, (_, m, _) in loaded.items()}
     if len(set(metric_names.values())) > 1:
         raise ValueError(f"the models of one sweep must share a metric, got {metric_names}")
@@ -659,15 +763,19 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     if "models" in cfg:
         dims = {"model": names, **dims}
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
+    precision = {n: precision_key((cfg.get("model_options") or {}).get(n)) for n in names}
+    if any(precision.values()):  # absent by default: files of float32 runs keep their key
+        key["precision"] = {n: p for n, p in precision.items() if p}
     own = {name: model_settings(cfg, name) for name in names}
     identities = {
         name: identity(den, metric, **{k: v for k, v in own[name].items() if k in ("K", "B", "n_samples")})
         for name, (den, _, metric) in loaded.items()
     }
-    store = open_store(results_dir, stem, dims, key, cfg, identities)
+    # rank 0 alone reads and writes the results file
+    store = open_store(results_dir, stem, dims, key, cfg, identities) if world.is_main else None
     for name, (den, _, metric) in loaded.items():
         quality_sweep(
-            store.at(model=name) if "models" in cfg else store,
+            store.at(model=name) if store is not None and "models" in cfg else store,
             den,
             metric,
             metric_name,
@@ -677,7 +785,8 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
             grid=cfg.get("grid"),
             teacher=cfg.get("teacher"),
             fit=cfg.get("fit", "ls"),
-            device=cfg["device"],
+            device=device,
             progress=progress,
+            world=world,
         )
-    return store.path
+    return results_path(results_dir, stem)
