@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import io
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["World", "join", "under_torchrun"]
+__all__ = ["World", "join", "under_torchrun", "launch"]
 
 #: how long a rank waits in a collective: rank 0 fits lambdas (a teacher run of K * NFE evaluations on B
 #: noises) and writes the results file while the others wait for its broadcast
@@ -96,3 +102,52 @@ def join(device: str) -> World:
     )
     atexit.register(torch.distributed.destroy_process_group)
     return world
+
+
+def launch(stem: str, cfg: dict, results_dir: str | Path, nproc: int) -> None:
+    """Run ``stem``'s sweep with resolved parameters ``cfg`` in ``nproc`` processes on this node (torchrun,
+    standalone) and wait. The processes print to the terminal, never into a notebook that calls this."""
+    import dode
+
+    with tempfile.TemporaryDirectory(prefix="dode-sweep-") as tmp:
+        # JSON is YAML: the resolved parameters, as the notebook has them (a torch dtype as its name)
+        params = Path(tmp) / "params.json"
+        params.write_text(json.dumps({k: v for k, v in cfg.items() if k != "profile"}, default=str))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "dode.sweep",
+            stem,
+            "--profile",
+            cfg["profile"],
+            "--results-dir",
+            str(Path(results_dir).absolute()),
+            "--params",
+            str(params),
+        ]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process, as torchrun's default
+        # the processes import the same dode as this one (a checkout on PYTHONPATH, say)
+        source = str(Path(dode.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+        terminal = _terminal()
+        done = subprocess.run(command, env=env, stdout=terminal, stderr=terminal, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the sweep of {stem} in {nproc} processes failed (exit status {done.returncode}); its output is "
+            "on the terminal that started this kernel. Run it again to resume: finished cells are kept."
+        )
+
+
+def _terminal() -> int | None:
+    """The file descriptor of the terminal. In a Jupyter kernel ``sys.stderr`` goes into the notebook, but its
+    ``fileno()`` is the process's own stderr as it was before (ipykernel keeps a copy for subprocesses); None
+    (inherit) where stderr has no descriptor."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return None

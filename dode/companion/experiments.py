@@ -744,7 +744,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"models must name distinct dode.zoo models, got {names}")
     if nproc > 1 and not under_torchrun():
-        from dode.companion.sweep import launch
+        from dode.companion.distributed import launch
 
         launch(stem, cfg, results_dir, nproc)
         return results_path(results_dir, stem)
