@@ -138,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"\nestimated wall time of the paper profile at {rate:,.0f} evaluations/s per device")
     one, many = "1 device", f"{args.gpus} devices"
-    print(f"{'notebook':22s} {'paper model':24s} {'evaluations':>14s} {one:>13s} {many:>13s}")
+    print(f"{'notebook':22s} {'paper models':24s} {'evaluations':>14s} {one:>13s} {many:>13s}")
     for stem in SWEEPS:
-        model = PROTOCOLS[stem]["paper"]["model"]
+        table = PROTOCOLS[stem]["paper"]
+        model = ", ".join(table["models"]) if "models" in table else table["model"]
+        if len(model) > 24:
+            model = f"{len(table['models'])} models"
         try:
             n = network_evaluations(stem, "paper")
         except ValueError:  # a sweep over K, B or a constant lambda: not counted there
