@@ -90,7 +90,8 @@ def smoke_book(tmp_path_factory) -> SmokeBook:
     results_dir = run_notebooks.default_results_dir(repo, "smoke")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = run_notebooks.run(repo, "smoke", progress=False)
+        # two notebooks at a time, as `make book` runs them (11 waits for every notebook before it)
+        status = run_notebooks.run(repo, "smoke", progress=False, jobs=2)
         if status == 0:
             for path in run_notebooks.notebooks_outside_book(repo):
                 outside = run_notebooks.BookNotebook(path.stem, path, repo / "outside" / path.name)
@@ -288,7 +289,13 @@ def test_notebook_computed_what_its_parameters_declare_under_the_smoke_profile(p
 
 def test_the_smoke_book_ran_every_listed_notebook_in_the_order_of_the_toc(smoke_book):
     order = [notebook.name for notebook in run_notebooks.book_notebooks(REPO)]
-    assert re.findall(r"\[\d+/\d+\] (\S+): [0-9.]+ s", smoke_book.output) == order
+    # two at a time: they finish in any order, each once, at its index in the book, and a notebook that
+    # gathers the others' results (11) only after every notebook before it
+    reported = re.findall(r"\[(\d+)/\d+\] (\S+): [0-9.]+ s", smoke_book.output)
+    assert sorted(reported, key=lambda r: int(r[0])) == [(str(i), n) for i, n in enumerate(order, start=1)]
+    names = [name for _, name in reported]
+    for gathering in run_notebooks.GATHERS:
+        assert set(names[: names.index(gathering)]) == set(order[: order.index(gathering)])
     rows = read_run_times(smoke_book.repo / run_notebooks.RESULTS_DIR)
     assert [row["notebook"] for row in rows] == order and {row["profile"] for row in rows} == {"smoke"}
 
@@ -442,6 +449,22 @@ pathlib.Path(results_dir).mkdir(parents=True, exist_ok=True)
 def read_run_times(results_dir: Path) -> list[dict[str, str]]:
     with (results_dir / run_notebooks.RUN_TIMES_FILE).open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_jobs_must_be_a_positive_count_and_each_kernel_of_a_parallel_run_gets_one_thread(tmp_path, capsys):
+    repo = make_book(tmp_path, TOC, {"02_plain": "x = 1"})
+    threads = "import os, pathlib\npathlib.Path(results_dir, 'threads.txt').write_text(os.environ.get('OMP_NUM_THREADS', ''))"
+    write_notebook(
+        repo / "notebooks" / "01_writes.ipynb", threads, parameters='profile = "cpu"\nresults_dir = "x"'
+    )
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a positive number"):
+            run_notebooks.run(repo, "smoke", progress=False, jobs=jobs)
+    results_dir = repo / "data" / "results"
+    assert run_notebooks.run(repo, "smoke", results_dir=results_dir, progress=False, jobs=2) == 0
+    assert (results_dir / "threads.txt").read_text() == "1"
+    out = capsys.readouterr().out
+    assert re.search(r"\[1/2\] 01_writes", out) and re.search(r"\[2/2\] 02_plain", out)
 
 
 def test_runner_executes_the_book_in_order_and_records_wall_times(tmp_path, capsys):

@@ -353,6 +353,73 @@ def default_results_dir(repo: Path, profile: str) -> Path:
     return base if profile == "cpu" else base / profile
 
 
+#: notebooks that read the results of every notebook before them in the book: they wait for all of them
+GATHERS = ("11_reproduction",)
+
+
+def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
+    """``function``'s wall time and the exception it raised (None if none)."""
+    start = time.perf_counter()
+    try:
+        function(*args, **kwargs)
+    except Exception as error:
+        return time.perf_counter() - start, error
+    return time.perf_counter() - start, None
+
+
+def _execute_one_thread(*args, **kwargs) -> tuple[float, Exception | None]:
+    """:func:`execute` in a worker process whose kernel computes on one thread: two notebooks on two
+    cores then do not fight over them (torch's two threads per small convolution gain less than a
+    second process does)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    wall, error = _timed(execute, *args, **kwargs)
+    if error is not None and not _picklable(error):
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    return wall, error
+
+
+def _picklable(error: Exception) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
+
+
+def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params) -> None:
+    """Run ``notebooks`` ``jobs`` at a time, in book order; a notebook of :data:`GATHERS` starts once every
+    notebook before it has finished. Each runs in a process of its own (the progress log is named in that
+    process's environment). After a failure (and no ``keep_going``) nothing new starts."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    index = {nb.name: i for i, nb in enumerate(notebooks, start=1)}
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict[cf.Future, BookNotebook] = {}
+
+        def settle(at_most: int) -> bool:
+            """Wait until at most ``at_most`` notebooks run; whether the run goes on."""
+            go_on = True
+            while len(running) > at_most:
+                ready, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in ready:
+                    notebook = running.pop(future)
+                    go_on = finished(index[notebook.name], notebook, *future.result()) and go_on
+            return go_on
+
+        for notebook in notebooks:
+            if not settle(0 if notebook.name in GATHERS else jobs - 1):
+                break
+            future = pool.submit(
+                _execute_one_thread, notebook, profile, results_dir, progress=progress, params=params
+            )
+            running[future] = notebook
+        settle(0)
+
+
 def run(
     repo: Path,
     profile: str,
@@ -361,10 +428,15 @@ def run(
     results_dir: Path | None = None,
     progress: bool = True,
     params: dict | None = None,
+    jobs: int = 1,
 ) -> int:
-    """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded)."""
+    """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded).
+
+    ``jobs > 1`` runs that many notebooks at a time, each kernel on one thread (:func:`_run_parallel`)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive number of notebooks run at a time, got {jobs!r}")
     results_dir = results_dir or default_results_dir(repo, profile)
     notebooks = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
@@ -391,29 +463,29 @@ def run(
     done: list[dict[str, str]] = []
     failures = []
     total_start = time.perf_counter()
+
+    def finished(index: int, notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
+        """Record one notebook's outcome; whether the run goes on."""
+        if error is not None:  # papermill, kernel or I/O failure: all end the notebook alike
+            failures.append(notebook.name)
+            print(failure_message(notebook, profile, wall, error, repo), flush=True)
+            return keep_going
+        print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
+        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        row = {"notebook": notebook.name, "profile": profile, "wall time (s)": f"{wall:.1f}"}
+        done.append({**row, "finished (UTC)": when, "machine": machine})
+        return True
+
     try:
-        for index, notebook in enumerate(notebooks, start=1):
-            start = time.perf_counter()
-            try:
-                wall = execute(notebook, profile, results_dir, progress=progress, params=params)
-            except Exception as error:  # papermill, kernel or I/O failure: all end the notebook alike
-                failures.append(notebook.name)
-                wall = time.perf_counter() - start
-                print(failure_message(notebook, profile, wall, error, repo), flush=True)
-                if keep_going:
-                    continue
-                break
-            print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
-            finished = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-            done.append(
-                {
-                    "notebook": notebook.name,
-                    "profile": profile,
-                    "wall time (s)": f"{wall:.1f}",
-                    "finished (UTC)": finished,
-                    "machine": machine,
-                }
-            )
+        if jobs == 1:
+            for index, notebook in enumerate(notebooks, start=1):
+                wall, error = _timed(
+                    execute, notebook, profile, results_dir, progress=progress, params=params
+                )
+                if not finished(index, notebook, wall, error):
+                    break
+        else:
+            _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params)
     finally:  # an interrupted run still records the notebooks that finished
         # the book shows the last run of each notebook, whatever its profile (a column says which)
         record_run_times(repo / RESULTS_DIR / RUN_TIMES_FILE, done, book_order)
@@ -437,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (file stems)")
     parser.add_argument("--keep-going", action="store_true", help="run the rest after a notebook fails")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="notebooks run at a time, each kernel on one thread (default 1)"
+    )
     parser.add_argument("--list", action="store_true", help="list the book's notebooks and exit")
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="repository root (default: cwd)")
     args = parser.parse_args(argv)
@@ -447,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(notebook.source.relative_to(repo))
             return 0
         params = read_params(args.params) if args.params else None
-        return run(repo, args.profile, only=args.only, keep_going=args.keep_going, params=params)
+        return run(
+            repo, args.profile, only=args.only, keep_going=args.keep_going, params=params, jobs=args.jobs
+        )
     except BookLayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
