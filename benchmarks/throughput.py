@@ -141,9 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'notebook':22s} {'paper models':24s} {'evaluations':>14s} {one:>13s} {many:>13s}")
     for stem in SWEEPS:
         table = PROTOCOLS[stem]["paper"]
-        model = ", ".join(table["models"]) if "models" in table else table["model"]
-        if len(model) > 24:
-            model = f"{len(table['models'])} models"
+        models = table.get("models") or [table["model"]]
+        model = models[0] + (f"+{len(models) - 1}" if len(models) > 1 else "")  # the first, and how many more
         try:
             n = network_evaluations(stem, "paper")
         except ValueError:  # a sweep over K, B or a constant lambda: not counted there

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dode.files import atomic_write
+from dode.solvers import SOLVERS
 from dode.version import __version__
 
 __all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
@@ -96,6 +97,10 @@ class Lambdas:
         self.stages = stages
         self.values = values
         self.solver, self.nfe, self.grid = solver, nfe, grid
+        if options is None and solver in SOLVERS:
+            # not given: the solver's defaults, as dode.distill records them. Stored lambdas always carry
+            # the options they were fitted with, so a file fitted before a default changed stays refused.
+            options = SOLVERS[solver].defaults
         self.options = dict(options or {})
         self.variant, self.space = variant, space
         # the sha256 of the weights they were fitted on (``denoiser.info["checkpoint_sha256"]``), None if unrecorded

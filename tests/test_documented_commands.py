@@ -24,8 +24,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "02_noise_prediction"
-# setting up (conda, cp, fetching files), make (its own venv), building the book, computing FID statistics
+# setting up (conda, cp, fetching files), make (its own venv), building the book, computing FID statistics;
+# torchrun: tests/test_sweep.py parses every torchrun command of the GPU page with torchrun's own parser
+# and runs the sweeps it starts in two processes; the throughput benchmark (on a GPU there) is run by
+# tests/test_benchmarks.py with the same options at a small batch on the CPU
 SKIPPED = (
+    "torchrun ",
+    "python benchmarks/",
     "conda ",
     "cp ",
     "git clone",

@@ -150,7 +150,7 @@ def _named_denoiser(name: str) -> dode.Denoiser:
         ({"profile": "cpu"}, r"profile: stored 'smoke', asked 'cpu'"),
         (
             {"model": "digits-edm"},
-            r"model: stored \{.*'name': 'digits-eps'.*\}, asked \{.*'name': 'digits-edm'",
+            r"holds results of model digits-eps \(this run: model digits-edm\)",
         ),
     ],
     ids=["profile", "model"],
@@ -160,7 +160,8 @@ def test_a_notebook_store_refuses_results_of_another_profile_or_model(tmp_path, 
 
     def store(profile="smoke", model="digits-eps"):
         params = {"profile": profile, "K": 10}
-        return ex.open_store(tmp_path, "02_noise_prediction", dims, {"K": 10}, params, _named_denoiser(model))
+        identities = {model: ex.identity(_named_denoiser(model))}
+        return ex.open_store(tmp_path, "02_noise_prediction", dims, {"K": 10}, params, identities)
 
     store().put("fd", 12.5, method="base", nfe=5)
     with pytest.raises(IncompatibleResults, match=refused):

@@ -66,7 +66,10 @@ def _combination_weights(plan, sched, k):
         return list(plan.steps[k].weights)
     if solver == "dpm_solver++":
         times = plan.times.tolist()
-        if k == 0 or float(sched.sigma(times[k + 1])) == 0:
+        # first order on the first step, into sigma = 0, and (lower_order_final, the default, as the
+        # authors' code and diffusers) on the last step of a run of fewer than 15 steps
+        last = k == len(plan.steps) - 1 and plan.options["lower_order_final"] and len(plan.steps) < 15
+        if k == 0 or float(sched.sigma(times[k + 1])) == 0 or last:
             return [1.0]
         h_prev = _ell(sched, times[k]) - _ell(sched, times[k - 1])
         r = h_prev / (_ell(sched, times[k + 1]) - _ell(sched, times[k]))

@@ -847,7 +847,6 @@ SUMMARY_STEMS = ("02_noise_prediction", "04_dpm_solver_pp", "03_data_prediction"
 def summary_figure(results: dict, ncols: int = 4):
     """The book's opening figure: FD (FID) against NFE for every base solver and its D-solver, one panel per
     (sweep, solver) of the results of notebooks 02, 04 and 03 (``results``: stem -> dataset)."""
-    import json
     import math
 
     import matplotlib.pyplot as plt
@@ -864,9 +863,11 @@ def summary_figure(results: dict, ncols: int = 4):
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
     for ax, (stem, solver) in zip(axes.ravel(), panels, strict=False):
         ds = results[stem]
+        if "model" in ds.dims:  # the summary shows the first model of a multi-model file
+            ds = ds.isel(model=0)
+        model = str(ds["model"].values) if "model" in ds.coords else ds.attrs["model"]
         var = "fid" if "fid" in ds else "fd"
         metric_vs_nfe(ds, var, solvers=[solver], methods=["base", "d-ode"], axes=[ax])
-        model = json.loads(ds.attrs["model"]).get("name", "")
         ax.set_title(f"{SOLVER_NAMES.get(solver, solver)} · {model}", fontsize=9)
         ax.set_ylabel(var.upper())
     for ax in axes.ravel()[len(panels) :]:

@@ -162,6 +162,11 @@ class ResultStore:
     def _changed_identities(self, stored: dict) -> list[str]:
         """``"model 'x' with another checkpoint_sha256 (stored a, now b)"`` for each changed field."""
         out = []
+        if "model" not in self.coords and stored and self.identities and set(stored) != set(self.identities):
+            # a file without a model dimension holds one model's cells: another model would land on them
+            out.append(
+                f"model {', '.join(sorted(stored))} (this run: model {', '.join(sorted(self.identities))})"
+            )
         for name in sorted(set(stored) & set(self.identities)):
             old, new = _flatten(stored[name]), _flatten(self.identities[name])
             fields = [f for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)]

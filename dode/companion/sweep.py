@@ -73,7 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     command = parser()
     args = command.parse_args(argv)
     try:
-        cfg = settings(PROTOCOLS[args.stem], args.profile, **parameters(args.params, args.set))
+        # a run's configuration file serves every notebook (notebooks/paper.example.yaml): the sweep takes
+        # the keys its notebook defines and leaves the others (nproc, other notebooks' keys) to them
+        takes = set(PROTOCOLS[args.stem][args.profile])
+        from_file = parameters(args.params, [])
+        left = sorted(set(from_file) - takes)
+        if left and int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"note: {args.stem} does not take {', '.join(left)} of {args.params} (left to the notebooks)"
+            )
+        given = {k: v for k, v in from_file.items() if k in takes} | parameters(None, args.set)
+        cfg = settings(PROTOCOLS[args.stem], args.profile, **given)
     except ValueError as err:
         command.error(str(err))
     path = run_sweep(args.stem, cfg, args.results_dir, progress=not args.no_progress)
