@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PROFILE ?= cpu
+# notebooks run at a time (each kernel on one thread; the timing and reproduction notebooks alone)
+JOBS ?= 2
 PY := $(VENV)/bin/python
 # This checkout's own `dode` comes first even where .venv is shared with another checkout.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -14,7 +16,7 @@ venv:
 	@$(PYTHON) scripts/bootstrap.py --venv $(VENV)
 
 book: venv
-	$(PY) -m dode.companion.run_notebooks --profile $(PROFILE)
+	$(PY) -m dode.companion.run_notebooks --profile $(PROFILE) --jobs $(JOBS)
 	$(PY) -m dode.companion.build_book
 
 test: venv

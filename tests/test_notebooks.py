@@ -41,7 +41,7 @@ import torch
 import xarray
 
 import dode
-from dode.companion import analysis, claims, paper, run_notebooks, timing
+from dode.companion import analysis, claims, paper, peers, run_notebooks, testbed, timing
 from dode.companion import experiments as ex
 from dode.companion.protocols import PROTOCOLS
 
@@ -141,6 +141,11 @@ def check_sweep(ds, cfg: dict) -> None:
     """Every (solver, NFE, seed, method, grid point) the parameters declare holds a finite metric and
     sampling time; a fitted method holds finite, non-zero lambdas and a fit time; a D-ODE method scores other
     than its base solver on the same noise (the same value would mean its lambdas never reached the sampler)."""
+    if "model" in ds.dims:  # a multi-model file (02, 03, 04): every model holds the whole sweep
+        assert ds.coords["model"].values.tolist() == list(cfg["models"])
+        for model in cfg["models"]:
+            check_sweep(ds.sel(model=model), cfg)
+        return
     metric = "fd"  # the digits models are scored by FD
     assert metric in ds, f"no {metric} in {list(ds.data_vars)}"
     for label in cfg["solvers"]:
@@ -248,12 +253,43 @@ def check_timing(ds, cfg: dict) -> None:
 
 def check_reproduction(ds, cfg: dict) -> None:
     verdicts = dict(zip(ds.coords["claim"].values.tolist(), ds["verdict"].values.tolist(), strict=True))
-    assert sorted(verdicts) == sorted(paper.CLAIMS)
+    assert sorted(verdicts) == sorted([*paper.CLAIMS, *claims.FINDINGS])
     # every claim is graded from the notebooks' results: "not run" would mean a results file was missing
     assert all(v in claims.VERDICTS and v != "not run" for v in verdicts.values()), verdicts
     assert all(str(e).strip() for e in ds["evidence"].values)
     sources = json.loads(ds.attrs["sources"])
     assert sources and all(sources.values()), sources
+
+
+def check_testbed(ds, cfg: dict) -> None:
+    """Every (schedule, solver, NFE) has finite, positive distances to the exact ODE solution for the base
+    solver and for the greedy and joint D-solvers taught by DDIM, and the fits record their cost."""
+    for schedule in cfg["schedules"]:
+        for label in cfg["solvers"]:
+            for nfe in cfg["nfes"]:
+                cell = {"schedule": schedule, "solver": label, "nfe": nfe, "teacher": "ddim"}
+                for method in ds.coords["method"].values.tolist():
+                    for var in ("distance_fit", "distance_fresh"):
+                        assert_positive(ds[var].sel({**cell, "method": method}), f"{var} at {cell} {method}")
+                    if method != "base":
+                        assert_positive(ds["fit_seconds"].sel({**cell, "method": method}), f"fit at {cell}")
+
+
+def check_peers(ds, cfg: dict) -> None:
+    """Every sampler at every NFE holds a finite FD and counts exactly the NFE it was asked for (a
+    diffusers scheduler that took an extra denoising step would show here); a D-solver scores other
+    than its base solver."""
+    for sampler in cfg["samplers"]:
+        for nfe in cfg["nfes"]:
+            if sampler.endswith(":d-ode-joint") and nfe not in cfg["joint_nfes"]:
+                continue
+            cell = {"sampler": sampler, "nfe": nfe}
+            assert_positive(ds["fd"].sel(cell), f"fd at {cell}")
+            assert int(ds["network_evaluations"].sel(cell)) == nfe, cell
+            if sampler.startswith("dode:") and not sampler.endswith(":base"):
+                base = sampler.rsplit(":", 1)[0] + ":base"
+                if base in cfg["samplers"]:
+                    assert float(ds["fd"].sel(cell)) != float(ds["fd"].sel(sampler=base, nfe=nfe)), cell
 
 
 #: what each notebook's results file must hold under the smoke profile; a notebook that writes results
@@ -271,6 +307,8 @@ CHECKS = {
     "09_lookahead_fixed": check_sweep,
     "10_timing": check_timing,
     "11_reproduction": check_reproduction,
+    "12_exact_testbed": check_testbed,
+    "13_peers": check_peers,
 }
 
 
@@ -289,13 +327,14 @@ def test_notebook_computed_what_its_parameters_declare_under_the_smoke_profile(p
 
 def test_the_smoke_book_ran_every_listed_notebook_in_the_order_of_the_toc(smoke_book):
     order = [notebook.name for notebook in run_notebooks.book_notebooks(REPO)]
-    # two at a time: they finish in any order, each once, at its index in the book, and a notebook that
-    # gathers the others' results (11) only after every notebook before it
+    # two at a time: they finish in any order, each once, at its index in the book; a notebook that runs
+    # alone (10 times itself, 11 reads every result) finishes after every notebook before it and before
+    # every one after it
     reported = re.findall(r"\[(\d+)/\d+\] (\S+): [0-9.]+ s", smoke_book.output)
     assert sorted(reported, key=lambda r: int(r[0])) == [(str(i), n) for i, n in enumerate(order, start=1)]
     names = [name for _, name in reported]
-    for gathering in run_notebooks.GATHERS:
-        assert set(names[: names.index(gathering)]) == set(order[: order.index(gathering)])
+    for alone in run_notebooks.RUN_ALONE:
+        assert set(names[: names.index(alone)]) == set(order[: order.index(alone)])
     rows = read_run_times(smoke_book.repo / run_notebooks.RESULTS_DIR)
     assert [row["notebook"] for row in rows] == order and {row["profile"] for row in rows} == {"smoke"}
 
@@ -312,6 +351,8 @@ RERUNS = {
     "08_ablation_K_B": ("ex.run_sweep", ex.run_sweep),
     "09_lookahead_fixed": ("ex.run_sweep", ex.run_sweep),
     "10_timing": ("timing.run_timing", timing.run_timing),
+    "12_exact_testbed": ("testbed.testbed_sweep", testbed.testbed_sweep),
+    "13_peers": ("peers.peers_sweep", peers.peers_sweep),
 }
 
 
@@ -322,7 +363,7 @@ def test_rerunning_a_notebook_on_its_finished_results_evaluates_no_network(stem,
     counted; the source check ties the call to the notebook."""
     call, compute = RERUNS[stem]
     source = "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4).cells)
-    assert f"{call}(STEM, cfg, results_dir)" in source, f"{stem} no longer computes with {call}"
+    assert f"{call}(STEM, cfg, results_dir" in source, f"{stem} no longer computes with {call}"
     results_file = smoke_book.results_dir / f"{stem}.nc"
     before = results_file.read_bytes()
     forward_passes = []

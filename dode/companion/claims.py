@@ -394,6 +394,8 @@ EVIDENCE = {
     "ablation_B": ("08_ablation_K_B",),
     "lookahead": ("09_lookahead_fixed",),
     "cost": ("10_timing",),
+    "best_choice": ("13_peers",),
+    "joint_fit": ("12_exact_testbed", "13_peers"),
 }
 
 #: claim -> its check (every claim of dode.companion.paper.CLAIMS has one)

@@ -135,9 +135,8 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
     evaluation noise, batch by batch."""
     import time
 
-    from tqdm import tqdm
-
     from dode.metrics import FeatureStats
+    from dode.progress import progress_bar
 
     for name in cfg["samplers"]:
         parse_sampler(name)
@@ -148,7 +147,7 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "seed")} | {"metric": metric_name}
     store = ex.open_store(results_dir, stem, dims, key, cfg, {den.name: ex.identity(den, metric)})
     units = [(s, n) for s in cfg["samplers"] for n in cfg["nfes"]]
-    for name, nfe in tqdm(units, desc="samplers", disable=not progress):
+    for name, nfe in progress_bar(units, desc="samplers", disable=not progress):
         cell = {"sampler": name, "nfe": nfe}
         p = parse_sampler(name)
         if store.has(metric_name, **cell):

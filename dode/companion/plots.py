@@ -818,7 +818,8 @@ def verdict_table(page):
         row = page.sel(claim=claim)
         verdict = str(row["verdict"].values)
         lines = str(row["evidence"].values).splitlines() or [""]
-        where, number = CLAIM_SOURCES[claim]
+        # the findings beyond the paper (claims.FINDINGS) have no figure or number of the paper's
+        where, number = CLAIM_SOURCES.get(claim, ("beyond the paper", "—"))
         links = ", ".join(f'<a href="{stem}.html">{escape(stem[:2])}</a>' for stem in EVIDENCE[claim])
         details = "<br>".join(escape(line) for line in lines)
         rows.append(

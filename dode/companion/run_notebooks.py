@@ -353,8 +353,10 @@ def default_results_dir(repo: Path, profile: str) -> Path:
     return base if profile == "cpu" else base / profile
 
 
-#: notebooks that read the results of every notebook before them in the book: they wait for all of them
-GATHERS = ("11_reproduction",)
+#: notebooks that run alone, on every thread, once every notebook before them has finished: the timing
+#: notebook (its wall times and paired overheads would measure the neighbour's load too) and the
+#: reproduction page (it reads the results of every notebook before it)
+RUN_ALONE = ("10_timing", "11_reproduction")
 
 
 def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
@@ -367,12 +369,13 @@ def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
     return time.perf_counter() - start, None
 
 
-def _execute_one_thread(*args, **kwargs) -> tuple[float, Exception | None]:
-    """:func:`execute` in a worker process whose kernel computes on one thread: two notebooks on two
-    cores then do not fight over them (torch's two threads per small convolution gain less than a
-    second process does)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = "1"
+def _execute_in_worker(one_thread: bool, *args, **kwargs) -> tuple[float, Exception | None]:
+    """:func:`execute` in a worker process; ``one_thread``: its kernel computes on one thread, so that two
+    notebooks on two cores do not fight over them (torch's two threads per small convolution gain less
+    than a second process does)."""
+    if one_thread:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
     wall, error = _timed(execute, *args, **kwargs)
     if error is not None and not _picklable(error):
         error = RuntimeError(f"{type(error).__name__}: {error}")
@@ -390,9 +393,10 @@ def _picklable(error: Exception) -> bool:
 
 
 def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params) -> None:
-    """Run ``notebooks`` ``jobs`` at a time, in book order; a notebook of :data:`GATHERS` starts once every
-    notebook before it has finished. Each runs in a process of its own (the progress log is named in that
-    process's environment). After a failure (and no ``keep_going``) nothing new starts."""
+    """Run ``notebooks`` ``jobs`` at a time, in book order, each kernel on one thread; a notebook of
+    :data:`RUN_ALONE` starts once every notebook before it has finished, and nothing starts beside it. Each
+    runs in a process of its own (the progress log is named in that process's environment). After a
+    failure (and no ``keep_going``) nothing new starts."""
     import concurrent.futures as cf
     import multiprocessing
 
@@ -411,12 +415,21 @@ def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, par
             return go_on
 
         for notebook in notebooks:
-            if not settle(0 if notebook.name in GATHERS else jobs - 1):
+            alone = notebook.name in RUN_ALONE
+            if not settle(0 if alone else jobs - 1):
                 break
             future = pool.submit(
-                _execute_one_thread, notebook, profile, results_dir, progress=progress, params=params
+                _execute_in_worker,
+                not alone,
+                notebook,
+                profile,
+                results_dir,
+                progress=progress,
+                params=params,
             )
             running[future] = notebook
+            if alone and not settle(0):
+                break
         settle(0)
 
 

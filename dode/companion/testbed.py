@@ -43,7 +43,7 @@ def testbed_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool 
     exact solution on fresh noise / on the fitting batch) and ``fit_seconds``, ``fit_runs`` (sampling runs of
     the fit) over schedule x solver x method x teacher x nfe. ``cfg``: ``schedules``, ``solvers``, ``nfes``,
     ``K``, ``B`` (fitting noises), ``n_fresh``, ``gmm`` (``n_components``, ``dim``, ``seed``), ``seed``."""
-    from tqdm import tqdm
+    from dode.progress import progress_bar
 
     for name in cfg["schedules"]:
         if name not in _SCHEDULES:
@@ -71,7 +71,7 @@ def testbed_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool 
         for m in TESTBED_METHODS
         for t in TEACHERS
     ]
-    for sched_name, label, nfe, method, teacher in tqdm(units, desc="test bed", disable=not progress):
+    for sched_name, label, nfe, method, teacher in progress_bar(units, desc="test bed", disable=not progress):
         cell = dict(schedule=sched_name, solver=label, nfe=nfe, method=method, teacher=teacher)
         if store.has("distance_fresh", **cell):
             continue
