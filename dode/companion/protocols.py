@@ -4,8 +4,8 @@ A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.companion
 the table below, and any value given to papermill overrides it. The ``cpu`` column is sized so that the
 whole book runs in about half an hour on two CPU cores (the embedded nets cost about 0.3 ms per sample and
 network evaluation there): the FID-against-NFE sweeps (02, 03, 04) keep 3 seeds and six NFEs from 3 to 20,
-so that each panel is a curve, at 1,000 evaluation samples per cell; the other sweeps keep 2,000 samples at
-one or a few NFEs. ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
+so that each panel is a curve, at 2,000 evaluation samples per cell as the other sweeps (at one or a few
+NFEs). ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000,
 _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
 # the cpu curves of 02, 03 and 04: the sampling cost is n_samples * sum(NFEs) per method and seed, so six
 # NFEs (sum 49, against 15 for the former [5, 10]) are paid with half the evaluation samples
-_CURVE_CPU = dict(n_samples=1000, batch_size=1000)
+_CURVE_CPU = dict(n_samples=2000, batch_size=2000)
 _CURVE_NFES = [3, 4, 5, 7, 10, 20]
 _CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
 
@@ -287,8 +287,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
     # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
-    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 5 and 10, the joint fits at NFE 5 only (about
-    # 2 minutes on the loaded 2-core build machine)
+    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 3 to 20, the joint fits at NFE 5 only (they
+    # cost tens of greedy fits)
     "13_peers": {
         "smoke": dict(
             model="digits-eps-mini",
@@ -318,7 +318,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
                 "dode:dpm_solver++:logsnr_uniform:d-ode",
                 *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
             ],
-            nfes=[5, 10],
+            nfes=[3, 5, 8, 10, 12, 20],
             joint_nfes=[5],
             seed=0,
             K=10,
