@@ -38,3 +38,32 @@ def prediction(request) -> str:
 
 def make_noise(n: int, dim: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class CountingNet:
+    """A network wrapper that counts its calls (network evaluations)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def tiny_unet(sample_size: int = 32, num_class_embeds=None):
+    """A seeded random-weight diffusers ``UNet2DModel`` of a few thousand parameters (3 channels)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    ).eval()

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEDULES, make_noise
+from conftest import SCHEDULES, CountingNet, make_noise
 
 import dode
 from dode.companion import experiments as ex
@@ -50,15 +50,6 @@ def test_dpm_solver_of_order_1_is_ddim(gmm, schedule_name, prediction, nfe):
     torch.testing.assert_close(
         dode.sample(den, noise, "dpm_solver", nfe, order=1), ddim, rtol=1e-12, atol=1e-12
     )
-
-
-class CountingNet:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
 
 
 @pytest.mark.parametrize("solver,nfe,options", RUNS)

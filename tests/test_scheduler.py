@@ -19,6 +19,7 @@ import dode
 
 diffusers = pytest.importorskip("diffusers")
 
+from conftest import tiny_unet  # noqa: E402
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 from dode.integrations.diffusers import DODEScheduler, fit_lambdas  # noqa: E402
@@ -27,24 +28,9 @@ from dode.zoo import diffusers_denoiser  # noqa: E402
 BATCH, SIZE = 2, 8
 
 
-def _tiny_unet(num_class_embeds=None) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=SIZE,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_class_embeds,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    return _tiny_unet()
+    return tiny_unet(SIZE)
 
 
 def _lambdas(solver: str, nfe: int, first: bool = True) -> dode.Lambdas:
@@ -121,7 +107,7 @@ def test_pipeline_with_the_d_scheduler_reproduces_dode_sample(unet, pipeline, so
 def test_a_guided_loop_calling_step_on_the_combined_output_reproduces_dode_sample():
     """Classifier-free guidance: the loop evaluates a conditional and a null-class batch and hands step their
     combination, once per evaluation."""
-    unet = _tiny_unet(num_class_embeds=4)
+    unet = tiny_unet(SIZE, num_class_embeds=4)
     labels = torch.tensor([1, 2] + [3] * BATCH)  # class 3 plays the null class
     scale, solver, nfe = 3.0, "dpm_solver++", 6
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEDULES, make_noise
+from conftest import SCHEDULES, CountingNet, make_noise
 
 import dode
 from dode.solvers import SOLVERS, dpm_solver_orders, make_plan
@@ -116,15 +116,6 @@ ALL_RUNS = [
     ("dpm_solver++", 6, {}),
     ("edm", 7, {}),
 ]
-
-
-class CountingNet:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
 
 
 @pytest.mark.parametrize("solver,nfe,options", ALL_RUNS)

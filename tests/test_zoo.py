@@ -19,6 +19,7 @@ from dode.schedules import EDMSchedule, VPSchedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the EDM-like network's module, for unpickling
 import edm_like_net  # noqa: E402
+from conftest import tiny_unet  # noqa: E402
 
 PAPER_MODELS = {
     # name: (prediction, resolution, label_dim, FID reference)
@@ -64,30 +65,13 @@ def test_unknown_name_lists_available_names():
 # diffusers
 
 
-def _tiny_unet(sample_size=32, num_class_embeds=None):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=sample_size,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_class_embeds,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def ddpm_folder(tmp_path_factory):
     """A bare ``save_pretrained`` of a UNet and a DDPMScheduler into one folder."""
     from diffusers import DDPMScheduler
 
     folder = tmp_path_factory.mktemp("ddpm_flat")
-    unet = _tiny_unet()
+    unet = tiny_unet()
     unet.save_pretrained(folder)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, clip_sample=True)
     scheduler.save_pretrained(folder)
@@ -132,7 +116,7 @@ def test_ddpm_schedule_matches_diffusers_alphas_cumprod():
 def test_ddpm_pipeline_layout_and_dtype(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
     den = zoo.load("ddpm-cifar10", path=tmp_path, dtype=torch.float64)
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
@@ -148,7 +132,7 @@ def test_ddpm_bad_folders_and_prediction_types(tmp_path):
         zoo.load("ddpm-bedroom", path=tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
         zoo.load("ddpm-bedroom", path=tmp_path)
-    _tiny_unet().save_pretrained(tmp_path)
+    tiny_unet().save_pretrained(tmp_path)
     DDPMScheduler(prediction_type="v_prediction").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="v_prediction"):
         zoo.load("ddpm-cifar10", path=tmp_path)
@@ -159,7 +143,7 @@ def test_ddpm_bad_folders_and_prediction_types(tmp_path):
 def test_ddpm_with_other_resolution_warns(tmp_path):
     from diffusers import DDPMScheduler
 
-    _tiny_unet(sample_size=16).save_pretrained(tmp_path)
+    tiny_unet(sample_size=16).save_pretrained(tmp_path)
     DDPMScheduler().save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="resolution=16"):
         den = zoo.load("ddpm-celebahq", path=tmp_path)
@@ -338,7 +322,7 @@ def test_a_diffusers_folder_is_identified_by_its_content(tmp_path):
     from diffusers import DDPMScheduler
 
     folder = tmp_path / "ddpm"
-    _tiny_unet().save_pretrained(folder)
+    tiny_unet().save_pretrained(folder)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder)
     first = zoo.load("ddpm-cifar10", path=folder).info["checkpoint_sha256"]
     copy = tmp_path / "elsewhere"
