@@ -25,7 +25,7 @@ import torch
 from dode.denoiser import Denoiser
 from dode.grids import grid_key, refine
 from dode.joint import check_fit_options, joint_fit
-from dode.lambdas import STAGES, TRANSFORM_SPACES, VARIANTS, Lambdas
+from dode.lambdas import Lambdas, check_transform
 from dode.sampling import check_noise, run
 from dode.solvers import Point, get_solver, make_plan
 
@@ -115,12 +115,7 @@ def distill(
     noise = check_noise(noise)
     if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
         raise ValueError(f"K must be an integer >= 1, got {K!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if space not in TRANSFORM_SPACES:
-        raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
-    if stages not in STAGES:
-        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
+    check_transform(variant, space, stages)  # before the teacher runs
     if fit not in FIT_METHODS:
         raise ValueError(f"fit must be one of {FIT_METHODS}, got {fit!r}")
     fit_options = check_fit_options(fit, fit_options)

@@ -19,7 +19,7 @@ from dode.files import atomic_write
 from dode.solvers import SOLVERS
 from dode.version import __version__
 
-__all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES"]
+__all__ = ["Lambdas", "VARIANTS", "TRANSFORM_SPACES", "STAGES", "check_transform"]
 
 #: D-ODE formulations (the method chapter, variants): Eq. 10, Eq. 9 with two previous outputs, Sep, All
 VARIANTS = ("d-ode", "d-ode-2", "sep", "all")
@@ -49,6 +49,16 @@ _META_KEYS = (
 )
 #: what older files lack: ``stages`` (files before it were fitted per stage), ``checkpoint`` (unrecorded)
 _META_DEFAULTS = {"stages": "per_stage", "checkpoint": None}
+
+
+def check_transform(variant: str, space: str, stages: str) -> None:
+    """Refuse a D-ODE formulation that does not exist, naming the parameter and its allowed values."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if space not in TRANSFORM_SPACES:
+        raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
 
 
 class Lambdas:
@@ -88,12 +98,7 @@ class Lambdas:
             values = values[:, None]
         if values.ndim != 2:
             raise ValueError(f"lambda values must be 1-D or 2-D, got shape {values.shape}")
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if space not in TRANSFORM_SPACES:
-            raise ValueError(f"space must be one of {TRANSFORM_SPACES}, got {space!r}")
-        if stages not in STAGES:
-            raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
+        check_transform(variant, space, stages)
         self.stages = stages
         self.values = values
         self.solver, self.nfe, self.grid = solver, nfe, grid
