@@ -9,6 +9,7 @@ notebook opened by hand, where a live bar is what the user wants).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import IO
@@ -19,6 +20,14 @@ __all__ = ["LOG_ENV", "progress_bar", "progress_stream"]
 LOG_ENV = "DODE_PROGRESS_LOG"
 
 _streams: dict[str, IO[str]] = {}
+
+
+@atexit.register
+def _close_streams() -> None:
+    """Close the run logs at exit: they are kept open all run long, and a file left to the interpreter's
+    shutdown is a ResourceWarning."""
+    while _streams:
+        _streams.popitem()[1].close()
 
 
 def progress_stream() -> IO[str]:
