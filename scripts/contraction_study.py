@@ -1,6 +1,7 @@
 """Does fitting lambdas to a teacher in L2 contract the samples, and does a distribution-aware objective fix FD?
 
-    PYTHONPATH=. python scripts/contraction_study.py   # about 2 minutes on one CPU core
+    python scripts/contraction_study.py   # about 2 minutes on one CPU core
+    python scripts/contraction_study.py --model digits-eps-mini --samples 64 --batch 8 --max-nfev 2  # seconds
 
 D-DPM-Solver-3 at NFE 5 on digits-eps (the case where the paper's fit makes FD worse than the base solver):
 FD over 1,000 fresh samples, their spread (mean distance to their mean) and their mean L2 distance to a
@@ -12,6 +13,7 @@ term), started from the joint lambdas. The method chapter (book/method.md) quote
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -22,12 +24,24 @@ import dode
 from dode.companion import experiments as ex
 from dode.metrics import FeatureStats
 
-SOLVER, OPTIONS, NFE, B, N = "dpm_solver", {"order": 3}, 5, 100, 1000
+SOLVER, OPTIONS, NFE = "dpm_solver", {"order": 3}, 5
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digits-eps", help="a dode.zoo name (default: digits-eps)")
+    parser.add_argument("--samples", type=int, default=1000, help="fresh samples (default: 1000)")
+    parser.add_argument("--batch", type=int, default=100, help="fitting batch B (default: 100)")
+    parser.add_argument(
+        "--max-nfev", type=int, default=60, help="evaluations of each moment-matching fit (default: 60)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("samples", "batch", "max_nfev"):
+        if getattr(args, name) < 2:
+            parser.error(f"--{name.replace('_', '-')} must be an integer >= 2, got {getattr(args, name)}")
+    N, B = args.samples, args.batch
     torch.set_num_threads(1)
-    den = ex.load_model("digits-eps")
+    den = ex.load_model(args.model)
     _, metric = ex.make_metric(den)
     shape = ex.sample_shape(den)
     fit = ex.noise(0, "fit", B, shape).double()
@@ -72,7 +86,9 @@ def main() -> None:
 
     for w_l2 in (0.0, 0.3):
         t0 = time.perf_counter()
-        sol = least_squares(residual, joint.values[free], args=(w_l2,), diff_step=1e-3, max_nfev=60)
+        sol = least_squares(
+            residual, joint.values[free], args=(w_l2,), diff_step=1e-3, max_nfev=args.max_nfev
+        )
         name = "moments (mean + std)" + (f" + {w_l2} x L2" if w_l2 else "")
         rows[name] = run(fresh, lambdas_of(sol.x))
         print(f"{name}: fitted in {time.perf_counter() - t0:.0f} s, lambdas {np.round(sol.x, 2)}")
