@@ -141,3 +141,22 @@ def test_lookahead_check_compares_the_best_constant_with_the_fit():
     assert claims.check_lookahead(results).verdict == "reproduced"
     results["09_lookahead_fixed"]["fd"][..., 3, :] = 0.5  # LA beats D-DDIM at NFE 10
     assert claims.check_lookahead(results).verdict == "partly"
+
+
+def test_a_page_states_the_verdicts_of_its_own_results_file(tmp_path):
+    for name, ds in _ablation(
+        {5: [1.0, 1.1, 1.2], 10: [0.80, 0.82, 0.81], 30: [0.7, 0.72, 0.71]},
+        {5: [0.81, 0.80, 0.82], 10: [0.8, 0.81, 0.82], 100: [0.80, 0.82, 0.81]},
+    ).items():
+        ds.to_netcdf(tmp_path / f"{name}.nc", engine="h5netcdf")
+    text = claims.page_verdicts(tmp_path / "08_ablation_K_B.nc")
+    blocks = text.split("\n\n")
+    assert blocks[0].startswith(f"**Paper:** {claims.CLAIMS['ablation_K']}.")
+    assert "**Here: reproduced**" in blocks[0]
+    assert blocks[1].startswith(f"**Paper:** {claims.CLAIMS['ablation_B']}.")
+    assert "**Here: not reproduced**" in blocks[1]
+    with pytest.raises(FileNotFoundError, match="run its notebook first"):
+        claims.page_verdicts(tmp_path / "07_formulations.nc")
+    sweep(base=[[3.0]], dode_=[[2.0]]).to_netcdf(tmp_path / "06_samples.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="path must be the results file of one of"):
+        claims.page_verdicts(tmp_path / "06_samples.nc")

@@ -32,6 +32,7 @@ __all__ = [
     "EVIDENCE",
     "FINDING_CHECKS",
     "metric_name",
+    "page_verdicts",
 ]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
@@ -547,3 +548,27 @@ FINDING_CHECKS: dict[str, Callable[[dict], Verdict]] = {
 def check_findings(results: dict) -> list[Verdict]:
     """A verdict for every finding beyond the paper (:data:`FINDINGS`)."""
     return [FINDING_CHECKS[f](results) for f in FINDINGS]
+
+
+def page_verdicts(path: str | Path) -> str:
+    """Markdown: the verdict on every claim and finding that one notebook's results file bears on
+    (:data:`EVIDENCE`), computed from that file alone. An experiment's page states its verdict in this
+    build's numbers; the reproduction page puts every notebook's evidence together."""
+    path = Path(path)
+    results = load_results(path.parent, [path.stem])
+    if path.stem not in results:
+        raise FileNotFoundError(f"no results file {path}: run its notebook first")
+    blocks = []
+    for claim, stems in EVIDENCE.items():
+        if path.stem not in stems:
+            continue
+        verdict = (CHECKS.get(claim) or FINDING_CHECKS[claim])(results)
+        source = "Paper" if claim in CLAIMS else "Beyond the paper"
+        first, *rest = verdict.evidence.splitlines() or [""]
+        lines = [f"**{source}:** {verdict.statement}.", f"**Here: {verdict.verdict}** ({first.strip()})."]
+        bullets = "\n".join(f"- {line.strip()}" for line in rest if line.strip())
+        blocks.append("  \n".join(lines) + (f"\n\n{bullets}" if bullets else ""))
+    if not blocks:
+        known = sorted({s for stems in EVIDENCE.values() for s in stems})
+        raise ValueError(f"path must be the results file of one of {known}, got {str(path)!r}")
+    return "\n\n".join(blocks)
