@@ -82,7 +82,8 @@ class Plan:
     solver: str
     nfe: int
     grid: object  # the grid spec as given: a name or an explicit tensor
-    times: torch.Tensor  # the grid's model times (steps + 1)
+    # the grid's model times: the start, then each step's end (DPM-Solver with its stages on the grid: each stage's)
+    times: torch.Tensor
     steps: tuple[Step, ...]
     options: dict = field(default_factory=dict)
 
