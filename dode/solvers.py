@@ -82,7 +82,8 @@ class Plan:
     solver: str
     nfe: int
     grid: object  # the grid spec as given: a name or an explicit tensor
-    times: torch.Tensor  # the grid's model times (steps + 1)
+    # the grid's model times: the start, then each step's end (DPM-Solver with its stages on the grid: each stage's)
+    times: torch.Tensor
     steps: tuple[Step, ...]
     options: dict = field(default_factory=dict)
 
@@ -158,6 +159,11 @@ class Solver:
 
     def nfe_for_steps(self, n_steps: int, ends_at_zero: bool, options: dict) -> int:
         return n_steps
+
+    def grid_intervals(self, orders: list[int], options: dict) -> int:
+        """How many intervals the run's grid has: one per step (singlestep DPM-Solver may put its stages on
+        the grid too)."""
+        return len(orders)
 
     def build_steps(
         self, schedule: Schedule, times: torch.Tensor, orders: list[int], options: dict
@@ -338,6 +344,10 @@ class DPMSolverPP(Solver):
         return x_next
 
 
+#: where singlestep DPM-Solver's intermediate stages land (:class:`DPMSolver`)
+STAGE_TIMES = ("grid", "logsnr")
+
+
 def dpm_solver_orders(nfe: int, order: int) -> list[int]:
     """DPM-Solver's singlestep composition: orders whose stages add up to exactly ``nfe`` (Lu et al. 2022a)."""
     if order == 3:
@@ -355,14 +365,24 @@ def dpm_solver_orders(nfe: int, order: int) -> list[int]:
 class DPMSolver(Solver):
     """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022a; paper Eq. 26-32), orders composed to hit the NFE.
 
-    The intermediate times are ``s_k = t(half_logsnr_s + r_k h)``; each stage's network evaluation lands
-    there. A step into sigma = 0 (EDM schedules) has infinite ``h`` and is taken with order 1. Each stage's
+    Where the intermediate stages land (``stage_times``; book/method.md, first and last steps):
+
+    * ``"grid"`` (default, as the authors' code places them on every grid but its logSNR one, and as the
+      D-ODE authors' code and diffusers' DPMSolverSinglestepScheduler run it): the grid has one interval per
+      network evaluation; a step of order k spans k consecutive intervals and its stages land on the grid
+      points inside it, so ``r_i = (ell_si - ell_s) / h`` follows from the grid.
+    * ``"logsnr"``: the grid has one interval per step and the stages sit at the fixed fractions
+      ``r = 1/2`` or ``r = 1/3, 2/3`` of the step's half-logSNR interval (Eq. 26-32 as the paper writes
+      them; the authors' code does this on its logSNR grid).
+
+    The update rules are the general-``r`` ones (the method chapter, base solvers), so both placements share
+    them. A step into sigma = 0 (EDM schedules) has infinite ``h`` and is taken with order 1. Each stage's
     output gets its own D-ODE transform (Eq. 29-32), and the corrected ``eps_s`` that ``evaluate`` returns is
     the one the later stages of the step use.
     """
 
     name = "dpm_solver"
-    defaults = {"order": 3}
+    defaults = {"order": 3, "stage_times": "grid"}
     teacher_ok = False
 
     def check_options(self, options):
@@ -370,6 +390,10 @@ class DPMSolver(Solver):
         if options["order"] not in (1, 2, 3):
             raise ValueError(
                 f"order must be one of 1, 2, 3 for solver 'dpm_solver', got {options['order']!r}"
+            )
+        if options["stage_times"] not in STAGE_TIMES:
+            raise ValueError(
+                f"stage_times must be one of {STAGE_TIMES} for solver 'dpm_solver', got {options['stage_times']!r}"
             )
         return options
 
@@ -381,20 +405,36 @@ class DPMSolver(Solver):
         return orders
 
     def nfe_for_steps(self, n_steps, ends_at_zero, options):
-        raise ValueError("dpm_solver composes its steps from the NFE; give nfe, not only an explicit grid")
+        if options["stage_times"] == "grid":  # one grid interval per network evaluation
+            return n_steps
+        raise ValueError(
+            "dpm_solver with stage_times='logsnr' composes its steps from the NFE; give nfe, not only an explicit grid"
+        )
+
+    def grid_intervals(self, orders, options):
+        return sum(orders) if options["stage_times"] == "grid" else len(orders)
 
     def build_steps(self, schedule, times, orders, options):
         points = [Point.at(schedule, float(t)) for t in times]
-        steps = []
+        steps, k = [], 0  # k: the grid point the step starts from
         for i, order in enumerate(orders):
-            s, t = points[i], points[i + 1]
-            fractions = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}[order]
-            h = t.half_logsnr - s.half_logsnr
-            inner = [
-                Point.at(schedule, float(schedule.t_from_half_logsnr(torch.tensor(s.half_logsnr + r * h))))
-                for r in fractions
-            ]
-            steps.append(Step(i, s, t, order, (*inner, t)))
+            s = points[k]
+            if options["stage_times"] == "grid":
+                stages = tuple(points[k + 1 : k + order + 1])
+                k += order
+            else:
+                t = points[k + 1]
+                h = t.half_logsnr - s.half_logsnr
+                inner = [
+                    Point.at(
+                        schedule,
+                        float(schedule.t_from_half_logsnr(torch.tensor(s.half_logsnr + j / order * h))),
+                    )
+                    for j in range(1, order)
+                ]
+                stages = (*inner, t)
+                k += 1
+            steps.append(Step(i, s, stages[-1], order, stages))
         return steps
 
     def step(self, evaluate, x, st, history):
@@ -403,9 +443,9 @@ class DPMSolver(Solver):
             x_next, _ = evaluate(x, s, t, partial(ddim_update, x, s, t))
             return x_next
         h = t.half_logsnr - s.half_logsnr
-        if st.order == 2:  # Eq. 26-28
-            r1 = 0.5
+        if st.order == 2:  # Eq. 26-28 with r1 from the stage's time
             s1 = st.stages[0]
+            r1 = (s1.half_logsnr - s.half_logsnr) / h
             u, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
 
             def second_stage(e1):
@@ -413,8 +453,8 @@ class DPMSolver(Solver):
 
             x_next, _ = evaluate(u, s1, t, second_stage)
             return x_next
-        r1, r2 = 1 / 3, 2 / 3  # Eq. 30-32
-        s1, s2 = st.stages[0], st.stages[1]
+        s1, s2 = st.stages[0], st.stages[1]  # Eq. 30-32 with r1, r2 from the stages' times
+        r1, r2 = ((p.half_logsnr - s.half_logsnr) / h for p in (s1, s2))
         u1, eps_s = evaluate(x, s, s1, partial(_first_stage, x, s, s1))
         c2 = s2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
 
@@ -494,7 +534,7 @@ def make_plan(
         n_steps = len(torch.as_tensor(grid)) - 1
         nfe = sol.nfe_for_steps(n_steps, schedule.ends_at_zero, options)
     orders = sol.orders(nfe, schedule.ends_at_zero, options)
-    times = make_grid(schedule, grid, len(orders))
+    times = make_grid(schedule, grid, sol.grid_intervals(orders, options))
     steps = tuple(sol.build_steps(schedule, times, orders, options))
     n_eval = sum(len(st.stages) for st in steps)
     assert n_eval == nfe, f"internal error: plan of {solver} has {n_eval} evaluations for nfe={nfe}"

@@ -13,13 +13,15 @@ from dode.solvers import SOLVERS, dpm_solver_orders, make_plan
 # (solver, options, NFEs with a fixed order composition and doubling steps, expected order, tolerance)
 # DEIS of order r interpolates through r + 1 outputs, so it converges at order r + 1 (order 1 is not DDIM).
 # DPM-Solver-3: NFE = 3K - 1 gives [3, ..., 3, 2] on VP; on EDM (final step into sigma = 0 is first order)
-# NFE = 3K gives [3, ..., 3, 2, 1] whose last step is that step into 0.
+# NFE = 3K gives [3, ..., 3, 2, 1] whose last step is that step into 0. Both stage placements of DPM-Solver
+# (its stages on the grid, the default, or at fixed logSNR fractions) keep the order.
 CONVERGENCE = {
     "vp": [
         ("ddim", {}, [20, 40, 80], 1.0, 0.2),
         ("edm", {}, [41, 81, 161], 2.0, 0.25),
         ("dpm_solver", {"order": 2}, [20, 40, 80], 2.0, 0.25),
         ("dpm_solver", {"order": 3}, [23, 47, 95], 3.0, None),
+        ("dpm_solver", {"order": 3, "stage_times": "logsnr"}, [23, 47, 95], 3.0, None),
         ("deis", {"order": 3}, [20, 40, 80], 3.0, None),
         ("deis", {"order": 2}, [40, 80, 160], 3.0, None),
         ("deis", {"order": 1}, [20, 40, 80], 2.0, 0.15),
@@ -32,6 +34,7 @@ CONVERGENCE = {
         ("edm", {}, [41, 81, 161], 2.0, 0.25),
         ("dpm_solver", {"order": 2}, [20, 40, 80], 2.0, 0.25),
         ("dpm_solver", {"order": 3}, [24, 48, 96], 3.0, None),
+        ("dpm_solver", {"order": 3, "stage_times": "logsnr"}, [24, 48, 96], 3.0, None),
         ("deis", {"order": 3}, [20, 40, 80], 3.0, None),
         ("deis", {"order": 2}, [40, 80, 160], 3.0, None),
         ("deis", {"order": 1}, [20, 40, 80], 2.0, 0.15),

@@ -155,12 +155,12 @@ def _expected_states(tr, plan, den):
                 out.append((a_t / a_s) * x + a_t * (sh_t - sh_s) * 0.5 * (eps_s + d_used(k + 1)))
         elif st.order == 1:  # ddim, ipndm, deis, DPM-Solver-1
             out.append(ddim(x, s, t, d_used(k)))
-        else:  # singlestep DPM-Solver-2/3 (Eq. 26-32): the corrected eps_s in every later stage; the
-            # e^(r h) of a DDIM term is taken at the stage's actual time s_i (the inverse t(ell) of a discrete
-            # VP schedule is exact only to rounding), the r's of the correction terms are the nominal ones
+        else:  # singlestep DPM-Solver-2/3 (Eq. 26-32): the corrected eps_s in every later stage, and
+            # r_i = (ell_si - ell_s) / h from the time s_i each stage was evaluated at (the default places the
+            # stages on the grid, so the r_i are not 1/2 or 1/3, 2/3)
             h, eps_s = l_t - l_s, d_used(k)
-            r = [0.5] if st.order == 2 else [1 / 3, 2 / 3]
             inner = [st.stages[i].t for i in range(st.order - 1)]
+            r = [(coef(t_i)[3] - l_s) / h for t_i in inner]
             (a_1, sig_1, _, l_1) = coef(inner[0])
             out.append((a_1 / a_s) * x - sig_1 * math.expm1(l_1 - l_s) * eps_s)
             if st.order == 2:
