@@ -183,6 +183,39 @@ def test_best_choice_says_where_a_d_solver_wins_and_where_it_does_not():
     assert joint.verdict == "not run"  # the exact test bed decides; digits only add evidence
 
 
+def test_best_choice_is_graded_per_model_on_the_samplers_each_ran():
+    import numpy as np
+    import xarray as xr
+
+    from dode.companion import claims
+
+    names = [
+        "diffusers:unipc_bh1",
+        "diffusers:edm_dpmpp_2m",
+        "dode:ddim:time_uniform:base",
+        "dode:ddim:time_uniform:d-ode",
+        "dode:ddim:edm:base",
+        "dode:ddim:edm:d-ode",
+    ]
+    nan = np.nan
+    fd = [
+        [[4.0, 1.0], [nan, nan], [6.0, 2.0], [2.0, 1.5], [nan, nan], [nan, nan]],  # VP model, NFE 5 and 10
+        [[nan, nan], [3.0, nan], [nan, nan], [nan, nan], [5.0, nan], [3.5, nan]],  # EDM model, NFE 5 only
+    ]
+    ds = xr.Dataset(
+        {"fd": (("model", "sampler", "nfe"), fd)},
+        coords={"model": ["vp-model", "edm-model"], "sampler": names, "nfe": [5, 10]},
+    )
+    verdict = claims.check_best_choice({"13_peers": ds})
+    lines = verdict.evidence.splitlines()[1:]
+    assert verdict.verdict == "partly" and len(lines) == 3, verdict.evidence
+    assert lines[0].startswith("vp-model NFE 5: D-ODE is the best choice")
+    assert lines[1].startswith("vp-model NFE 10: D-ODE is not the best choice")
+    assert lines[2].startswith("edm-model NFE 5: D-ODE is not the best choice")
+    assert "EDM DPM-Solver++(2M) 3.00" in lines[2] and "EDM grid 3.50" in lines[2]
+    assert peers.model_results(ds, "edm-model").coords["nfe"].values.tolist() == [5]
+
+
 def test_joint_fit_finding_reads_the_exact_test_bed():
     import numpy as np
     import xarray as xr

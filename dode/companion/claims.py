@@ -39,8 +39,9 @@ VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
 #: findings beyond the paper (notebooks 12, 13), checked like its claims: "reproduced" = it holds in this
 #: build's results, "partly" = in some cells, "not reproduced" = in none
 FINDINGS = {
-    "best_choice": "at few NFE a D-solver is the best sampler for this model, better than every diffusers "
-    "scheduler and every dode base solver on the same network and noise (page 13)",
+    "best_choice": "at few NFE a D-solver is the best sampler for each model, better than every diffusers "
+    "scheduler and every dode base solver on the same network and noise, on a noise-prediction and on an EDM "
+    "data-prediction model (page 13)",
     "joint_fit": "the joint fit is never worse than the paper's greedy fit and beats the base solver where "
     "the greedy fit makes it worse (exact test bed, page 12; digits, page 13)",
 }

@@ -432,7 +432,7 @@ def model_results(ds, model: str):
 def peers_figure(ds, metric: str, title: str | None = None):
     """FD (or FID) against NFE on one model (:func:`model_results`): diffusers' schedulers in grey, dode's base
     solvers dashed, D-solvers solid (greedy fit: circles, joint fit: squares); one colour per dode solver,
-    one line style per grid (solid: time-uniform, dash-dot: logSNR, dotted: EDM's)."""
+    the D-solvers' line style names their grid (solid: time-uniform, dash-dot: logSNR, dotted: EDM's)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(12, 5))

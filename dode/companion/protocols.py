@@ -118,7 +118,7 @@ _EDM_SAMPLERS_PAPER = [
     *[f"dode:{s}:{g}:{m}" for s in _EDM_DODE for g in ("edm", "logsnr_uniform") for m in ("base", "d-ode")],
     *[f"dode:{s}:edm:d-ode-joint" for s in _EDM_DODE],
 ]
-_EDM_NFES_CPU = [3, 5, 9, 13, 19]
+_EDM_NFES_CPU = [3, 5, 7, 9, 13, 19]
 
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
