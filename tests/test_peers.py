@@ -56,35 +56,101 @@ def test_the_first_order_final_step_is_the_better_default_on_the_exact_mixture(g
     assert dode.make_plan(den.schedule, "dpm_solver++", 10).options == {"lower_order_final": True}
 
 
-@pytest.mark.parametrize("peer", sorted(peers.PEERS))
+VP_PEERS = sorted(p for p, spec in peers.PEERS.items() if spec.convention == "vp")
+EDM_PEERS = sorted(p for p, spec in peers.PEERS.items() if spec.convention != "vp")
+
+
+@pytest.fixture
+def edm_den(gmm):
+    return gmm.denoiser(SCHEDULES["edm"], "x0")
+
+
+@pytest.mark.parametrize("peer", VP_PEERS + EDM_PEERS)
 def test_every_peer_runs_counts_its_network_evaluations_and_starts_from_the_same_noise(
-    den, peer, monkeypatch
+    den, edm_den, peer, monkeypatch
 ):
+    """A VP peer's network sees the noise itself first, an EDM peer's sigma_max times the noise (dode's start,
+    not the EDM schedulers' init_noise_sigma); Heun makes 2N - 1 evaluations in N steps."""
+    model = den if peer in VP_PEERS else edm_den
     noise = make_noise(16, seed=4)
     seen = []
-    real = den.fn
+    real = model.fn
 
     def spy(x, t, **kw):
         seen.append(x.detach().clone())
         return real(x, t, **kw)
 
-    monkeypatch.setattr(den, "fn", spy)
-    x, calls = peers.diffusers_sample(den, noise, peer, 5)
+    monkeypatch.setattr(model, "fn", spy)
+    x, calls = peers.diffusers_sample(model, noise, peer, 5)
     assert calls == len(seen) == 5
     assert torch.isfinite(x).all()
-    torch.testing.assert_close(seen[0].to(torch.float64), noise.to(seen[0].dtype).to(torch.float64))
+    start = model.schedule.initial_state(noise, model.schedule.t_max)
+    torch.testing.assert_close(seen[0].to(torch.float64), start, rtol=1e-6, atol=1e-6)
 
 
-def test_sampler_names_are_checked(den):
-    assert peers.parse_sampler("diffusers:unipc_bh1") == {"family": "diffusers", "peer": "unipc_bh1"}
-    assert peers.parse_sampler("dode:deis3:logsnr_uniform:d-ode-joint")["method"] == "d-ode-joint"
-    for bad in ("diffusers:euler", "dode:deis3:time_uniform", "dode:deis3:time_uniform:greedy", "k:x"):
-        with pytest.raises(ValueError, match="sampler must be"):
-            peers.parse_sampler(bad)
-    with pytest.raises(ValueError, match="peer must be one of"):
-        peers.make_scheduler("euler", den)
-    with pytest.raises(ValueError, match="discrete VP noise-prediction"):
-        peers.make_scheduler("ddim", den.__class__(den.fn, SCHEDULES["edm"], "eps"))
+#: (peer, dode solver, grid): where a diffusers EDM scheduler and a dode solver are the same algorithm on the
+#: same sigmas -- Euler in sigma is DDIM (alpha = 1), the exponential sigmas are the logSNR grid, Heun on
+#: Karras sigmas is EDM's sampler; both end with a first-order step into sigma = 0
+SAME_ALGORITHM = [
+    ("edm_euler", "ddim", "edm"),
+    ("edm_dpmpp_2m", "dpm_solver++", "edm"),
+    ("edm_dpmpp_2m_exp", "dpm_solver++", "logsnr_uniform"),
+    ("heun_karras", "edm", "edm"),
+]
+
+
+@pytest.mark.parametrize("nfe", [3, 5, 9, 19])
+@pytest.mark.parametrize(("peer", "solver", "grid"), SAME_ALGORITHM)
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_an_edm_scheduler_is_dode_where_the_algorithms_coincide(gmm, peer, solver, grid, nfe, prediction):
+    """To float32 precision (diffusers keeps its sigmas and coefficients in float32), relative to the state's
+    scale: the input scaling, the output preconditioning and the step index are what the scheduler expects."""
+    den = gmm.denoiser(SCHEDULES["edm"], prediction)
+    noise = make_noise(64, seed=5)
+    x, calls = peers.diffusers_sample(den, noise, peer, nfe)
+    y = dode.sample(den, noise, solver, nfe, grid=grid)
+    assert calls == nfe
+    scale = float(y.abs().max())
+    assert float((x - y).abs().max()) < 1e-5 * max(scale, 1.0), (float((x - y).abs().max()), scale)
+    # and not by accident: another solver on the same grid is far off
+    other = dode.sample(den, noise, {"ddim": "dpm_solver++"}.get(solver, "ddim"), nfe, grid=grid)
+    assert float((x - other).abs().max()) > 1e-3
+
+
+def test_the_edm_network_sees_what_diffusers_edm_schedulers_hand_it(monkeypatch):
+    """On digits-edm-mini (EDM's preconditioning, dode.zoo.nets.EDMPrecond) the EDM scheduler, set to the
+    model's sigma_data, hands the inner network exactly EDM's ``c_in x`` and ``log(sigma) / 4``, and the output
+    it gets back is that network's raw output ``F``."""
+    from dode import zoo
+
+    den = zoo.load("digits-edm-mini")
+    noise = make_noise(4, dim=64, seed=6).reshape(4, 1, 8, 8)
+    scheduler = peers.make_scheduler("edm_dpmpp_2m", den)
+    assert scheduler.config.sigma_data == pytest.approx(float(den.fn.sigma_data))
+    scheduler.set_timesteps(5)
+    x = den.schedule.initial_state(noise, den.schedule.t_max)
+    for i, t in enumerate(scheduler.timesteps[:3]):
+        model_input = scheduler.scale_model_input(x, t)
+        out = peers._network(den, "edm", scheduler, i, model_input, t)
+        raw = den.fn.net(model_input.float(), t.float().expand(len(x)))
+        torch.testing.assert_close(out.float(), raw, rtol=1e-4, atol=1e-4)
+        x = scheduler.step(out, t, x).prev_sample
+
+
+def test_heun_cannot_make_an_even_nfe(edm_den):
+    assert peers.peer_steps("heun_karras", 9) == 5 and peers.peer_steps("heun_karras", 8) is None
+    assert peers.peer_steps("edm_euler", 8) == 8
+    with pytest.raises(ValueError, match="cannot make nfe=4"):
+        peers.diffusers_sample(edm_den, make_noise(2), "heun_karras", 4)
+
+
+def test_a_peer_refuses_a_model_of_the_other_convention(den, edm_den):
+    with pytest.raises(ValueError, match="drives EDM-schedule models only"):
+        peers.make_scheduler("edm_euler", den)
+    with pytest.raises(ValueError, match="drives discrete VP noise-prediction models only"):
+        peers.make_scheduler("unipc_bh2", edm_den)
+    with pytest.raises(ValueError, match="rho = 7"):
+        peers.make_scheduler("heun_karras", edm_den.__class__(edm_den.fn, dode.EDMSchedule(rho=5.0), "x0"))
 
 
 def _peers_results(values: dict):
@@ -115,6 +181,39 @@ def test_best_choice_says_where_a_d_solver_wins_and_where_it_does_not():
     assert claims.check_best_choice({}).verdict == "not run"
     joint = claims.check_joint_fit({"13_peers": ds})
     assert joint.verdict == "not run"  # the exact test bed decides; digits only add evidence
+
+
+def test_best_choice_is_graded_per_model_on_the_samplers_each_ran():
+    import numpy as np
+    import xarray as xr
+
+    from dode.companion import claims
+
+    names = [
+        "diffusers:unipc_bh1",
+        "diffusers:edm_dpmpp_2m",
+        "dode:ddim:time_uniform:base",
+        "dode:ddim:time_uniform:d-ode",
+        "dode:ddim:edm:base",
+        "dode:ddim:edm:d-ode",
+    ]
+    nan = np.nan
+    fd = [
+        [[4.0, 1.0], [nan, nan], [6.0, 2.0], [2.0, 1.5], [nan, nan], [nan, nan]],  # VP model, NFE 5 and 10
+        [[nan, nan], [3.0, nan], [nan, nan], [nan, nan], [5.0, nan], [3.5, nan]],  # EDM model, NFE 5 only
+    ]
+    ds = xr.Dataset(
+        {"fd": (("model", "sampler", "nfe"), fd)},
+        coords={"model": ["vp-model", "edm-model"], "sampler": names, "nfe": [5, 10]},
+    )
+    verdict = claims.check_best_choice({"13_peers": ds})
+    lines = verdict.evidence.splitlines()[1:]
+    assert verdict.verdict == "partly" and len(lines) == 3, verdict.evidence
+    assert lines[0].startswith("vp-model NFE 5: D-ODE is the best choice")
+    assert lines[1].startswith("vp-model NFE 10: D-ODE is not the best choice")
+    assert lines[2].startswith("edm-model NFE 5: D-ODE is not the best choice")
+    assert "EDM DPM-Solver++(2M) 3.00" in lines[2] and "EDM grid 3.50" in lines[2]
+    assert peers.model_results(ds, "edm-model").coords["nfe"].values.tolist() == [5]
 
 
 def test_joint_fit_finding_reads_the_exact_test_bed():
@@ -154,11 +253,17 @@ def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
     samplers = ["diffusers:dpmpp_2m", "dode:dpm_solver++:time_uniform:base"]
     values = []
     for batch_size in (48, 20):
-        cfg = ex.settings(PROTOCOLS["13_peers"], "smoke", samplers=samplers, batch_size=batch_size)
+        cfg = ex.settings(
+            PROTOCOLS["13_peers"],
+            "smoke",
+            models=["digits-eps-mini"],
+            samplers=samplers,
+            batch_size=batch_size,
+        )
         path = peers.peers_sweep("13_peers", cfg, tmp_path / str(batch_size), progress=False)
         with xr.open_dataset(path) as ds:
             values.append(ds["fd"].values)
-            assert (ds["network_evaluations"].values == 3).all()
+            assert (ds["network_evaluations"].values == 3).all() and ds["fd"].dims[0] == "model"
     torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)
 
 

@@ -40,8 +40,9 @@ VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
 #: findings beyond the paper (notebooks 12, 13), checked like its claims: "reproduced" = it holds in this
 #: build's results, "partly" = in some cells, "not reproduced" = in none
 FINDINGS = {
-    "best_choice": "at few NFE a D-solver is the best sampler for this model, better than every diffusers "
-    "scheduler and every dode base solver on the same network and noise (page 13)",
+    "best_choice": "at few NFE a D-solver is the best sampler for each model, better than every diffusers "
+    "scheduler and every dode base solver on the same network and noise, on a noise-prediction and on an EDM "
+    "data-prediction model (page 13)",
     "joint_fit": "the joint fit is never worse than the paper's greedy fit and beats the base solver where "
     "the greedy fit makes it worse (exact test bed, page 12; digits, page 13)",
 }
@@ -434,40 +435,39 @@ def check_all(results: dict) -> list[Verdict]:
     return out
 
 
-def _best_by_group(ds, var: str, nfe) -> dict:
-    """The best sampler of each group (diffusers, dode base, D-solver) of the peers page at ``nfe``."""
-    from dode.companion.peers import parse_sampler, sampler_label
+def _peers_models(ds) -> list[tuple[str | None, object]]:
+    """``(model, its cells)`` of a peers results file (one ``(None, ds)`` for a file without a model
+    dimension), each without the samplers and NFEs that model did not run."""
+    from dode.companion.peers import model_results
 
-    best: dict[str, tuple[str, float]] = {}
-    for name in ds.coords["sampler"].values.tolist():
-        value = float(ds[var].sel({"sampler": name, "nfe": nfe}))
-        if not np.isfinite(value):
-            continue
-        p = parse_sampler(name)
-        group = "diffusers" if p["family"] == "diffusers" else "base" if p["method"] == "base" else "D"
-        if group not in best or value < best[group][1]:
-            best[group] = (sampler_label(name), value)
-    return best
+    if "model" not in ds.dims:
+        return [(None, ds)]
+    return [(m, model_results(ds, m)) for m in ds.coords["model"].values.tolist()]
 
 
 def check_best_choice(results: dict) -> Verdict:
-    """Page 13: at which NFE the best D-solver beats the best diffusers scheduler and the best base solver."""
+    """Page 13, per model: at which NFE the best D-solver beats the best diffusers scheduler and the best base
+    solver."""
+    from dode.companion.peers import best_by_group
+
     ds = results.get("13_peers")
     if ds is None:
         return Verdict("best_choice", "not run", "notebook 13 has no results")
     var, lines, wins = metric_name(ds), ["one seed: the margins are indicative, not significant"], []
-    for nfe in ds.coords["nfe"].values.tolist():
-        best = _best_by_group(ds, var, nfe)
-        if len(best) < 3:
-            continue
-        (d_label, d), (p_label, p), (b_label, b) = best["D"], best["diffusers"], best["base"]
-        won = d < min(p, b)
-        wins.append(won)
-        lines.append(
-            f"NFE {nfe}: {'D-ODE is the best choice' if won else 'D-ODE is not the best choice'}: best D-solver "
-            f"{d_label} {d:.2f}, best diffusers scheduler {p_label} {p:.2f} ({p / d:.1f}x the D-solver's), "
-            f"best dode base solver {b_label} {b:.2f}"
-        )
+    for model, cells in _peers_models(ds):
+        for nfe in cells.coords["nfe"].values.tolist():
+            best = best_by_group(cells, var, nfe)
+            if len(best) < 3:
+                continue
+            (d_label, d), (p_label, p), (b_label, b) = best["D"], best["diffusers"], best["base"]
+            won = d < min(p, b)
+            wins.append(won)
+            lines.append(
+                f"{model + ' ' if model else ''}NFE {nfe}: "
+                f"{'D-ODE is the best choice' if won else 'D-ODE is not the best choice'}: best D-solver "
+                f"{d_label} {d:.2f}, best diffusers scheduler {p_label} {p:.2f} ({p / d:.1f}x the D-solver's), "
+                f"best dode base solver {b_label} {b:.2f}"
+            )
     if not wins:
         return Verdict("best_choice", "not run", "notebook 13 holds no NFE with all three kinds of sampler")
     verdict = "reproduced" if all(wins) else "partly" if any(wins) else "not reproduced"
@@ -514,24 +514,25 @@ def check_joint_fit(results: dict) -> Verdict:
         from dode.companion.peers import parse_sampler, sampler_label
 
         var = metric_name(peers)
-        names = peers.coords["sampler"].values.tolist()
-        for name in names:
-            p = parse_sampler(name)
-            if p["family"] != "dode" or p["method"] != "d-ode-joint":
-                continue
-            for nfe in peers.coords["nfe"].values.tolist():
+        for model, cells in _peers_models(peers):
+            names = cells.coords["sampler"].values.tolist()
+            for name in names:
+                p = parse_sampler(name)
+                if p["family"] != "dode" or p["method"] != "d-ode-joint":
+                    continue
                 get = {m: f"dode:{p['solver']}:{p['grid']}:{m}" for m in ("base", "d-ode", "d-ode-joint")}
                 if not all(g in names for g in get.values()):
                     continue
-                v = {m: float(peers[var].sel({"sampler": g, "nfe": nfe})) for m, g in get.items()}
-                if not np.isfinite(list(v.values())).all():
-                    continue
-                changes = (v["d-ode"] < v["base"]) != (v["d-ode-joint"] < v["base"])
-                lines.append(
-                    f"digits, {sampler_label(get['base'])} NFE {nfe} (one seed): {var.upper()} base {v['base']:.2f}, "
-                    f"greedy {v['d-ode']:.2f}, joint {v['d-ode-joint']:.2f}"
-                    + (" -- the joint fit changes the verdict against the base solver" if changes else "")
-                )
+                for nfe in cells.coords["nfe"].values.tolist():
+                    v = {m: float(cells[var].sel({"sampler": g, "nfe": nfe})) for m, g in get.items()}
+                    if not np.isfinite(list(v.values())).all():
+                        continue
+                    changes = (v["d-ode"] < v["base"]) != (v["d-ode-joint"] < v["base"])
+                    lines.append(
+                        f"{model or 'digits'}, {sampler_label(get['base'])} NFE {nfe} (one seed): "
+                        f"{var.upper()} base {v['base']:.2f}, greedy {v['d-ode']:.2f}, joint {v['d-ode-joint']:.2f}"
+                        + (" -- the joint fit changes the verdict against the base solver" if changes else "")
+                    )
     if not never_worse:
         return Verdict("joint_fit", "not run", "notebook 12 has no results")
     held = all(never_worse) and all(repairs)

@@ -80,12 +80,45 @@ _PD_CPU = dict(
 # the test bed's mixture: 4 components in 8 dimensions (as in tests/conftest.py)
 _GMM = dict(n_components=4, dim=8, seed=0)
 
-# the peers page: diffusers' schedulers and dode's solvers (dode.companion.peers)
+# the peers page: diffusers' schedulers and dode's solvers (dode.companion.peers). On a VP model: the paper's
+# time-uniform grid, DPM-Solver++ also on the logSNR grid it is designed for
 _PEERS_CPU = ("unipc_bh1", "unipc_bh2", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_3m", "deis", "ddim")
 _PEERS_PAPER = (*_PEERS_CPU, "dpmpp_3m_karras", "dpmpp_2m_sigma_min")
 _DODE_CPU = ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
 _DODE_PAPER = _DODE_CPU
 _GRIDS_PAPER = ("time_uniform", "logsnr_uniform", "edm")
+_VP_SAMPLERS_CPU = [
+    *[f"diffusers:{p}" for p in _PEERS_CPU],
+    *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
+    "dode:dpm_solver++:logsnr_uniform:base",
+    *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "deis3", "dpm_solver3", "dpm_solver++")],
+    "dode:dpm_solver++:logsnr_uniform:d-ode",
+    *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
+]
+_VP_SAMPLERS_PAPER = [
+    *[f"diffusers:{p}" for p in _PEERS_PAPER],
+    *[f"dode:{s}:{g}:{m}" for s in _DODE_PAPER for g in _GRIDS_PAPER for m in ("base", "d-ode")],
+    *[f"dode:{s}:time_uniform:d-ode-joint" for s in _DODE_PAPER],
+]
+# On an EDM model: EDM's rho = 7 grid (the paper's there, and the one EDM's samplers are tuned for) and the
+# logSNR grid; not the time-uniform one, uniform in sigma there. The cpu list is what ~200 s allow: diffusers'
+# DPM-Solver++ on exponential sigmas is dode's on the logSNR grid (tests/test_peers.py), so the cpu run keeps
+# the former only
+_EDM_PEERS_CPU = ("edm_euler", "edm_dpmpp_2m", "edm_dpmpp_3m", "edm_dpmpp_2m_exp", "heun_karras")
+_EDM_PEERS_PAPER = (*_EDM_PEERS_CPU, "edm_dpmpp_3m_exp")
+_EDM_DODE = ("ddim", "edm", "dpm_solver++")
+_EDM_SAMPLERS_CPU = [
+    *[f"diffusers:{p}" for p in _EDM_PEERS_CPU],
+    *[f"dode:{s}:edm:base" for s in _EDM_DODE],
+    *[f"dode:{s}:edm:d-ode" for s in _EDM_DODE],
+    *[f"dode:{s}:edm:d-ode-joint" for s in ("ddim", "dpm_solver++")],
+]
+_EDM_SAMPLERS_PAPER = [
+    *[f"diffusers:{p}" for p in _EDM_PEERS_PAPER],
+    *[f"dode:{s}:{g}:{m}" for s in _EDM_DODE for g in ("edm", "logsnr_uniform") for m in ("base", "d-ode")],
+    *[f"dode:{s}:edm:d-ode-joint" for s in _EDM_DODE],
+]
+_EDM_NFES_CPU = [3, 5, 7, 9, 13, 19]
 
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
@@ -287,19 +320,29 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
     # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
-    # (dode.companion.peers). cpu: one seed, 1,000 samples, NFE 3 to 20, the joint fits at NFE 5 only (they
-    # cost tens of greedy fits)
+    # (dode.companion.peers), on a noise-prediction and a data-prediction (EDM) model. cpu: one seed, 1,000
+    # samples, NFE 3 to 20 (odd on the EDM model, where Heun makes 2N - 1 evaluations), the joint fits at NFE
+    # 5 only (they cost tens of greedy fits)
     "13_peers": {
         "smoke": dict(
-            model="digits-eps-mini",
-            samplers=[
-                "diffusers:unipc_bh1",
-                "diffusers:dpmpp_2m",
-                "dode:dpm_solver++:time_uniform:base",
-                "dode:dpm_solver++:time_uniform:d-ode",
-                "dode:ddim:time_uniform:d-ode-joint",
-            ],
-            nfes=[3],
+            models=["digits-eps-mini", "digits-edm-mini"],
+            samplers={
+                "digits-eps-mini": [
+                    "diffusers:unipc_bh1",
+                    "diffusers:dpmpp_2m",
+                    "dode:dpm_solver++:time_uniform:base",
+                    "dode:dpm_solver++:time_uniform:d-ode",
+                    "dode:ddim:time_uniform:d-ode-joint",
+                ],
+                "digits-edm-mini": [
+                    "diffusers:edm_dpmpp_2m",
+                    "diffusers:heun_karras",
+                    "dode:edm:edm:base",
+                    "dode:edm:edm:d-ode",
+                    "dode:ddim:edm:d-ode-joint",
+                ],
+            },
+            nfes={"digits-eps-mini": [3], "digits-edm-mini": [3]},
             joint_nfes=[3],
             seed=0,
             K=2,
@@ -309,16 +352,9 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             device="cpu",
         ),
         "cpu": dict(
-            model="digits-eps",
-            samplers=[
-                *[f"diffusers:{p}" for p in _PEERS_CPU],
-                *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
-                "dode:dpm_solver++:logsnr_uniform:base",
-                *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "deis3", "dpm_solver3", "dpm_solver++")],
-                "dode:dpm_solver++:logsnr_uniform:d-ode",
-                *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
-            ],
-            nfes=[3, 5, 8, 10, 12, 20],
+            models=["digits-eps", "digits-edm"],
+            samplers={"digits-eps": _VP_SAMPLERS_CPU, "digits-edm": _EDM_SAMPLERS_CPU},
+            nfes={"digits-eps": [3, 5, 8, 10, 12, 20], "digits-edm": _EDM_NFES_CPU},
             joint_nfes=[5],
             seed=0,
             K=10,
@@ -328,14 +364,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             device="cpu",
         ),
         "paper": dict(
-            model="ddpm-cifar10",
-            samplers=[
-                *[f"diffusers:{p}" for p in _PEERS_PAPER],
-                *[f"dode:{s}:{g}:{m}" for s in _DODE_PAPER for g in _GRIDS_PAPER for m in ("base", "d-ode")],
-                *[f"dode:{s}:time_uniform:d-ode-joint" for s in _DODE_PAPER],
-            ],
-            nfes=[3, 5, 8, 12, 20],
-            joint_nfes=[3, 5, 8, 12, 20],
+            models=["ddpm-cifar10", "edm-cifar10-uncond-vp"],
+            samplers={"ddpm-cifar10": _VP_SAMPLERS_PAPER, "edm-cifar10-uncond-vp": _EDM_SAMPLERS_PAPER},
+            nfes={"ddpm-cifar10": [3, 5, 8, 12, 20], "edm-cifar10-uncond-vp": [3, 5, 7, 9, 13, 19]},
+            joint_nfes=[3, 5, 7, 8, 9, 12, 13, 19, 20],
             seed=0,
             K=10,
             B=100,
