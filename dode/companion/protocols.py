@@ -64,6 +64,12 @@ def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_mo
     return out
 
 
+def _with_joint(protocol: dict, joint_nfes: dict) -> dict:
+    """``protocol`` with each profile's ``joint_nfes``: the NFEs at which its joint-fit method runs
+    (:func:`dode.companion.experiments.method_nfes`)."""
+    return {profile: {**table, "joint_nfes": joint_nfes[profile]} for profile, table in protocol.items()}
+
+
 _PD_CPU = dict(
     steps_start=8,
     steps_end=2,
@@ -93,17 +99,24 @@ _TRAJ = dict(
 
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
-    "02_noise_prediction": _sweep(
-        (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
-        NOISE_SOLVERS,
-        {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
-        key="models",
-        per_model=_PAPER_PER_MODEL,
-        cpu=_CURVE_CPU,
-        # no joint fit (d-ode-joint) here: it costs tens of greedy fits (dode.joint), neither within the cpu
-        # book's half hour nor cheap at NFE 50 on CIFAR-10; pages 12 and 13 have joint cells on the test bed
-        # and on digits, tests/test_joint.py runs it through this sweep. Add it with
-        # -y '{methods: [base, d-ode, d-ode-joint]}'
+    "02_noise_prediction": _with_joint(
+        _sweep(
+            (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
+            NOISE_SOLVERS,
+            {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
+            methods=("base", "d-ode", "d-ode-joint"),
+            key="models",
+            per_model=_PAPER_PER_MODEL,
+            cpu=_CURVE_CPU,
+        ),
+        # the joint fit (dode.joint) beside the greedy one, all solvers and seeds, at the NFEs it is affordable
+        # at: it costs 2-5 finite-difference Jacobians (NFE sampling runs of the fitting batch each) and a few
+        # more runs, against one run for the greedy fit. cpu: NFE 3-10 (about 3 minutes of fits on one core;
+        # at NFE 20 one fit alone took ~4 minutes before the Broyden updates, and still 20+ runs of B = 100
+        # per Jacobian); smoke: NFE 3 only, so that the smoke book checks the empty cells of NFE 5; paper:
+        # NFE 2, 5 and 10 -- at NFE 10 about 50 runs of 100 samples per fit, i.e. 5,000 samples x 10 NFE,
+        # a tenth of the 50k-sample evaluation run of the same cell (not measured on a GPU here)
+        {"smoke": [3], "cpu": [3, 4, 5, 7, 10], "paper": [2, 5, 10]},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
