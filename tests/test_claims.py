@@ -141,3 +141,35 @@ def test_lookahead_check_compares_the_best_constant_with_the_fit():
     assert claims.check_lookahead(results).verdict == "reproduced"
     results["09_lookahead_fixed"]["fd"][..., 3, :] = 0.5  # LA beats D-DDIM at NFE 10
     assert claims.check_lookahead(results).verdict == "partly"
+
+
+def _with_joint(ds, joint):
+    """``ds`` with a ``d-ode-joint`` method holding ``joint`` (per (nfe, seed); NaN: not run there)."""
+    out = ds.reindex({"method": [*ds.coords["method"].values.tolist(), "d-ode-joint"]})
+    out["fd"].loc[{"method": "d-ode-joint"}] = np.asarray(joint, dtype=float)[None]
+    return out
+
+
+def test_the_joint_verdict_names_the_cells_where_the_joint_fit_changes_the_side():
+    # NFE 5: greedy worse than base in every seed, joint better -> the verdict changes; NFE 10: both better;
+    # NFE 20: no joint fit there (NaN), so no row
+    ds = sweep(
+        base=[[30, 31, 29], [10, 10.5, 9.5], [5, 5, 5]],
+        dode_=[[45, 46, 44], [8, 8.2, 7.9], [4, 4, 4]],
+        nfes=(5, 10, 20),
+        solvers=("dpm_solver3",),
+    )
+    ds = _with_joint(ds, [[20, 21, 19], [7.5, 7.6, 7.4], [np.nan] * 3])
+    rows = claims.joint_verdicts(ds)
+    assert [(r["nfe"], r["greedy_side"], r["joint_side"], r["changed"]) for r in rows] == [
+        (5, -1, 1, True),
+        (10, 1, 1, False),
+    ]
+    verdict = claims.check_joint_verdict({"02_noise_prediction": ds})
+    assert verdict.verdict == "reproduced", verdict.evidence
+    assert "dpm_solver3 NFE 5: FD base 30.00, greedy 45.00 (worse than base, 0/3 seeds)" in verdict.evidence
+    # the joint fit makes the NFE 10 cell worse than its base: only partly
+    ds["fd"].loc[{"method": "d-ode-joint", "nfe": 10}] = [12, 12.5, 11.6]
+    assert claims.check_joint_verdict({"02_noise_prediction": ds}).verdict == "partly"
+    # no joint cells at all: not run
+    assert claims.check_joint_verdict({"02_noise_prediction": sweep([[1, 1]], [[2, 2]])}).verdict == "not run"
