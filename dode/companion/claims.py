@@ -596,7 +596,7 @@ def check_joint_verdict(results: dict) -> Verdict:
         f"than base in {len(repaired)} of them; joint worse than base where greedy is not in {len(spoiled)}"
     )
     for r in rows:
-        if r["changed"] or (r["solver"] == "dpm_solver3" and r["nfe"] == 5):
+        if r["changed"] or r["greedy_side"] < 0 or (r["solver"] == "dpm_solver3" and r["nfe"] == 5):
             where = (f"{r['model']} " if "model" in r else "") + f"{r['solver']} NFE {r['nfe']}"
             lines.append(
                 f"{where}: {var.upper()} base {r['base']:.2f}, greedy {r['greedy']:.2f} "

@@ -531,7 +531,7 @@ def quality_sweep(
     point's ``lambda_value``. Every method samples the seed's evaluation noise (the same for all methods and
     points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
     on a grid dimension is computed once and stored at each of its values. The joint-fit methods run only at
-    the NFEs also in ``joint_nfes`` (None: all; :func:`method_nfes`): they cost tens of greedy fits. Each
+    the NFEs also in ``joint_nfes`` (None: all; :func:`method_nfes`): each costs several greedy fits. Each
     finished unit is written at once, so an interrupted sweep resumes.
 
     With several ranks (``world``, see :mod:`dode.companion.distributed`) every rank runs this loop over the

@@ -110,12 +110,13 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             cpu=_CURVE_CPU,
         ),
         # the joint fit (dode.joint) beside the greedy one, all solvers and seeds, at the NFEs it is affordable
-        # at: it costs 2-5 finite-difference Jacobians (NFE sampling runs of the fitting batch each) and a few
-        # more runs, against one run for the greedy fit. cpu: NFE 3-10 (about 3 minutes of fits on one core;
-        # at NFE 20 one fit alone took ~4 minutes before the Broyden updates, and still 20+ runs of B = 100
-        # per Jacobian); smoke: NFE 3 only, so that the smoke book checks the empty cells of NFE 5; paper:
-        # NFE 2, 5 and 10 -- at NFE 10 about 50 runs of 100 samples per fit, i.e. 5,000 samples x 10 NFE,
-        # a tenth of the 50k-sample evaluation run of the same cell (not measured on a GPU here)
+        # at: 3-9 Levenberg-Marquardt iterations of NFE + 1 sampling runs of the fitting batch each, against
+        # one run for the greedy fit. cpu: NFE 3-10, where the 60 joint fits took 344 s (teacher included)
+        # and their sampling 137 s, and the notebook 1,017 s instead of 546 s (2 loaded cores, one thread);
+        # not NFE 20, where each fit would cost about as much as all four at NFE 10. smoke: NFE 3 only, so
+        # that the smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about
+        # 70-110 runs of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of
+        # the 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
         {"smoke": [3], "cpu": [3, 4, 5, 7, 10], "paper": [2, 5, 10]},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
