@@ -16,7 +16,13 @@ batch the result is never farther from the teacher than either start.
 The Jacobian with respect to the parameters is taken by forward finite differences, re-running the one
 sampling loop (:func:`dode.sample`) with one parameter perturbed at a time: every solver, schedule,
 prediction type and variant gets the joint fit through the same public entry point, at the cost of
-``P + 1`` sampling runs per iteration (``P`` free parameters).
+``P + 1`` sampling runs per iteration (``P`` free parameters), plus one per trial step.
+
+The fit stops once an accepted step lowers ``F`` by less than ``tol`` = 0.1 %. Measured on digits (B = 100,
+four solvers at NFE 5 and 10): the first two or three steps give most of the decrease, and stopping at 0.1 %
+keeps at least 99 % of the decrease that a 1e-7 tolerance reaches, with 3 times fewer sampling runs in all
+(1.4-4.7 per fit; 3-9 iterations instead of 8-23). Broyden's rank-1 updates of the Jacobian between differenced ones were
+tried and measured no cheaper at this tolerance (book/method.md, "the joint fit").
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from dode.sampling import sample
 __all__ = ["joint_fit", "JOINT_DEFAULTS", "check_fit_options"]
 
 #: the joint fit's options (``dode.distill(..., fit="joint", fit_options={...})``)
-JOINT_DEFAULTS = {"landing_weight": 0.0, "max_iter": 30, "tol": 1e-7}
+JOINT_DEFAULTS = {"landing_weight": 0.0, "max_iter": 30, "tol": 1e-3}
 
 
 def check_fit_options(fit: str, fit_options: dict | None) -> dict:
@@ -65,7 +71,8 @@ def joint_fit(
     intermediate landing states to the objective (module docstring); ``max_iter`` bounds the
     Levenberg-Marquardt iterations; ``tol`` stops them once an accepted step lowers the objective by less
     than this fraction. Returns :class:`~dode.Lambdas` with ``fit="joint"``; ``info`` holds the objective
-    of the base solver, of the greedy start and of the result, the sampling runs and the seconds spent.
+    of the base solver, of the greedy start and of the result, its value after each accepted step
+    (``joint_objectives``, from the start's), the sampling runs, network evaluations and seconds spent.
     """
     if start.constant:
         raise ValueError("start must be fitted per-evaluation lambdas (dode.distill), not a constant Lambdas")
@@ -130,7 +137,7 @@ def joint_fit(
 
     # forward differences: the step balances truncation against the rounding of the network's dtype
     h_rel = float(np.sqrt(torch.finfo(denoiser.dtype).eps))
-    mu, accepted, iterations = 1e-3, 0, 0
+    mu, accepted, iterations, trace = 1e-3, 0, 0, [f]
     while iterations < max_iter:
         iterations += 1
         h = h_rel * np.maximum(1.0, np.abs(theta))
@@ -156,6 +163,7 @@ def joint_fit(
                 decrease = (f - f_trial) / max(f, 1e-300)
                 theta, r, f = trial, r_trial, f_trial
                 mu, improved, accepted = max(mu / 3.0, 1e-9), True, accepted + 1
+                trace.append(f)
                 break
             mu *= 4.0
         if not improved or decrease < tol:
@@ -170,6 +178,7 @@ def joint_fit(
         "landing_weight": float(landing_weight),
         "joint_iterations": iterations,
         "joint_accepted_steps": accepted,
+        "joint_objectives": trace,
         "joint_sampling_runs": runs,
         "joint_network_evaluations": runs * start.nfe * n_batch,
         "joint_seconds": time.perf_counter() - t0,

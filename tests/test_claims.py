@@ -160,3 +160,35 @@ def test_a_page_states_the_verdicts_of_its_own_results_file(tmp_path):
     sweep(base=[[3.0]], dode_=[[2.0]]).to_netcdf(tmp_path / "06_samples.nc", engine="h5netcdf")
     with pytest.raises(ValueError, match="path must be the results file of one of"):
         claims.page_verdicts(tmp_path / "06_samples.nc")
+
+
+def _with_joint(ds, joint):
+    """``ds`` with a ``d-ode-joint`` method holding ``joint`` (per (nfe, seed); NaN: not run there)."""
+    out = ds.reindex({"method": [*ds.coords["method"].values.tolist(), "d-ode-joint"]})
+    out["fd"].loc[{"method": "d-ode-joint"}] = np.asarray(joint, dtype=float)[None]
+    return out
+
+
+def test_the_joint_verdict_names_the_cells_where_the_joint_fit_changes_the_side():
+    # NFE 5: greedy worse than base in every seed, joint better -> the verdict changes; NFE 10: both better;
+    # NFE 20: no joint fit there (NaN), so no row
+    ds = sweep(
+        base=[[30, 31, 29], [10, 10.5, 9.5], [5, 5, 5]],
+        dode_=[[45, 46, 44], [8, 8.2, 7.9], [4, 4, 4]],
+        nfes=(5, 10, 20),
+        solvers=("dpm_solver3",),
+    )
+    ds = _with_joint(ds, [[20, 21, 19], [7.5, 7.6, 7.4], [np.nan] * 3])
+    rows = claims.joint_verdicts(ds)
+    assert [(r["nfe"], r["greedy_side"], r["joint_side"], r["changed"]) for r in rows] == [
+        (5, -1, 1, True),
+        (10, 1, 1, False),
+    ]
+    verdict = claims.check_joint_verdict({"02_noise_prediction": ds})
+    assert verdict.verdict == "reproduced", verdict.evidence
+    assert "dpm_solver3 NFE 5: FD base 30.00, greedy 45.00 (worse than base, 0/3 seeds)" in verdict.evidence
+    # the joint fit makes the NFE 10 cell worse than its base: only partly
+    ds["fd"].loc[{"method": "d-ode-joint", "nfe": 10}] = [12, 12.5, 11.6]
+    assert claims.check_joint_verdict({"02_noise_prediction": ds}).verdict == "partly"
+    # no joint cells at all: not run
+    assert claims.check_joint_verdict({"02_noise_prediction": sweep([[1, 1]], [[2, 2]])}).verdict == "not run"

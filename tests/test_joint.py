@@ -133,7 +133,7 @@ def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_
     den = dode.zoo.load("digits-eps-mini")
     metric = dode.metrics.FD(batch_size=16)
     methods = ["base", "d-ode", "d-ode-joint"]
-    dims = ex.sweep_dims(["deis3"], [3], methods, [0])
+    dims = ex.sweep_dims(["deis3"], [2, 3], methods, [0])
     store = ResultStore(tmp_path / "s.nc", dims, {"k": 1})
     ex.quality_sweep(
         store,
@@ -141,7 +141,8 @@ def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_
         metric,
         "fd",
         solvers=["deis3"],
-        nfes=[3],
+        nfes=[2, 3],
+        joint_nfes=[3],
         seeds=[0],
         methods=methods,
         K=2,
@@ -157,6 +158,11 @@ def test_sweeps_follow_the_papers_teachers_and_fit_the_joint_method_jointly(tmp_
         expected = dode.distill(den, fit_noise, "deis", 3, 2, teacher="deis", fit=fit, order=3)
         stored = np.asarray(store.get("lambdas", solver="deis3", method=method, nfe=3, seed=0))[:3]
         np.testing.assert_allclose(stored[:, : expected.values.shape[1]], expected.values, rtol=1e-6)
+    # joint_nfes=[3]: the joint method skips NFE 2 (its cells stay empty), the others run there
+    assert np.isnan(float(store.get("fd", solver="deis3", method="d-ode-joint", nfe=2, seed=0)))
+    assert np.isfinite(float(store.get("fd", solver="deis3", method="d-ode", nfe=2, seed=0)))
+    assert ex.method_nfes("d-ode-joint", "deis3", {"deis3": [2, 3, 5]}, {"deis3": [3, 5, 7]}) == [3, 5]
+    assert ex.method_nfes("d-ode", "deis3", [2, 3], [3]) == [2, 3]
 
 
 def test_a_trial_step_that_diverges_is_rejected_not_fatal(gmm, monkeypatch):

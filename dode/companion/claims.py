@@ -25,6 +25,7 @@ __all__ = [
     "VERDICTS",
     "FINDINGS",
     "paired_gains",
+    "joint_verdicts",
     "check_all",
     "check_findings",
     "paper_teacher",
@@ -37,7 +38,7 @@ __all__ = [
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not run")
 
-#: findings beyond the paper (notebooks 12, 13), checked like its claims: "reproduced" = it holds in this
+#: findings beyond the paper (notebooks 02, 12, 13), checked like its claims: "reproduced" = it holds in this
 #: build's results, "partly" = in some cells, "not reproduced" = in none
 FINDINGS = {
     "best_choice": "at few NFE a D-solver is the best sampler for each model, better than every diffusers "
@@ -45,6 +46,9 @@ FINDINGS = {
     "data-prediction model (page 13)",
     "joint_fit": "the joint fit is never worse than the paper's greedy fit and beats the base solver where "
     "the greedy fit makes it worse (exact test bed, page 12; digits, page 13)",
+    "joint_verdict": "on the noise-prediction sweep (page 02) the joint fit turns every D-solver that the "
+    "greedy fit leaves worse than its base solver into one better than its base (D-DPM-Solver-3 at NFE 5 in "
+    "particular), and turns none the other way",
 }
 
 
@@ -398,6 +402,7 @@ EVIDENCE = {
     "cost": ("10_timing",),
     "best_choice": ("13_peers",),
     "joint_fit": ("12_exact_testbed", "13_peers"),
+    "joint_verdict": ("02_noise_prediction",),
 }
 
 #: claim -> its check (every claim of dode.companion.paper.CLAIMS has one)
@@ -540,9 +545,82 @@ def check_joint_fit(results: dict) -> Verdict:
     return Verdict("joint_fit", verdict, "\n".join(lines))
 
 
+_SIDE = {1: "better than base", -1: "worse than base", 0: "inside the noise"}
+
+
+def joint_verdicts(ds) -> list[dict]:
+    """Per ([model,] solver, NFE) cell with greedy and joint results: the paired gains over the base solver
+    (:func:`paired_gains`) of the greedy D-solver (``d-ode``) and of the joint one (``d-ode-joint``), each
+    one's side of the base solver (:func:`_significant`: +1 better, -1 worse, 0 inside the noise) and
+    whether the joint fit changes it."""
+    joint = {(r.get("model"), r["solver"], r["nfe"]): r for r in paired_gains(ds, "d-ode-joint")}
+    rows = []
+    for g in paired_gains(ds, "d-ode"):
+        j = joint.get((g.get("model"), g["solver"], g["nfe"]))
+        if j is None:
+            continue
+        side_g, side_j = _significant(g), _significant(j)
+        rows.append(
+            {
+                **({"model": g["model"]} if "model" in g else {}),
+                "solver": g["solver"],
+                "nfe": g["nfe"],
+                "base": g["base"],
+                "greedy": g["method"],
+                "joint": j["method"],
+                "greedy_wins": g["wins"],
+                "joint_wins": j["wins"],
+                "seeds": min(g["seeds"], j["seeds"]),
+                "greedy_side": side_g,
+                "joint_side": side_j,
+                "changed": side_g != side_j,
+            }
+        )
+    return rows
+
+
+def check_joint_verdict(results: dict) -> Verdict:
+    """Page 02: where the joint fit moves a D-solver to the other side of its base solver (or off it)."""
+    ds = results.get("02_noise_prediction")
+    rows = joint_verdicts(ds) if ds is not None else []
+    if not rows:
+        return Verdict("joint_verdict", "not run", "notebook 02 holds no joint-fit cells")
+    var = metric_name(ds)
+    lines = []
+    if all(r["seeds"] < 2 for r in rows):
+        lines.append("one seed only: signs are indicative, not significant")
+    worse = [r for r in rows if r["greedy_side"] < 0]
+    repaired = [r for r in worse if r["joint_side"] > 0]
+    spoiled = [r for r in rows if r["greedy_side"] >= 0 and r["joint_side"] < 0]
+    lines.append(
+        f"{len(rows)} (solver, NFE) cells with both fits; the joint fit changes the verdict against the base "
+        f"solver in {sum(r['changed'] for r in rows)}; greedy worse than base in {len(worse)}, joint better "
+        f"than base in {len(repaired)} of them; joint worse than base where greedy is not in {len(spoiled)}"
+    )
+    for r in rows:
+        if r["changed"] or r["greedy_side"] < 0 or (r["solver"] == "dpm_solver3" and r["nfe"] == 5):
+            where = (f"{r['model']} " if "model" in r else "") + f"{r['solver']} NFE {r['nfe']}"
+            lines.append(
+                f"{where}: {var.upper()} base {r['base']:.2f}, greedy {r['greedy']:.2f} "
+                f"({_SIDE[r['greedy_side']]}, {r['greedy_wins']}/{r['seeds']} seeds), joint {r['joint']:.2f} "
+                f"({_SIDE[r['joint_side']]}, {r['joint_wins']}/{r['seeds']} seeds)"
+            )
+    if not worse:
+        verdict = "not reproduced"
+        lines.append(
+            "the greedy fit leaves no D-solver significantly worse than its base: no verdict to change"
+        )
+    elif len(repaired) == len(worse) and not spoiled:
+        verdict = "reproduced" if rows[0]["seeds"] >= 2 else "partly"
+    else:
+        verdict = "partly" if repaired else "not reproduced"
+    return Verdict("joint_verdict", verdict, "\n".join(lines))
+
+
 FINDING_CHECKS: dict[str, Callable[[dict], Verdict]] = {
     "best_choice": check_best_choice,
     "joint_fit": check_joint_fit,
+    "joint_verdict": check_joint_verdict,
 }
 
 

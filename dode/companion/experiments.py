@@ -44,6 +44,7 @@ __all__ = [
     "one_at_a_time",
     "sweep_points",
     "method_kind",
+    "method_nfes",
     "CONSTANT_METHODS",
     "FITTED_METHODS",
     "JOINT_METHODS",
@@ -458,13 +459,26 @@ def same_as_per_time(method: str, label: str, nfe: int) -> bool:
     return all(lambda_evaluations(make_plan(EDMSchedule(), solver, nfe, None, options)))
 
 
-def _work_units(solvers, nfes, seeds, methods, points):
+def method_nfes(method: str, label: str, nfes, joint_nfes=None) -> list[int]:
+    """The NFEs at which ``method`` runs for solver ``label``: ``nfes`` (a list, or a dict solver label ->
+    list), and for the joint-fit methods (:data:`JOINT_METHODS`) only those of them also in ``joint_nfes``
+    (same forms; None: all). The cells a method skips stay NaN in the results file."""
+    own = _nfes_for(nfes, label)
+    if method not in JOINT_METHODS or joint_nfes is None:
+        return own
+    allowed = set(_nfes_for(joint_nfes, label))
+    return [n for n in own if n in allowed]
+
+
+def _work_units(solvers, nfes, seeds, methods, points, joint_nfes=None):
     """``(cell, method, parameters, points)``: one sampling run each, stored at all its points."""
     units = []
     for label in solvers:
         for nfe in _nfes_for(nfes, label):
             for seed in seeds:
                 for method in methods:
+                    if nfe not in method_nfes(method, label, nfes, joint_nfes):
+                        continue  # a joint fit the sweep skips at this NFE (its cells stay NaN)
                     if same_as_per_time(method, label, nfe):
                         continue  # identical to the per-time method by construction: not recomputed
                     depends = [d for d in _DEPENDS[method_kind(method)] if d in points[0]]
@@ -501,6 +515,7 @@ def quality_sweep(
     grid=None,
     teacher: str | None = None,
     fit: str = "ls",
+    joint_nfes=None,
     device="cpu",
     progress: bool = True,
     world: World = SINGLE,
@@ -515,8 +530,9 @@ def quality_sweep(
     ``paper`` for the paper's teachers, :func:`teacher_of`). A constant-lambda method samples with the
     point's ``lambda_value``. Every method samples the seed's evaluation noise (the same for all methods and
     points) and its metric is stored (``<metric_name>``, ``sample_seconds``). A method that does not depend
-    on a grid dimension is computed once and stored at each of its values. Each finished unit is written at
-    once, so an interrupted sweep resumes.
+    on a grid dimension is computed once and stored at each of its values. The joint-fit methods run only at
+    the NFEs also in ``joint_nfes`` (None: all; :func:`method_nfes`): each costs several greedy fits. Each
+    finished unit is written at once, so an interrupted sweep resumes.
 
     With several ranks (``world``, see :mod:`dode.companion.distributed`) every rank runs this loop over the
     same units; rank 0 alone holds ``store`` (the others pass None): it decides which units are done, fits
@@ -527,7 +543,7 @@ def quality_sweep(
         method_kind(m)
     points = _check_points(points, methods)
     shape = sample_shape(den)
-    units = _work_units(solvers, nfes, seeds, methods, points)
+    units = _work_units(solvers, nfes, seeds, methods, points, joint_nfes)
     teachers: dict[tuple, tuple] = {}  # (solver, nfe, seed, K, B) -> teacher run, shared by the variants
     bar = progress_bar(units, desc="runs", disable=not (progress and world.is_main))
     for cell, method, params, pts in bar:
@@ -727,7 +743,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     (one model) or ``models`` (several: the file gets a ``model`` dimension, and ``per_model`` may set a
     model's own :data:`PER_MODEL` settings). It may set ``model_options`` (model name -> options of
     :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
-    ``teacher``, ``fit`` and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
+    ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`) and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
     ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
     checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
     draws its figures.
@@ -785,6 +801,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
             grid=cfg.get("grid"),
             teacher=cfg.get("teacher"),
             fit=cfg.get("fit", "ls"),
+            joint_nfes=cfg.get("joint_nfes"),
             device=device,
             progress=progress,
             world=world,

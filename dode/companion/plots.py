@@ -46,6 +46,7 @@ __all__ = [
 METHOD_STYLE = {
     "base": dict(color="0.35", linestyle="--", marker="o"),
     "d-ode": dict(color="C3", linestyle="-", marker="s"),
+    "d-ode-joint": dict(color="C5", linestyle=":", marker="D"),
     "d-ode-2": dict(color="C2", linestyle="-", marker="^"),
     "sep": dict(color="C0", linestyle="-", marker="v"),
     "all": dict(color="C4", linestyle="-", marker="D"),
@@ -285,8 +286,8 @@ def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
 
 
 def timing_table(ds):
-    """Mean wall time (s) of the closed-form fit and of sampling the evaluation set, per [model,] solver
-    and NFE.
+    """Mean wall time (s) of the closed-form fit (and of the joint fit, where the file has one) and of
+    sampling the evaluation set, per [model,] solver and NFE.
 
     The D-solver's sampling time is left out on purpose: the cells run one after the other, on a machine that
     may be busy with other jobs, and a D/base ratio of such times measures the machine as much as the
@@ -295,19 +296,17 @@ def timing_table(ds):
         return _stack_models(ds, timing_table)
     import pandas as pd
 
+    fits = [m for m in ("d-ode", "d-ode-joint") if m in ds.coords["method"].values and "fit_seconds" in ds]
     rows = []
     for solver in ds.coords["solver"].values.tolist():
         for nfe in ds.coords["nfe"].values.tolist():
             sel = {"solver": solver, "nfe": nfe}
-            fit = (
-                ds["fit_seconds"].sel(sel).sel({"method": "d-ode"}).mean("seed").item()
-                if "fit_seconds" in ds
-                else np.nan
-            )
+            seconds = [ds["fit_seconds"].sel(sel).sel({"method": m}).mean("seed").item() for m in fits]
             base = ds["sample_seconds"].sel(sel).sel({"method": "base"}).mean("seed").item()
             if np.isfinite(base):
-                rows.append((SOLVER_NAMES.get(solver, solver), nfe, fit, base))
-    columns = ["solver", "NFE", "fit: teacher + student run (s)", "sampling the evaluation set (s)"]
+                rows.append((SOLVER_NAMES.get(solver, solver), nfe, *seconds, base))
+    labels = {"d-ode": "fit: teacher + student run (s)", "d-ode-joint": "joint fit, teacher included (s)"}
+    columns = ["solver", "NFE", *(labels[m] for m in fits), "sampling the evaluation set (s)"]
     return pd.DataFrame(rows, columns=columns).round(2).set_index(["solver", "NFE"])
 
 

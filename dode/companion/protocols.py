@@ -64,6 +64,12 @@ def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_mo
     return out
 
 
+def _with_joint(protocol: dict, joint_nfes: dict) -> dict:
+    """``protocol`` with each profile's ``joint_nfes``: the NFEs at which its joint-fit method runs
+    (:func:`dode.companion.experiments.method_nfes`)."""
+    return {profile: {**table, "joint_nfes": joint_nfes[profile]} for profile, table in protocol.items()}
+
+
 _PD_CPU = dict(
     steps_start=8,
     steps_end=2,
@@ -126,17 +132,25 @@ _TRAJ = dict(
 
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
-    "02_noise_prediction": _sweep(
-        (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
-        NOISE_SOLVERS,
-        {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
-        key="models",
-        per_model=_PAPER_PER_MODEL,
-        cpu=_CURVE_CPU,
-        # no joint fit (d-ode-joint) here: it costs tens of greedy fits (dode.joint), neither within the cpu
-        # book's half hour nor cheap at NFE 50 on CIFAR-10; pages 12 and 13 have joint cells on the test bed
-        # and on digits, tests/test_joint.py runs it through this sweep. Add it with
-        # -y '{methods: [base, d-ode, d-ode-joint]}'
+    "02_noise_prediction": _with_joint(
+        _sweep(
+            (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
+            NOISE_SOLVERS,
+            {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
+            methods=("base", "d-ode", "d-ode-joint"),
+            key="models",
+            per_model=_PAPER_PER_MODEL,
+            cpu=_CURVE_CPU,
+        ),
+        # the joint fit (dode.joint) beside the greedy one, all solvers and seeds, at the NFEs it is affordable
+        # at: 3-9 Levenberg-Marquardt iterations of NFE + 1 sampling runs of the fitting batch each, against
+        # one run for the greedy fit. cpu: NFE 3-10, where the 60 joint fits took 344 s (teacher included)
+        # and their sampling 137 s, and the notebook 1,017 s instead of 546 s (2 loaded cores, one thread);
+        # not NFE 20, where each fit would cost about as much as all four at NFE 10. smoke: NFE 3 only, so
+        # that the smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about
+        # 70-110 runs of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of
+        # the 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
+        {"smoke": [3], "cpu": [3, 4, 5, 7, 10], "paper": [2, 5, 10]},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
