@@ -353,9 +353,10 @@ def default_results_dir(repo: Path, profile: str) -> Path:
     return base if profile == "cpu" else base / profile
 
 
-#: notebooks that run alone, on every thread, once every notebook before them has finished: the timing
-#: notebook (its wall times and paired overheads would measure the neighbour's load too) and the
-#: reproduction page (it reads the results of every notebook before it)
+#: notebooks that run alone, on every thread, after every other notebook (in book order among themselves):
+#: the timing notebook (its wall times and paired overheads would measure the neighbour's load too) and the
+#: reproduction page (it reads the results of every notebook before it). Holding them to the end, instead of
+#: at their place in the book, keeps both lanes busy until the other notebooks are done
 RUN_ALONE = ("10_timing", "11_reproduction")
 
 
@@ -393,10 +394,10 @@ def _picklable(error: Exception) -> bool:
 
 
 def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params) -> None:
-    """Run ``notebooks`` ``jobs`` at a time, in book order, each kernel on one thread; a notebook of
-    :data:`RUN_ALONE` starts once every notebook before it has finished, and nothing starts beside it. Each
-    runs in a process of its own (the progress log is named in that process's environment). After a
-    failure (and no ``keep_going``) nothing new starts."""
+    """Run ``notebooks`` ``jobs`` at a time, in book order, each kernel on one thread, then those of
+    :data:`RUN_ALONE` one by one, with nothing beside them. Each runs in a process of its own (the progress
+    log is named in that process's environment). After a failure (and no ``keep_going``) nothing new
+    starts."""
     import concurrent.futures as cf
     import multiprocessing
 
@@ -414,7 +415,8 @@ def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, par
                     go_on = finished(index[notebook.name], notebook, *future.result()) and go_on
             return go_on
 
-        for notebook in notebooks:
+        alone_last = sorted(notebooks, key=lambda nb: nb.name in RUN_ALONE)  # stable: book order otherwise
+        for notebook in alone_last:
             alone = notebook.name in RUN_ALONE
             if not settle(0 if alone else jobs - 1):
                 break
