@@ -334,3 +334,19 @@ def test_best_constant_picks_the_grid_point_with_the_lowest_seed_mean():
     assert plots.paired_difference(reduced, "fd", "fixed", "base", nfe=10) == (
         "fixed − base: -3.00 ± 1.41 (2/2 seeds lower)"
     )
+
+
+def test_network_evaluations_count_joint_fits_only_at_the_sweeps_joint_nfes(monkeypatch):
+    from dode.companion import protocols
+
+    stem = "02_noise_prediction"
+    cfg = protocols.PROTOCOLS[stem]["paper"]
+    assert "d-ode-joint" in cfg["methods"] and cfg["joint_nfes"]
+
+    def count(**changes):
+        monkeypatch.setitem(protocols.PROTOCOLS, stem, {"paper": {**cfg, **changes}})
+        return protocols.network_evaluations(stem, "paper")
+
+    no_joint = count(methods=[m for m in cfg["methods"] if m != "d-ode-joint"])
+    assert count(joint_nfes=[]) == no_joint
+    assert no_joint < count() < count(joint_nfes=None)  # None: the joint fit at every NFE of the sweep

@@ -471,9 +471,10 @@ def network_evaluations(stem: str, profile: str) -> int:
     """Network evaluations of one sweep notebook under ``profile``: every model and (solver, NFE, seed, method) samples
     ``n_samples`` in NFE evaluations, and the D-variants of a (solver, NFE, seed) are fitted on ``B`` noises
     against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. A
-    joint fit (``d-ode-joint``) re-runs the sampler on the fitting batch: counted as its typical
-    ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an estimate. What a GPU box's
-    run time scales with."""
+    joint fit (``d-ode-joint``, only at the sweep's ``joint_nfes``) re-runs the sampler on the fitting
+    batch: counted as ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an upper
+    bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). What a GPU box's run time
+    scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
@@ -482,7 +483,13 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
-    from dode.companion.experiments import JOINT_METHODS, model_settings, same_as_per_time, solver_spec
+    from dode.companion.experiments import (
+        JOINT_METHODS,
+        method_nfes,
+        model_settings,
+        same_as_per_time,
+        solver_spec,
+    )
     from dode.joint import JOINT_DEFAULTS
     from dode.schedules import EDMSchedule
     from dode.solvers import make_plan
@@ -493,7 +500,12 @@ def network_evaluations(stem: str, profile: str) -> int:
         own = model_settings(cfg, model)
         for label in cfg["solvers"]:
             for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
-                methods = [m for m in cfg["methods"] if not same_as_per_time(m, label, nfe)]
+                methods = [
+                    m
+                    for m in cfg["methods"]
+                    if not same_as_per_time(m, label, nfe)
+                    and nfe in method_nfes(m, label, nfes, cfg.get("joint_nfes"))
+                ]
                 fitted = sum(m != "base" for m in methods)
                 solver, options = solver_spec(label)
                 # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
