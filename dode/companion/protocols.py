@@ -34,19 +34,18 @@ RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu")
 _SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu")
 _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
-# the cpu curves of 02, 03 and 04: the sampling cost is n_samples * sum(NFEs) per method and seed, so six
-# NFEs (sum 49, against 15 for the former [5, 10]) are paid with half the evaluation samples
-_CURVE_CPU = dict(n_samples=2000, batch_size=2000)
+# the cpu curves of 02, 03 and 04: six NFEs, so that each panel is a curve (the sampling cost is
+# n_samples * sum(NFEs) per method and seed: 49 against 15 for the former [5, 10])
 _CURVE_NFES = [3, 4, 5, 7, 10, 20]
 _CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
 
 
-def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None, cpu=None):
+def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None):
     """A quality sweep's three profiles; ``key="models"`` takes a list of models per profile (the results
-    file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings);
-    ``cpu`` overrides the cpu profile's table (the curves of 02-04). Teachers are the paper's (Supp. 11):
-    iPNDM and DEIS teach themselves, the other solvers are taught by DDIM."""
-    tables = {"smoke": _SWEEP_SMOKE, "cpu": {**_SWEEP_CPU, **(cpu or {})}, "paper": _SWEEP_PAPER}
+    file then has a model dimension, and ``per_model`` gives the paper profile's per-model settings).
+    Teachers are the paper's (Supp. 11): iPNDM and DEIS teach themselves, the other solvers are taught by
+    DDIM."""
+    tables = {"smoke": _SWEEP_SMOKE, "cpu": _SWEEP_CPU, "paper": _SWEEP_PAPER}
     out = {
         profile: {
             key: model,
@@ -140,7 +139,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             methods=("base", "d-ode", "d-ode-joint"),
             key="models",
             per_model=_PAPER_PER_MODEL,
-            cpu=_CURVE_CPU,
         ),
         # the joint fit (dode.joint) beside the greedy one, all solvers and seeds, at the NFEs it is affordable
         # at: 3-9 Levenberg-Marquardt iterations of NFE + 1 sampling runs of the fitting batch each, against
@@ -164,7 +162,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         # the paper's lambda on every stage beside our default (one per landing time): they differ for Heun
         methods=("base", "d-ode", "d-ode-per-stage"),
         key="models",
-        cpu=_CURVE_CPU,
     ),
     # Fig. 9: DPM-Solver++(2M). The paper's text does not say which models Fig. 9 shows; DPM-Solver++ is a
     # solver of the noise-prediction section, so the paper profile runs the models of Fig. 3
@@ -174,7 +171,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [5, 10, 15, 20, 25, 50]},
         key="models",
         per_model=_PAPER_PER_MODEL,
-        cpu=_CURVE_CPU,
     ),
     # Tab. 2: formulations of D-DDIM
     "07_formulations": _sweep(
