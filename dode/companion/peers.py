@@ -166,6 +166,12 @@ def _sigma_data(den: Denoiser) -> float:
     return float(value)
 
 
+def _betas(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """The discrete betas whose cumulative product of ``1 - beta`` is ``alphas_cumprod`` (diffusers'
+    ``trained_betas``)."""
+    return 1.0 - alphas_cumprod / np.concatenate([[1.0], alphas_cumprod[:-1]])
+
+
 def make_scheduler(peer: str, denoiser: Denoiser):
     """The diffusers scheduler of ``peer`` on ``denoiser``'s schedule: a VP peer on the model's own betas, an
     EDM peer with its sigma_min, sigma_max, rho and sigma_data, a karras peer with its sigma range."""
@@ -178,8 +184,7 @@ def make_scheduler(peer: str, denoiser: Denoiser):
         if not isinstance(schedule, VPSchedule) or denoiser.prediction != "eps":
             raise ValueError(f"peer {peer!r} drives {CONVENTIONS['vp']} only; {denoiser.name!r} is not one")
         ac = schedule.alphas_cumprod.numpy()
-        betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
-        return cls(num_train_timesteps=len(ac), trained_betas=betas, **spec.options)
+        return cls(num_train_timesteps=len(ac), trained_betas=_betas(ac), **spec.options)
     if not isinstance(schedule, EDMSchedule):
         raise ValueError(
             f"peer {peer!r} drives {CONVENTIONS[spec.convention]} only; {denoiser.name!r} is not one"
@@ -198,13 +203,14 @@ def make_scheduler(peer: str, denoiser: Denoiser):
             f"peer {peer!r} takes diffusers' Karras sigmas (rho = 7), the model has rho={schedule.rho}"
         )
     train = np.geomspace(schedule.sigma_min / _KARRAS_MARGIN, schedule.sigma_max * _KARRAS_MARGIN, 1000)
-    ac = 1.0 / (1.0 + train**2)
-    betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
+    betas = _betas(1.0 / (1.0 + train**2))
     # diffusers rounds these training sigmas through float32 alphas_cumprod, so near sigma_min neighbours
     # coincide and its sigma -> timestep interpolation divides by zero (numpy warns): only the timesteps,
     # which the EDM network never sees, are affected
     with np.errstate(divide="ignore", invalid="ignore"):
-        base = cls(num_train_timesteps=len(ac), trained_betas=betas, prediction_type="sample", **spec.options)
+        base = cls(
+            num_train_timesteps=len(betas), trained_betas=betas, prediction_type="sample", **spec.options
+        )
         # diffusers' Karras conversion reads sigma_min / sigma_max from the config where it has them
         return cls.from_config(
             {**base.config, "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max}
