@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import CountingNet
 
 import dode
 from dode.companion import experiments as ex
@@ -40,21 +41,12 @@ def test_settings_fill_profile_defaults_and_reject_unknowns():
         ex.settings(defaults, "cpu", solvers=["euler"])
 
 
-class Counting:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
-
-
 @pytest.fixture
 def digit_shaped_model():
     """A 64-d Gaussian mixture, shaped as 1x8x8 images, as a Denoiser with the zoo's info fields."""
     gmm = GaussianMixture.random(n_components=5, dim=64, seed=2, std_range=(0.2, 0.4))
     base = gmm.denoiser(dode.VPSchedule.linear(), "eps", dtype=torch.float32)
-    counting = Counting(base.fn)
+    counting = CountingNet(base.fn)
     den = dode.Denoiser(
         counting,
         base.schedule,
