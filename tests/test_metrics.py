@@ -102,6 +102,25 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
         M.frechet_distance((mu1, np.diag(v1)), (np.zeros(2), np.eye(2)))
 
 
+@pytest.mark.parametrize("n", [400, 40], ids=["full-rank", "singular"])
+def test_frechet_distance_equals_pytorch_fid(n):
+    """Same value as pytorch-fid's sqrtm-based formula, on full-rank covariances and on singular ones (fewer
+    samples than features, where sqrtm warns)."""
+    import warnings
+
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(n)
+    d = 96
+    a = rng.standard_normal((n, d)) @ (rng.standard_normal((d, d)) / np.sqrt(d))
+    b = 1.1 * rng.standard_normal((n, d)) + 0.1
+    (mu_a, s_a), (mu_b, s_b) = ((x.mean(0), np.cov(x, rowvar=False)) for x in (a, b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = calculate_frechet_distance(mu_a, s_a, mu_b, s_b)
+    assert M.frechet_distance((mu_a, s_a), (mu_b, s_b)) == pytest.approx(expected, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The classifier and FD
 
