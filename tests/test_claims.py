@@ -260,7 +260,7 @@ def test_a_claim_is_graded_per_model_and_gets_the_weakest_verdict():
     assert verdict.verdict == "partly"
     assert verdict.evidence.splitlines()[0] == (
         "m-a: reproduced: holds in all 3 cells, each by more than its spread over seeds; "
-        "m-b: partly: fails at m-b ddim NFE 5 (holds in 2 of 3 cells)"
+        "m-b: partly: fails at ddim NFE 5 (holds in 2 of 3 cells)"
     )
 
 
@@ -317,7 +317,8 @@ def test_the_cost_claim_is_not_reproduced_on_a_cut_recipe_whose_students_beat_d_
     verdict = claims.check_cost(_timing(pd_fd=[5.0, 2.0], d_fd=[30.0, 6.0], recipe=cut))
     assert verdict.verdict != "reproduced"
     assert (
-        "fails at digits-edm D-DDIM as good as PD at NFE 2, D-DDIM as good as PD at NFE 4" in verdict.evidence
+        "digits-edm: partly: fails at D-DDIM as good as PD at NFE 2, D-DDIM as good as PD at NFE 4"
+        in verdict.evidence
     )
     assert "iterations_per_halving 150 (paper's 50000)" in verdict.evidence
     assert "untested here: PD's GPU-days" in verdict.evidence
