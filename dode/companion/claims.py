@@ -58,7 +58,8 @@ gain** is `base - D` per seed: both are evaluated on the same noise, so the eval
    paired gain exceeds the standard deviation of the paired gain over seeds. A cell whose mean gain is
    smaller than that spread is *inside the noise* and does not hold, whatever its sign.
 2. **One seed has no spread**: a cell then holds by its sign alone, and the claim is at most *partly*
-   reproduced, said so in its evidence.
+   reproduced, said so in its evidence. So does a cell with one value (the exact test bed's distances, the
+   peers page's single run).
 3. **Per model**: a claim or finding is graded for each model on its cells; its verdict is the weakest of
    its models' verdicts, and the evidence gives each model's.
 4. **reproduced**: it holds in every cell it speaks of, with at least two seeds and at least two cells (one
@@ -296,8 +297,8 @@ def check_d_beats_base(results: dict) -> Verdict:
         mine = sorted((r for r in rows if (r["model"], r["solver"]) == curve), key=lambda r: r["nfe"])
         if len(mine) > 1 and abs(mine[-1]["gain"]) > abs(mine[0]["gain"]):
             not_closing.append(" ".join(str(c) for c in curve if c))
-    if not_closing:
-        lines.append(f"the gap does not close as NFE grows for {', '.join(not_closing)}")
+    if not_closing:  # on the first line, beside the models' verdicts, since it caps the claim at partly
+        lines[0] += f"; the gap does not close as NFE grows for {', '.join(not_closing)}"
         if verdict == "reproduced":
             verdict = "partly"
     lines += _other_solvers_line(others)
@@ -317,7 +318,10 @@ def check_dpm3_stability(results: dict) -> Verdict:
             "dpm3_stability", "not run", f"notebook 02 holds no DPM-Solver-3 cell below NFE {SMALL_NFE}"
         )
     verdict, line = grade_models(rows, [_holds(r) for r in rows], [r["seeds"] for r in rows])
-    return Verdict("dpm3_stability", verdict, "\n".join([line, *_graded_lines(rows, var)]))
+    scope = (
+        f"cells: DPM-Solver-3 at every NFE below {SMALL_NFE} of the sweep (the paper's extremely small NFE)"
+    )
+    return Verdict("dpm3_stability", verdict, "\n".join([line, scope, *_graded_lines(rows, var)]))
 
 
 def check_formulations(results: dict) -> Verdict:
