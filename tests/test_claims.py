@@ -345,3 +345,10 @@ def test_the_reproduction_page_prints_the_rules_from_the_code():
     )
     assert "Markdown(claims.RULES)" in source
     assert "reproduced" in claims.RULES and "one seed" in claims.RULES.lower()
+
+
+def test_a_page_grades_a_finding_with_the_results_listed_before_its_own():
+    # page 13 states the joint-fit finding as the reproduction page does: with page 12's results (so its
+    # notebook needs 12); page 12 grades its own, and says what the reproduction page adds
+    assert claims.page_reads("13_peers") == ("12_exact_testbed",)
+    assert claims.page_reads("12_exact_testbed") == () and claims.page_reads("02_noise_prediction") == ()

@@ -894,6 +894,13 @@ def page_verdicts(path: str | Path) -> str:
         source = "Paper" if claim in CLAIMS else "Beyond the paper"
         first, *rest = verdict.evidence.splitlines() or [""]
         lines = [f"**{source}:** {verdict.statement}.", f"**Here: {verdict.verdict}** ({first.strip()})."]
+        read = [s for s in stems if s in with_reads] if claim in FINDINGS else [path.stem]
+        if set(stems) - set(read):
+            rest.insert(
+                0,
+                f"graded on the results of {', '.join(read)}; the reproduction page adds "
+                f"{', '.join(s for s in stems if s not in read)}",
+            )
         bullets = "\n".join(f"- {line.strip()}" for line in rest if line.strip())
         blocks.append("  \n".join(lines) + (f"\n\n{bullets}" if bullets else ""))
     if not blocks:
