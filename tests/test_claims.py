@@ -352,3 +352,22 @@ def test_a_page_grades_a_finding_with_the_results_listed_before_its_own():
     # notebook needs 12); page 12 grades its own, and says what the reproduction page adds
     assert claims.page_reads("13_peers") == ("12_exact_testbed",)
     assert claims.page_reads("12_exact_testbed") == () and claims.page_reads("02_noise_prediction") == ()
+
+
+def test_best_choice_is_graded_per_model_and_nfe_and_names_where_it_fails():
+    # digits-edm: the best D-solver loses to a diffusers scheduler at NFE 3, 5 and 7 and wins at 9 (the last
+    # cpu build); the old rule called the whole finding partly without naming a model or an NFE
+    names = ["diffusers:edm_dpmpp_2m", "dode:edm:edm:base", "dode:edm:edm:d-ode"]
+    fd = [[[10.0, 5.0, 3.0, 2.0], [20.0, 9.0, 6.0, 3.0], [12.0, 6.0, 4.0, 1.0]]]
+    ds = xr.Dataset(
+        {"fd": (("model", "sampler", "nfe"), fd)},
+        coords={"model": ["digits-edm"], "sampler": names, "nfe": [3, 5, 7, 9]},
+    )
+    verdict = claims.check_best_choice({"13_peers": ds})
+    assert verdict.verdict == "not reproduced"
+    assert (
+        verdict.evidence.splitlines()[0] == "digits-edm: not reproduced: holds only at NFE 9 (1 of 4 cells)"
+    )
+    ds["fd"].loc[{"sampler": "dode:edm:edm:d-ode", "nfe": [3, 5]}] = 1.0  # wins at 3, 5, 9: one seed, partly
+    verdict = claims.check_best_choice({"13_peers": ds})
+    assert verdict.evidence.splitlines()[0] == "digits-edm: partly: fails at NFE 7 (holds in 3 of 4 cells)"
