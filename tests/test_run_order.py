@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import concurrent.futures as cf
 import json
+import os
 import re
 import threading
 import time
@@ -190,3 +191,18 @@ def test_the_declared_needs_are_what_the_notebooks_read():
     expected = run_notebooks.expected_seconds(plans, "cpu", REPO / "nowhere.csv")
     rank = run_notebooks.priorities(plans, expected, names)
     assert max(names, key=rank.get) == "02_noise_prediction"
+
+
+def test_a_worker_gives_a_notebook_that_runs_alone_the_runner_threads_again(monkeypatch):
+    """A worker process runs several notebooks: after one beside others (one thread), one that runs alone
+    gets the runner's own thread settings back, not the single thread left in the worker's environment."""
+    seen = []
+    monkeypatch.setattr(
+        run_notebooks, "execute", lambda *a, **k: seen.append(os.environ.get("OMP_NUM_THREADS"))
+    )
+    monkeypatch.setattr(run_notebooks, "_STARTING_THREADS", {"OMP_NUM_THREADS": None, "MKL_NUM_THREADS": "4"})
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    assert run_notebooks._execute_in_worker(True)[1] is None
+    assert run_notebooks._execute_in_worker(False)[1] is None
+    assert seen == ["1", None] and os.environ["MKL_NUM_THREADS"] == "4"

@@ -451,13 +451,22 @@ def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
     return time.perf_counter() - start, None
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: their values when the worker process started (the runner's own): a worker runs several notebooks, and
+#: one that runs alone must not inherit the single thread set for a notebook it ran before
+_STARTING_THREADS = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+
+
 def _execute_in_worker(one_thread: bool, *args, **kwargs) -> tuple[float, Exception | None]:
     """:func:`execute` in a worker process; ``one_thread``: its kernel computes on one thread, so that two
     notebooks on two cores do not fight over them (torch's two threads per small convolution gain less
-    than a second process does)."""
-    if one_thread:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = "1"
+    than a second process does); otherwise on the threads the runner itself was given."""
+    for name in _THREAD_VARIABLES:
+        value = "1" if one_thread else _STARTING_THREADS[name]
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     wall, error = _timed(execute, *args, **kwargs)
     if error is not None and not _picklable(error):
         error = RuntimeError(f"{type(error).__name__}: {error}")
