@@ -347,11 +347,12 @@ def test_notebook_computed_what_its_parameters_declare_under_the_smoke_profile(p
 def test_the_smoke_book_ran_every_listed_notebook_in_the_order_of_the_toc(smoke_book):
     order = [notebook.name for notebook in run_notebooks.book_notebooks(REPO)]
     # two at a time: they finish in any order, each once, at its index in the book; the notebooks that run
-    # alone (10 times itself, 11 reads every result) come last, in book order, after every other one
+    # alone (their metadata says so: 10 times itself, 11 reads every result) come last, after every other one
     reported = re.findall(r"\[(\d+)/\d+\] (\S+): [0-9.]+ s", smoke_book.output)
     assert sorted(reported, key=lambda r: int(r[0])) == [(str(i), n) for i, n in enumerate(order, start=1)]
     names = [name for _, name in reported]
-    alone = [name for name in order if name in run_notebooks.RUN_ALONE]
+    plans = run_notebooks.book_plans(run_notebooks.book_notebooks(REPO))
+    alone = [name for name in order if plans[name].runs_alone]
     assert alone and names[-len(alone) :] == alone
     rows = read_run_times(smoke_book.repo / run_notebooks.RESULTS_DIR)
     assert [row["notebook"] for row in rows] == order and {row["profile"] for row in rows} == {"smoke"}

@@ -1,4 +1,4 @@
-"""Execute the book's notebooks with papermill, in the order of `_toc.yml`.
+"""Execute the book's notebooks with papermill, in the order of `_toc.yml` and of the needs they declare.
 
     python -m dode.run_notebooks [--profile smoke|cpu|paper] [--params FILE] [--only NAME ...] [--keep-going]
                                  [--list]
@@ -26,6 +26,16 @@ Conventions (shared with tests/test_notebooks.py):
 - The executed copy is folded for the reader (:func:`fold_for_the_book`): the code sits behind a toggle, the
   figures and tables it draws stay in view, and the parameters cell shows once, as papermill injected it.
 
+- Order: a notebook's metadata may declare, under ``"dode"`` (:data:`METADATA_KEY`), the notebooks whose
+  results it reads (``"needs": ["12_exact_testbed"]``), that it must run with nothing beside it
+  (``"runs_alone": true``: 10 measures wall times, 11 gathers every result) and its expected wall time in
+  seconds on the cpu profile (``"cost": 1000``, a hint used until ``run_times.csv`` holds a time of the same
+  profile). At any ``--jobs`` a notebook starts only after all its needs finished successfully (one whose
+  need failed is not run, and reported); among the notebooks ready to start, the one with the longest
+  expected chain of work ahead (its own time and that of the notebooks waiting on it) starts first, so the
+  lanes stay busy; one that runs alone starts when nothing runs and nothing else is ready. With ``--only``,
+  needs that are not selected are not run: their existing results are used (the runner says so).
+
 The wall time of each notebook is recorded in `data/results/run_times.csv`, which `book/timings.md` shows.
 """
 
@@ -35,6 +45,7 @@ import argparse
 import csv
 import datetime as dt
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -59,8 +70,85 @@ RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "
 KERNEL_NAME = "python3"
 
 
+#: the key of a notebook's metadata under which it declares how the runner schedules it (see the module's
+#: docstring): ``needs`` (notebook stems), ``runs_alone`` (bool), ``cost`` (seconds on the cpu profile)
+METADATA_KEY = "dode"
+PLAN_KEYS = ("needs", "runs_alone", "cost")
+
+
 class BookLayoutError(RuntimeError):
     """`_toc.yml` and `notebooks/` disagree, or a notebook breaks the parameter conventions."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a notebook's metadata declares for its scheduling (:data:`METADATA_KEY`)."""
+
+    needs: tuple[str, ...] = ()
+    runs_alone: bool = False
+    cost: float | None = None
+
+
+def notebook_plan(source: Path) -> Plan:
+    """The scheduling a notebook declares in its metadata (none: no needs, not alone, no cost hint)."""
+    meta = json.loads(source.read_text()).get("metadata", {}).get(METADATA_KEY, {})
+    where = f"{source.name}: metadata[{METADATA_KEY!r}]"
+    if not isinstance(meta, dict) or set(meta) - set(PLAN_KEYS):
+        raise BookLayoutError(
+            f"{where} must be a mapping with keys among {', '.join(PLAN_KEYS)}, got {meta!r}"
+        )
+    needs = meta.get("needs", [])
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise BookLayoutError(f"{where}['needs'] must be a list of notebook names, got {needs!r}")
+    alone = meta.get("runs_alone", False)
+    if not isinstance(alone, bool):
+        raise BookLayoutError(f"{where}['runs_alone'] must be true or false, got {alone!r}")
+    cost = meta.get("cost")
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
+        raise BookLayoutError(f"{where}['cost'] must be a number of seconds >= 0, got {cost!r}")
+    return Plan(tuple(needs), alone, None if cost is None else float(cost))
+
+
+def book_plans(notebooks: list[BookNotebook]) -> dict[str, Plan]:
+    """Every notebook's :class:`Plan`, checked: needs name notebooks of the book, and no cycle."""
+    plans = {nb.name: notebook_plan(nb.source) for nb in notebooks}
+    for name, plan in plans.items():
+        unknown = sorted(set(plan.needs) - set(plans))
+        if unknown or name in plan.needs:
+            raise BookLayoutError(
+                f"{name} needs {', '.join(unknown) or name}, which must be other notebooks of the book: "
+                f"{', '.join(plans)}"
+            )
+    state: dict[str, int] = {}  # 1: on the current path, 2: checked
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise BookLayoutError(f"the notebooks' needs form a cycle: {' -> '.join([*path, name])}")
+        state[name] = 1
+        for need in plans[name].needs:
+            visit(need, [*path, name])
+        state[name] = 2
+
+    for name in plans:
+        visit(name, [])
+    return plans
+
+
+def expected_seconds(plans: dict[str, Plan], profile: str, run_times: Path) -> dict[str, float]:
+    """Each notebook's expected wall time: its last time of the same profile in ``run_times`` (the runner's
+    table), else its declared cost hint, else 0."""
+    last = {}
+    if run_times.is_file():
+        with run_times.open(newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    if row.get("profile") == profile:
+                        last[row["notebook"]] = float(row["wall time (s)"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return {name: last.get(name, plan.cost or 0.0) for name, plan in plans.items()}
 
 
 @dataclass(frozen=True)
@@ -353,13 +441,6 @@ def default_results_dir(repo: Path, profile: str) -> Path:
     return base if profile == "cpu" else base / profile
 
 
-#: notebooks that run alone, on every thread, after every other notebook (in book order among themselves):
-#: the timing notebook (its wall times and paired overheads would measure the neighbour's load too) and the
-#: reproduction page (it reads the results of every notebook before it). Holding them to the end, instead of
-#: at their place in the book, keeps both lanes busy until the other notebooks are done
-RUN_ALONE = ("10_timing", "11_reproduction")
-
-
 def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
     """``function``'s wall time and the exception it raised (None if none)."""
     start = time.perf_counter()
@@ -370,13 +451,22 @@ def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
     return time.perf_counter() - start, None
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: their values when the worker process started (the runner's own): a worker runs several notebooks, and
+#: one that runs alone must not inherit the single thread set for a notebook it ran before
+_STARTING_THREADS = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+
+
 def _execute_in_worker(one_thread: bool, *args, **kwargs) -> tuple[float, Exception | None]:
     """:func:`execute` in a worker process; ``one_thread``: its kernel computes on one thread, so that two
     notebooks on two cores do not fight over them (torch's two threads per small convolution gain less
-    than a second process does)."""
-    if one_thread:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = "1"
+    than a second process does); otherwise on the threads the runner itself was given."""
+    for name in _THREAD_VARIABLES:
+        value = "1" if one_thread else _STARTING_THREADS[name]
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     wall, error = _timed(execute, *args, **kwargs)
     if error is not None and not _picklable(error):
         error = RuntimeError(f"{type(error).__name__}: {error}")
@@ -393,46 +483,87 @@ def _picklable(error: Exception) -> bool:
     return True
 
 
-def _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params) -> None:
-    """Run ``notebooks`` ``jobs`` at a time, in book order, each kernel on one thread, then those of
-    :data:`RUN_ALONE` one by one, with nothing beside them. Each runs in a process of its own (the progress
-    log is named in that process's environment). After a failure (and no ``keep_going``) nothing new
-    starts."""
+def priorities(plans: dict[str, Plan], expected: dict[str, float], names) -> dict[str, float]:
+    """Each notebook's expected chain of work ahead: its own expected time plus the longest chain among the
+    notebooks of ``names`` that need it. Starting the longest chain first keeps the lanes busy to the end
+    (page 12 before shorter notebooks, since 13, the second longest, waits for it)."""
+    names = set(names)
+    memo: dict[str, float] = {}
+
+    def chain(name: str) -> float:
+        if name not in memo:
+            after = [chain(d) for d in names if name in plans[d].needs]
+            memo[name] = expected.get(name, 0.0) + max(after, default=0.0)
+        return memo[name]
+
+    return {name: chain(name) for name in names}
+
+
+def schedule(notebooks, plans, expected, jobs, submit, finished, skipped) -> None:
+    """Run ``notebooks`` (in book order) at most ``jobs`` at a time, honouring their plans:
+
+    - a notebook starts only when each of its needs among ``notebooks`` has finished successfully (a need
+      outside ``notebooks`` is taken as done: its existing results are used); one whose need failed or was
+      skipped is not run, and ``skipped(notebook, needs)`` reports it;
+    - among the notebooks ready to start, the longest chain of work ahead (:func:`priorities`) starts first,
+      book order breaking ties;
+    - one that runs alone starts only when nothing runs and no other notebook is ready, and nothing starts
+      beside it.
+
+    ``submit(notebook, alone)`` starts one and returns a :class:`concurrent.futures.Future` of
+    ``(wall, error)``; ``finished(notebook, wall, error)`` records its outcome and says whether the run goes
+    on (after a failure without ``--keep-going`` nothing new starts)."""
     import concurrent.futures as cf
-    import multiprocessing
 
-    index = {nb.name: i for i, nb in enumerate(notebooks, start=1)}
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running: dict[cf.Future, BookNotebook] = {}
+    names = [nb.name for nb in notebooks]
+    rank = priorities(plans, expected, names)
+    waiting = list(notebooks)
+    succeeded: set[str] = set()
+    dropped: set[str] = set()  # failed or skipped
+    running: dict[cf.Future, BookNotebook] = {}
+    go_on = True
+    while waiting or running:
+        if go_on:
+            for nb in list(waiting):
+                lost = [n for n in plans[nb.name].needs if n in dropped]
+                if lost:
+                    waiting.remove(nb)
+                    dropped.add(nb.name)
+                    skipped(nb, lost)
+            ready = [
+                nb for nb in waiting if all(n in succeeded or n not in names for n in plans[nb.name].needs)
+            ]
+            alone_running = any(plans[nb.name].runs_alone for nb in running.values())
+            regular = [nb for nb in ready if not plans[nb.name].runs_alone]
+            while regular and len(running) < jobs and not alone_running:
+                nb = max(regular, key=lambda n: rank[n.name])  # max keeps the first (book order) on ties
+                regular.remove(nb)
+                waiting.remove(nb)
+                running[submit(nb, False)] = nb
+            if not running and ready and not regular:
+                nb = ready[0]
+                waiting.remove(nb)
+                running[submit(nb, True)] = nb
+        if not running:
+            break
+        done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            nb = running.pop(future)
+            wall, error = future.result()
+            (succeeded if error is None else dropped).add(nb.name)
+            go_on = finished(nb, wall, error) and go_on
 
-        def settle(at_most: int) -> bool:
-            """Wait until at most ``at_most`` notebooks run; whether the run goes on."""
-            go_on = True
-            while len(running) > at_most:
-                ready, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in ready:
-                    notebook = running.pop(future)
-                    go_on = finished(index[notebook.name], notebook, *future.result()) and go_on
-            return go_on
 
-        alone_last = sorted(notebooks, key=lambda nb: nb.name in RUN_ALONE)  # stable: book order otherwise
-        for notebook in alone_last:
-            alone = notebook.name in RUN_ALONE
-            if not settle(0 if alone else jobs - 1):
-                break
-            future = pool.submit(
-                _execute_in_worker,
-                not alone,
-                notebook,
-                profile,
-                results_dir,
-                progress=progress,
-                params=params,
-            )
-            running[future] = notebook
-            if alone and not settle(0):
-                break
-        settle(0)
+class _Inline:
+    """Runs a submitted call at once, in this process (``--jobs 1``), and returns its finished future."""
+
+    @staticmethod
+    def submit(function, *args, **kwargs):
+        import concurrent.futures as cf
+
+        future: cf.Future = cf.Future()
+        future.set_result(function(*args, **kwargs))
+        return future
 
 
 def run(
@@ -447,13 +578,15 @@ def run(
 ) -> int:
     """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded).
 
-    ``jobs > 1`` runs that many notebooks at a time, each kernel on one thread (:func:`_run_parallel`)."""
+    Notebooks run in the order of :func:`schedule` (their declared needs first); ``jobs > 1`` runs that many
+    at a time, each in a process of its own (its progress log named in that process's environment) and,
+    beside others, on one thread."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive number of notebooks run at a time, got {jobs!r}")
     results_dir = results_dir or default_results_dir(repo, profile)
-    notebooks = book_notebooks(repo)
+    notebooks = book = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
     unused = unused_params(params, notebooks) if params else []
     if unused:
@@ -476,7 +609,7 @@ def run(
     )
     machine = machine_description() if notebooks else ""
     done: list[dict[str, str]] = []
-    failures = []
+    failures, not_run = [], []
     total_start = time.perf_counter()
 
     def finished(index: int, notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
@@ -491,20 +624,60 @@ def run(
         done.append({**row, "finished (UTC)": when, "machine": machine})
         return True
 
+    def skipped(notebook: BookNotebook, needs: list[str]) -> None:
+        not_run.append(notebook.name)
+        print(f"SKIPPED: {notebook.name} needs {', '.join(needs)}, which did not finish", flush=True)
+
+    plans = book_plans(book)
+    selected = {nb.name for nb in notebooks}
+    for nb in notebooks:
+        outside = [n for n in plans[nb.name].needs if n not in selected]
+        if outside:
+            print(
+                f"note: {nb.name} needs {', '.join(outside)}, not selected: their existing results under "
+                f"{os.path.relpath(results_dir, repo)}/ are used",
+                flush=True,
+            )
+    expected = expected_seconds(plans, profile, repo / RESULTS_DIR / RUN_TIMES_FILE)
+    index = {name: i for i, name in enumerate((nb.name for nb in notebooks), start=1)}
+
+    def record(notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
+        return finished(index[notebook.name], notebook, wall, error)
+
     try:
         if jobs == 1:
-            for index, notebook in enumerate(notebooks, start=1):
-                wall, error = _timed(
-                    execute, notebook, profile, results_dir, progress=progress, params=params
+
+            def submit(notebook: BookNotebook, alone: bool):
+                return _Inline.submit(
+                    _timed, execute, notebook, profile, results_dir, progress=progress, params=params
                 )
-                if not finished(index, notebook, wall, error):
-                    break
+
+            schedule(notebooks, plans, expected, 1, submit, record, skipped)
         else:
-            _run_parallel(notebooks, jobs, finished, profile, results_dir, progress, params)
+            import concurrent.futures as cf
+            import multiprocessing
+
+            with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+                def submit(notebook: BookNotebook, alone: bool):
+                    # a notebook beside others computes on one thread; one that runs alone on all of them
+                    return pool.submit(
+                        _execute_in_worker,
+                        not alone,
+                        notebook,
+                        profile,
+                        results_dir,
+                        progress=progress,
+                        params=params,
+                    )
+
+                schedule(notebooks, plans, expected, jobs, submit, record, skipped)
     finally:  # an interrupted run still records the notebooks that finished
         # the book shows the last run of each notebook, whatever its profile (a column says which)
         record_run_times(repo / RESULTS_DIR / RUN_TIMES_FILE, done, book_order)
     print(f"{len(done)} notebook(s) ran in {time.perf_counter() - total_start:.1f} s", flush=True)
+    if not_run:
+        print(f"not run, a need failed: {', '.join(not_run)}", flush=True)
     if failures:
         print(f"FAILED notebook(s): {', '.join(failures)}", flush=True)
         return 1
