@@ -107,7 +107,10 @@ def _gain_sentence(rows, var: str, what: str, against: str) -> str:
         parts.append(text)
     sentence = f"**{what}** against {against}: {_join(parts)}."
     better = by_side[1]
-    if better:
+    if len(better) == 1:
+        r = better[0]
+        sentence += f" {var.upper()} {_value(r['base'])} → {_value(r['method'])} at NFE {r['nfe']}."
+    elif better:
         top = max(better, key=lambda r: r["gain"])
         sentence += (
             f" Its largest gain is at NFE {top['nfe']} ({var.upper()} {_value(top['base'])} → "
@@ -331,7 +334,9 @@ def ablation_reading(ds) -> str:
                     lines.append(f"- Spread over seeds of D-DDIM at NFE {nfe}, by B: {', '.join(values)}.")
     if not lines:
         return f"No ablation point has results yet ({NOT_RUN})."
-    return "Paired with the default point of the same seed:\n" + "\n".join(lines)
+    seeds = ds.sizes.get("seed", 1)
+    note = "One seed: the signs below are indicative, not significant. " if seeds < 2 else ""
+    return note + "Paired with the default point of the same seed:\n" + "\n".join(lines)
 
 
 def lookahead_reading(ds) -> str:
@@ -366,15 +371,14 @@ def timing_reading(ds) -> str:
     var = metric_name(ds)
     lines = []
     if "train_seconds" in ds:
-        seconds = np.asarray(ds["train_seconds"].values, float)
-        its = np.asarray(ds["train_iterations"].values, float) if "train_iterations" in ds else np.array([])
-        halvings = (
-            int(np.isfinite(seconds).any(axis=tuple(range(1, seconds.ndim))).sum()) if seconds.ndim else 0
-        )
-        if np.isfinite(seconds).any():
+        # one value per halving (the student's NFE); other dimensions, if any, are reduced away
+        per_halving = ds["train_seconds"].max([d for d in ds["train_seconds"].dims if d != "nfe"])
+        iterations = ds["train_iterations"].sum() if "train_iterations" in ds else None
+        if per_halving.notnull().any():
             lines.append(
-                f"- Progressive distillation: {halvings} halving(s), {int(np.nansum(its))} training iterations "
-                f"and {np.nansum(seconds):.0f} s of training in all on this machine."
+                f"- Progressive distillation: {int(per_halving.notnull().sum())} halving(s)"
+                + (f", {int(iterations)} training iterations" if iterations is not None else "")
+                + f" and {float(per_halving.sum()):.0f} s of training in all on this machine."
             )
     if "fit_seconds" in ds:
         fits = np.asarray(ds["fit_seconds"].values, float)
@@ -466,8 +470,9 @@ def peers_reading(ds) -> str:
     return "\n".join(lines)
 
 
-def protocol_reading(ds) -> str:
-    """The protocol numbers this page ran with, from the parameters stored in its results file."""
+def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
+    """The protocol numbers this page ran with, from the parameters stored in its results file; ``samples``
+    names what ``n_samples`` counts on this page (evaluation samples, trajectories, images)."""
     p = json.loads(ds.attrs.get("parameters", "{}"))
     items = [f"profile `{ds.attrs.get('profile', p.get('profile', '?'))}`"]
     models = p.get("models") or p.get("model")
@@ -481,19 +486,22 @@ def protocol_reading(ds) -> str:
         items.append("NFE " + _join(nfes))
     if p.get("joint_nfes"):
         items.append("joint fit at NFE " + _join(p["joint_nfes"]))
+    if p.get("steps"):
+        items.append(f"{p['steps']} DDIM steps")
+    if p.get("reference_steps"):
+        items.append(f"reference DDIM with {p['reference_steps']} steps")
     if p.get("seeds") is not None:
         seeds = np.atleast_1d(p["seeds"]).tolist()
         items.append(f"{len(seeds)} seeds" if len(seeds) > 1 else "one seed")
     elif p.get("seed") is not None:
         items.append("one seed")
-    for key, what in (
-        ("n_samples", "evaluation samples per cell"),
-        ("K", None),
-        ("B", None),
-        ("n_fresh", "fresh noises"),
-    ):
-        if p.get(key) is not None:
-            items.append(f"{p[key]:,} {what}" if what else f"{key} = {p[key]}")
+    if p.get("n_samples") is not None:
+        items.append(f"{p['n_samples']:,} {samples}")
+    if p.get("n_fresh") is not None:
+        items.append(f"{p['n_fresh']:,} fresh noises")
+    if p.get("lambda_values"):
+        items.append("constant λ grid " + _join(f"{v:g}" for v in p["lambda_values"]))
+    items += [f"{key} = {p[key]}" for key in ("K", "B") if p.get(key) is not None]
     return "This page ran with " + ", ".join(items) + "."
 
 
