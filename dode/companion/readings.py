@@ -393,6 +393,10 @@ def timing_reading(ds) -> str:
         lines.append(
             "- " + _gain_sentence(cells, var, method_label(solver, "d-ode"), method_label(solver, "base"))
         )
+    if "pd" in ds.coords["method"].values.tolist():
+        cells = [r for r in paired_gains(ds, "d-ode", "pd") if r["solver"] == "ddim"]
+        if cells:
+            lines.append("- " + _gain_sentence(cells, var, "D-DDIM", "PD's student at the same NFE"))
     if not lines:
         return f"The timing run has no results yet ({NOT_RUN})."
     note = [_seed_note(rows)] if rows else []
