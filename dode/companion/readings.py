@@ -558,12 +558,12 @@ def timings_summary(repo: str | Path) -> str:
         return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` is empty."
     times = [(r["notebook"], float(r["wall time (s)"])) for r in rows]
     total = sum(t for _, t in times)
-    profiles = _join(sorted({r["profile"] for r in rows}))
+    profiles = _join(sorted({f"`{r['profile']}`" for r in rows}))
     machines = _join(sorted({r["machine"] for r in rows}))
     longest = max(times, key=lambda x: x[1])
     per = ", ".join(f"{name.split('_')[0]} {t:.0f} s" for name, t in times)
     return (
         f"This build: {len(times)} notebooks, profile {profiles}, on {machines}. Their wall times add up to "
-        f"**{total:.0f} s ({total / 60:.1f} min)**; notebooks that ran side by side overlap, so the build's "
-        f"wall time is shorter. The longest is {longest[0]} ({longest[1]:.0f} s). Per notebook: {per}."
+        f"**{total:.0f} s ({total / 60:.1f} min)**; where the runner ran notebooks side by side (`--jobs 2`) "
+        f"the build took less than this sum. The longest is {longest[0]} ({longest[1]:.0f} s). Per notebook: {per}."
     )
