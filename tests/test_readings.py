@@ -65,6 +65,12 @@ def test_missing_cells_and_files_say_not_run(tmp_path):
     assert readings.NOT_RUN in readings.sweep_reading(ds)
     assert readings.NOT_RUN in readings.intro_findings(tmp_path)
     assert readings.NOT_RUN in readings.timings_summary(tmp_path)
+    folder = tmp_path / "data" / "results"
+    folder.mkdir(parents=True)
+    (folder / "run_times.csv").write_text(
+        "notebook,profile,wall time (s),finished (UTC),machine\n(no notebook has run yet),,,,\n"
+    )
+    assert readings.NOT_RUN in readings.timings_summary(tmp_path)
 
 
 def test_timings_summary_adds_the_recorded_wall_times(tmp_path):

@@ -103,8 +103,9 @@ def built_profile(repo: Path) -> str:
     if path.is_file():
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
+        rows = [r for r in rows if r.get("profile")]  # not the placeholder row of an empty table
         if rows:
-            return max(rows, key=lambda r: r["finished (UTC)"])["profile"]
+            return max(rows, key=lambda r: r["finished (UTC)"] or "")["profile"]
     return "cpu"
 
 

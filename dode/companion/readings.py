@@ -553,7 +553,8 @@ def timings_summary(repo: str | Path) -> str:
     if not path.is_file():
         return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` does not exist."
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        # the runner writes a placeholder row without a time when no notebook has run yet
+        rows = [r for r in csv.DictReader(f) if (r.get("wall time (s)") or "").strip()]
     if not rows:
         return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` is empty."
     times = [(r["notebook"], float(r["wall time (s)"])) for r in rows]
