@@ -98,3 +98,30 @@ def test_heun_reading_compares_both_formulations():
     text = readings.heun_reading(ds)
     assert "D-EDM, one λ per landing time** against Heun: better at NFE 5" in text
     assert "One λ per landing time** against λ per stage: better at NFE 5" in text
+
+
+def test_correlation_reading_reports_each_models_neighbours():
+    S = np.array([[1.0, 0.99, 0.5], [0.99, 1.0, 0.98], [0.5, 0.98, 1.0]])
+    ds = xr.Dataset(
+        {"similarity": (("model", "i", "j"), np.stack([S, np.full_like(S, np.nan)]))},
+        coords={"model": ["eps", "edm"]},
+    )
+    text = readings.correlation_reading(ds)
+    assert "`eps`: neighbouring outputs have cosine similarity between 0.9800 and 0.9900" in text
+    assert "`edm`" not in text  # a model without results is left out, not read as zeros
+
+
+def test_ablation_reading_names_a_worse_point():
+    K, B = [5, 10], [50, 100]
+    fd = np.empty((1, 1, 2, 2, 1, 3))
+    fd[..., 1, 1, :, :] = [[1.0, 1.1, 0.9]]  # the default point (K = 10, B = 100)
+    fd[..., 0, 1, :, :] = [[2.0, 2.2, 1.9]]  # K = 5: worse in every seed
+    fd[..., 1, 0, :, :] = [[1.0, 1.15, 0.85]]  # B = 50: inside the noise
+    fd[..., 0, 0, :, :] = np.nan
+    ds = xr.Dataset(
+        {"fd": (("solver", "method", "K", "B", "nfe", "seed"), fd)},
+        coords={"solver": ["ddim"], "method": ["d-ode"], "K": K, "B": B, "nfe": [10], "seed": [0, 1, 2]},
+        attrs={"parameters": json.dumps({"K": 10, "B": 100})},
+    )
+    text = readings.ablation_reading(ds)
+    assert "K = 5: worse" in text and "B = 50: inside the noise" in text

@@ -175,7 +175,7 @@ def correlation_reading(ds) -> str:
         neighbours = np.diag(S, 1)
         lines.append(
             f"- `{model}`: neighbouring outputs have cosine similarity between {neighbours.min():.4f} and "
-            f"{neighbours.max():.4f} (mean {neighbours.mean():.4f}); the first and the last output "
+            f"{neighbours.max():.4f} (mean {neighbours.mean():.4f}); the first and the last output have "
             f"{S[0, -1]:.2f}; {100 * np.mean(S > 0.9):.0f} % of all pairs lie above 0.9, the smallest entry is "
             f"{np.nanmin(S):.2f}."
         )
@@ -467,9 +467,12 @@ def peers_reading(ds) -> str:
         if not won and not lost:
             lines.append(f"- {name}: no NFE holds all three kinds of sampler ({NOT_RUN}).")
             continue
-        text = f"- {name}: a D-solver is the best sampler at " + ("; ".join(won) if won else "no NFE")
-        if lost:
-            text += "; it is not at " + "; ".join(lost)
+        if won:
+            text = f"- {name}: a D-solver is the best sampler at " + "; ".join(won)
+            if lost:
+                text += "; it is not at " + "; ".join(lost)
+        else:
+            text = f"- {name}: a D-solver is not the best sampler at any NFE: " + "; ".join(lost)
         lines.append(text + ".")
     return "\n".join(lines)
 
