@@ -12,6 +12,11 @@ MathJax is served from the built site, not from a CDN. The npm package `mathjax`
 found there to every page. `mathjax_path` is given relative to `_static/`, which Sphinx resolves from each
 page's own depth.
 
+The static pages' numbers are rendered, not typed: :func:`render_generated` writes ``book/generated/``
+(git-ignored) from the results files before every build -- ``intro_findings.md`` (the verdict on every
+claim, :func:`dode.companion.readings.intro_findings`) and ``timings_summary.md`` (this build's wall times,
+:func:`dode.companion.readings.timings_summary`) -- which book/intro.md and book/timings.md include.
+
 A built page that shows progress-bar output fails the build (:func:`pages_with_progress_bars`): the runner
 sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a page is a bar drawn past it.
 """
@@ -19,6 +24,7 @@ sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a pa
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 import shutil
 import subprocess
@@ -26,12 +32,19 @@ import sys
 import time
 from pathlib import Path
 
-from dode.companion.run_notebooks import BookLayoutError, book_notebooks
+from dode.companion.run_notebooks import (
+    RESULTS_DIR,
+    RUN_TIMES_FILE,
+    BookLayoutError,
+    book_notebooks,
+    default_results_dir,
+)
 
 MATHJAX_VERSION = "3.2.2"
 MATHJAX_CACHE = ".cache/mathjax"  # npm --prefix folder
 EXTRA_PATH = ".cache/book-extra"  # html_extra_path: its contents are copied to the site's root
 MATHJAX_ENTRY = "mathjax/tex-mml-chtml.js"  # relative to the site's root
+GENERATED = "book/generated"  # includes rendered from the results files (render_generated)
 SUMMARY_FIGURE = "book/executed/summary.png"  # drawn by notebook 11; book/intro.md opens with it
 #: a tqdm bar as it lands in a page: "runs:  42%|████▏     | 5/12 [00:03<00:04, ...]"
 PROGRESS_BAR = re.compile(r"\d{1,3}%\|[^|\n]{0,200}\|\s*\d+/\d+\s*\[")
@@ -84,6 +97,30 @@ def _package_version(package: Path) -> str | None:
         return None
 
 
+def built_profile(repo: Path) -> str:
+    """The profile of the last notebook run (run_times.csv), whose results the executed pages show."""
+    path = repo / RESULTS_DIR / RUN_TIMES_FILE
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        rows = [r for r in rows if r.get("profile")]  # not the placeholder row of an empty table
+        if rows:
+            return max(rows, key=lambda r: r["finished (UTC)"] or "")["profile"]
+    return "cpu"
+
+
+def render_generated(repo: Path) -> Path:
+    """Write the static pages' generated includes into book/generated/ from this build's results."""
+    from dode.companion import readings
+
+    out = repo / GENERATED
+    out.mkdir(parents=True, exist_ok=True)
+    results_dir = default_results_dir(repo, built_profile(repo))
+    (out / "intro_findings.md").write_text(readings.intro_findings(results_dir) + "\n")
+    (out / "timings_summary.md").write_text(readings.timings_summary(repo) + "\n")
+    return out
+
+
 def pages_with_progress_bars(html: Path) -> list[str]:
     """The pages of a built site (relative paths) that show progress-bar output."""
     return sorted(
@@ -107,6 +144,7 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
             "run `python -m dode.companion.run_notebooks` (or make book)"
         )
     ensure_mathjax(repo)
+    render_generated(repo)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [
         str(jupyter_book if jupyter_book.exists() else "jupyter-book"),

@@ -1,0 +1,572 @@
+"""What each page reads from its results: the "What we see" / "Reading it" sentences, rendered from the
+results file by code, so that a page never states a number or a verdict about this build by hand.
+
+One function per page reading; each takes the page's results (an ``xarray.Dataset``, loaded) and returns
+markdown. They hold for whatever the file holds: one model or several, one seed or three, missing cells.
+The rule for a difference is the claims' (:mod:`dode.companion.claims`): a cell is *better* or *worse*
+only if the paired difference (same seed, same evaluation noise) has the same sign in every seed and its
+mean exceeds its spread over seeds; with one seed the sign is reported and marked as indicative.
+
+:func:`intro_findings` and :func:`timings_summary` write the generated includes of the static pages
+(``book/generated/``, see :mod:`dode.companion.build_book`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dode.companion.claims import (
+    check_all,
+    check_findings,
+    joint_verdicts,
+    load_results,
+    metric_name,
+    paired_gains,
+    paper_teacher,
+)
+from dode.companion.labels import SOLVER_NAMES, method_label
+
+__all__ = [
+    "sweep_reading",
+    "heun_reading",
+    "correlation_reading",
+    "trajectories_reading",
+    "samples_reading",
+    "formulations_reading",
+    "ablation_reading",
+    "lookahead_reading",
+    "timing_reading",
+    "testbed_reading",
+    "peers_reading",
+    "protocol_reading",
+    "intro_findings",
+    "timings_summary",
+    "NOT_RUN",
+]
+
+NOT_RUN = "not run yet"
+_SIDES = {1: "better", -1: "worse", 0: "inside the noise"}
+
+
+def _side(row: dict) -> int:
+    """+1 / -1: the method is better / worse than the reference in every seed and by more than the spread
+    over seeds; 0: neither. One seed: the sign alone (the caller says it is indicative)."""
+    if row["seeds"] < 2:
+        return int(np.sign(row["gain"]))
+    if row["wins"] == row["seeds"] and row["gain"] > row["std"]:
+        return 1
+    if row["wins"] == 0 and -row["gain"] > row["std"]:
+        return -1
+    return 0
+
+
+def _join(items) -> str:
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _nfes(rows) -> str:
+    return "NFE " + _join(r["nfe"] for r in rows)
+
+
+def _seed_note(rows) -> str:
+    seeds = min(r["seeds"] for r in rows)
+    if seeds < 2:
+        return "One seed: the signs below are indicative, not significant."
+    return (
+        f"{seeds} seeds; *better* and *worse* mean: in every seed (same evaluation noise) and by more than "
+        "the spread over seeds."
+    )
+
+
+def _value(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def _gain_sentence(rows, var: str, what: str, against: str) -> str:
+    """One sentence: at which NFEs ``what`` is better / worse / inside the noise against ``against``."""
+    by_side = {s: [r for r in rows if _side(r) == s] for s in (1, 0, -1)}
+    parts = []
+    for side in (1, 0, -1):
+        cells = by_side[side]
+        if not cells:
+            continue
+        text = f"{_SIDES[side]} at {_nfes(cells)}"
+        if side == -1:
+            text += (
+                " ("
+                + "; ".join(f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}" for r in cells)
+                + ")"
+            )
+        parts.append(text)
+    sentence = f"**{what}** against {against}: {_join(parts)}."
+    better = by_side[1]
+    if len(better) == 1:
+        r = better[0]
+        sentence += f" {var.upper()} {_value(r['base'])} → {_value(r['method'])} at NFE {r['nfe']}."
+    elif better:
+        top = max(better, key=lambda r: r["gain"])
+        sentence += (
+            f" Its largest gain is at NFE {top['nfe']} ({var.upper()} {_value(top['base'])} → "
+            f"{_value(top['method'])})."
+        )
+    return sentence
+
+
+def _models(rows) -> list:
+    return list(dict.fromkeys(r.get("model") for r in rows))
+
+
+def sweep_reading(ds, method: str = "d-ode", base: str = "base", solvers=None) -> str:
+    """Pages 02-04: per model and solver, the NFEs at which the D-solver is better than, worse than or
+    inside the noise of its base solver (:func:`dode.companion.claims.paired_gains`)."""
+    var = metric_name(ds)
+    rows = [r for r in paired_gains(ds, method, base) if solvers is None or r["solver"] in solvers]
+    if not rows:
+        return f"No cell of this results file holds both {base} and {method} ({NOT_RUN})."
+    lines = [_seed_note(rows)]
+    for model in _models(rows):
+        for solver in dict.fromkeys(r["solver"] for r in rows):
+            cells = [r for r in rows if r.get("model") == model and r["solver"] == solver]
+            if not cells:
+                continue
+            against = method_label(solver, base) + (f" on `{model}`" if model else "")
+            lines.append("- " + _gain_sentence(cells, var, method_label(solver, method), against))
+    return "\n".join(lines)
+
+
+def heun_reading(ds) -> str:
+    """Page 03: EDM's Heun sampler with one lambda per landing time (``d-ode``, the default) and with the
+    paper's lambda on every stage (``d-ode-per-stage``), each against Heun, and against each other."""
+    if "edm" not in ds.coords["solver"].values.tolist():
+        return f"EDM's Heun sampler is not in this results file ({NOT_RUN})."
+    var = metric_name(ds)
+    out = []
+    for method, name in (
+        ("d-ode", "D-EDM, one λ per landing time"),
+        ("d-ode-per-stage", "D-EDM, λ per stage"),
+    ):
+        rows = [r for r in paired_gains(ds, method) if r["solver"] == "edm"]
+        if rows:
+            out.append("- " + _gain_sentence(rows, var, name, "Heun"))
+    rows = [r for r in paired_gains(ds, "d-ode", "d-ode-per-stage") if r["solver"] == "edm"]
+    if rows:
+        out.append("- " + _gain_sentence(rows, var, "One λ per landing time", "λ per stage"))
+    if not out:
+        return f"No Heun cell holds a D-solver yet ({NOT_RUN})."
+    return _seed_note(paired_gains(ds, "d-ode")) + "\n" + "\n".join(out)
+
+
+def correlation_reading(ds) -> str:
+    """Page 01: per model, how alike neighbouring denoising outputs are, and the whole run's outputs."""
+    lines = []
+    for model in ds.coords["model"].values.tolist():
+        S = np.asarray(ds["similarity"].sel({"model": model}).values, dtype=float)
+        ok = np.isfinite(S).any(axis=1)
+        if not ok.any():
+            continue
+        S = S[np.ix_(ok, ok)]
+        neighbours = np.diag(S, 1)
+        lines.append(
+            f"- `{model}`: neighbouring outputs have cosine similarity between {neighbours.min():.4f} and "
+            f"{neighbours.max():.4f} (mean {neighbours.mean():.4f}); the first and the last output have "
+            f"{S[0, -1]:.2f}; {100 * np.mean(S > 0.9):.0f} % of all pairs lie above 0.9, the smallest entry is "
+            f"{np.nanmin(S):.2f}."
+        )
+    if not lines:
+        return f"The results file holds no similarity matrix ({NOT_RUN})."
+    return "\n".join(lines)
+
+
+def _final_distance(ds, solver, nfe, method):
+    """Mean and std over samples of the distance to the reference at the run's last state, or None."""
+    t = ds["state_time"].sel({"solver": solver, "nfe": nfe, "method": method}).values
+    if not np.isfinite(t).any():
+        return None
+    last = int(np.flatnonzero(np.isfinite(t))[-1])
+    d = np.asarray(
+        ds["distance"].sel({"solver": solver, "nfe": nfe, "method": method}).isel(state=last).values, float
+    )
+    return float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else float("nan")
+
+
+def trajectories_reading(ds) -> str:
+    """Page 05: where each run ends against the long reference run (distance of the final samples), and
+    which method stays closer along the run."""
+    lines = []
+    methods = ds.coords["method"].values.tolist()
+    for solver in ds.coords["solver"].values.tolist():
+        for nfe in ds.coords["nfe"].values.tolist():
+            finals = {m: _final_distance(ds, solver, nfe, m) for m in methods}
+            finals = {m: v for m, v in finals.items() if v is not None}
+            if "base" not in finals:
+                continue
+            ranked = sorted(finals, key=lambda m: finals[m][0])
+            text = ", ".join(
+                f"{method_label(solver, m)}-{nfe} {finals[m][0]:.2f} ± {finals[m][1]:.2f}" for m in ranked
+            )
+            lines.append(
+                f"- Final distance to the reference (L2, mean ± std over samples), closest first: {text}."
+            )
+            if "d-ode" in finals:
+                closer = finals["d-ode"][0] < finals["base"][0]
+                d = np.asarray(
+                    ds["distance"].sel({"solver": solver, "nfe": nfe}).mean("sample").values, float
+                )
+                i_base, i_d = methods.index("base"), methods.index("d-ode")
+                both = np.isfinite(d[i_base]) & np.isfinite(d[i_d])
+                everywhere = bool(np.all(d[i_d][both] <= d[i_base][both]))
+                lines.append(
+                    f"- {method_label(solver, 'd-ode')}-{nfe} ends {'closer to' if closer else 'farther from'} "
+                    f"the reference than {method_label(solver, 'base')}-{nfe}"
+                    + (
+                        ", and is no farther at any state of the run."
+                        if everywhere
+                        else "; along the run it is not closer at every state."
+                    )
+                )
+    if not lines:
+        return f"The results file holds no base run ({NOT_RUN})."
+    return "\n".join(lines)
+
+
+def samples_reading(ds) -> str:
+    """Page 06: per panel and NFE, whether the D-solver's images are closer to the long DDIM run from the
+    same noise than the base solver's (the table's distances)."""
+    from dode.companion.plots import _trim_padding
+
+    if "reference" not in ds:
+        return "The results file holds no reference run: no distances to read."
+    lines = []
+    for panel in ds.coords["panel"].values.tolist():
+        model, solver = panel.rsplit("/", 1)
+        ref = _trim_padding(ds["reference"].sel({"model": model}).values)
+        cells = []
+        for nfe in ds.coords["nfe"].values.tolist():
+            d = {}
+            for method in ("base", "d-ode"):
+                if method not in ds.coords["method"].values:
+                    continue
+                x = ds["samples"].sel({"panel": panel, "method": method, "nfe": nfe}).values
+                if np.isfinite(x).any():
+                    d[method] = float(
+                        np.linalg.norm((_trim_padding(x) - ref).reshape(len(ref), -1), axis=1).mean()
+                    )
+            if len(d) == 2:
+                word = "closer" if d["d-ode"] < d["base"] else "farther"
+                cells.append(f"NFE {nfe}: {word} ({d['base']:.2f} → {d['d-ode']:.2f})")
+        if cells:
+            name = SOLVER_NAMES.get(solver, solver)
+            lines.append(f"- {name} on `{model}`, D-solver against base: {'; '.join(cells)}.")
+    if not lines:
+        return f"No panel holds both solvers yet ({NOT_RUN})."
+    return "Mean distance of the images to the reference from the same noise:\n" + "\n".join(lines)
+
+
+def formulations_reading(ds) -> str:
+    """Page 07: each formulation against DDIM, and D-DDIM against each of the others (paired)."""
+    var = metric_name(ds)
+    variants = [m for m in ("sep", "all", "d-ode-2", "d-ode") if m in ds.coords["method"].values]
+    rows = [r for m in variants for r in paired_gains(ds, m) if r["solver"] == "ddim"]
+    if not rows:
+        return f"No formulation has results yet ({NOT_RUN})."
+    lines = [_seed_note(rows)]
+    for m in variants:
+        cells = [r for r in paired_gains(ds, m) if r["solver"] == "ddim"]
+        if cells:
+            lines.append("- " + _gain_sentence(cells, var, method_label("ddim", m), "DDIM"))
+    for m in variants:
+        if m == "d-ode":
+            continue
+        cells = [r for r in paired_gains(ds, "d-ode", m) if r["solver"] == "ddim"]
+        if cells:
+            lines.append("- " + _gain_sentence(cells, var, "D-DDIM", method_label("ddim", m)))
+    return "\n".join(lines)
+
+
+def ablation_reading(ds) -> str:
+    """Page 08: D-DDIM's metric against K (at the default B) and against B (at the default K), paired with
+    the default point, and the spread over seeds at each B."""
+    var = metric_name(ds)
+    stored = json.loads(ds.attrs["parameters"])
+    K0, B0 = stored["K"], stored["B"]
+    da = ds[var].sel({"solver": "ddim", "method": "d-ode"})
+    lines = []
+    for dim, other, at, default in (("K", "B", B0, K0), ("B", "K", K0, B0)):
+        for nfe in ds.coords["nfe"].values.tolist():
+            cut = da.sel({other: at, "nfe": nfe})
+            ref = np.asarray(cut.sel({dim: default}).values, float)
+            parts = []
+            for v in ds.coords[dim].values.tolist():
+                if v == default:
+                    continue
+                x = np.asarray(cut.sel({dim: v}).values, float)
+                ok = np.isfinite(x) & np.isfinite(ref)
+                if not ok.any():
+                    continue
+                gain = ref[ok] - x[ok]
+                row = {
+                    "gain": gain.mean(),
+                    "std": gain.std(ddof=1) if gain.size > 1 else np.nan,
+                    "seeds": int(gain.size),
+                    "wins": int((gain > 0).sum()),
+                }
+                parts.append(
+                    f"{dim} = {v}: {_SIDES[_side(row)]} ({_value(ref[ok].mean())} → {_value(x[ok].mean())})"
+                )
+            if parts:
+                lines.append(f"- NFE {nfe}, {other} = {at}, against {dim} = {default}: {'; '.join(parts)}.")
+        if dim == "B":
+            for nfe in ds.coords["nfe"].values.tolist():
+                spread = da.sel({"K": K0, "nfe": nfe}).std("seed", ddof=1)
+                values = [
+                    f"{b}: {float(spread.sel({'B': b})):.3f}"
+                    for b in ds.coords["B"].values.tolist()
+                    if np.isfinite(float(spread.sel({"B": b})))
+                ]
+                if values:
+                    lines.append(f"- Spread over seeds of D-DDIM at NFE {nfe}, by B: {', '.join(values)}.")
+    if not lines:
+        return f"No ablation point has results yet ({NOT_RUN})."
+    seeds = ds.sizes.get("seed", 1)
+    note = "One seed: the signs below are indicative, not significant. " if seeds < 2 else ""
+    return note + "Paired with the default point of the same seed:\n" + "\n".join(lines)
+
+
+def lookahead_reading(ds) -> str:
+    """Page 09: D-DDIM against Fixed-D-DDIM and LA-DDIM, each at the best constant of its grid."""
+    from dode.companion.plots import best_constant
+
+    var = metric_name(ds)
+    reduced, best = best_constant(ds, var)
+    reduced = reduced.assign_attrs(ds.attrs)
+    lines = []
+    for m in ("fixed", "lookahead"):
+        for nfe in ds.coords["nfe"].values.tolist():
+            value = float(best.sel({"solver": "ddim", "method": m, "nfe": nfe}))
+            if not np.isfinite(value):
+                continue
+            grid = ds.coords["lambda_value"].values
+            edge = " (an edge of the grid)" if value in (grid.min(), grid.max()) else ""
+            lines.append(f"- {method_label('ddim', m)} at NFE {nfe}: best constant λ = {value:g}{edge}.")
+        rows = [r for r in paired_gains(reduced, "d-ode", m) if r["solver"] == "ddim"]
+        if rows:
+            lines.append(
+                "- " + _gain_sentence(rows, var, "D-DDIM", method_label("ddim", m) + " at its best constant")
+            )
+    if not lines:
+        return f"The grid search has no results yet ({NOT_RUN})."
+    return _seed_note(paired_gains(reduced, "d-ode")) + "\n" + "\n".join(lines)
+
+
+def timing_reading(ds) -> str:
+    """Page 10: what progressive distillation was given and cost, what the closed-form fits cost, and each
+    D-solver against its base solver."""
+    var = metric_name(ds)
+    lines = []
+    if "train_seconds" in ds:
+        # one value per halving (the student's NFE); other dimensions, if any, are reduced away
+        per_halving = ds["train_seconds"].max([d for d in ds["train_seconds"].dims if d != "nfe"])
+        iterations = ds["train_iterations"].sum() if "train_iterations" in ds else None
+        if per_halving.notnull().any():
+            lines.append(
+                f"- Progressive distillation: {int(per_halving.notnull().sum())} halving(s)"
+                + (f", {int(iterations)} training iterations" if iterations is not None else "")
+                + f" and {float(per_halving.sum()):.0f} s of training in all on this machine."
+            )
+    if "fit_seconds" in ds:
+        fits = np.asarray(ds["fit_seconds"].values, float)
+        if np.isfinite(fits).any():
+            lines.append(
+                f"- The closed-form λ fits took {np.nanmin(fits):.2f} to {np.nanmax(fits):.2f} s each (teacher run "
+                "included)."
+            )
+    rows = paired_gains(ds.sel({"method": ["base", "d-ode"]}) if "pd" in ds.coords["method"].values else ds)
+    for solver in dict.fromkeys(r["solver"] for r in rows):
+        cells = [r for r in rows if r["solver"] == solver]
+        lines.append(
+            "- " + _gain_sentence(cells, var, method_label(solver, "d-ode"), method_label(solver, "base"))
+        )
+    if "pd" in ds.coords["method"].values.tolist():
+        cells = [r for r in paired_gains(ds, "d-ode", "pd") if r["solver"] == "ddim"]
+        if cells:
+            lines.append("- " + _gain_sentence(cells, var, "D-DDIM", "PD's student at the same NFE"))
+    if not lines:
+        return f"The timing run has no results yet ({NOT_RUN})."
+    note = [_seed_note(rows)] if rows else []
+    return "\n".join(note + lines)
+
+
+def testbed_reading(ds) -> str:
+    """Page 12: on fresh noise, where the greedy fit (taught as the paper teaches) makes a solver worse than
+    its base, whether the joint fit repairs it, and how often the joint fit is no farther than the greedy."""
+    lines = []
+    for sched in ds.coords["schedule"].values.tolist():
+        worse, repaired, never_worse, cells = [], [], 0, 0
+        for label in ds.coords["solver"].values.tolist():
+            teacher = paper_teacher(label)
+            for nfe in ds.coords["nfe"].values.tolist():
+                d = ds["distance_fresh"].sel({"schedule": sched, "solver": label, "nfe": nfe})
+                base = float(d.sel({"method": "base", "teacher": "ddim"}))
+                greedy = float(d.sel({"method": "d-ode", "teacher": teacher}))
+                joint = float(d.sel({"method": "d-ode-joint", "teacher": teacher}))
+                if not np.isfinite([base, greedy, joint]).all():
+                    continue
+                cells += 1
+                never_worse += joint <= greedy
+                if greedy > base:
+                    name = f"{SOLVER_NAMES.get(label, label)} at NFE {nfe}"
+                    worse.append(f"{name} ({base:.3f} → {greedy:.3f}, joint {joint:.3f})")
+                    repaired.append(joint < base)
+        if not cells:
+            continue
+        lines.append(
+            f"- Schedule `{sched}`: the joint D-solver is no farther from the exact solution than the greedy one in "
+            f"{never_worse} of {cells} cells."
+        )
+        if worse:
+            lines.append(
+                f"- The greedy fit makes the base solver worse in {len(worse)} cell(s): {'; '.join(worse)}; the "
+                f"joint fit beats the base solver in {sum(repaired)} of them."
+            )
+        else:
+            lines.append("- The greedy fit makes no base solver worse here.")
+    if not lines:
+        return f"The test bed has no results yet ({NOT_RUN})."
+    return "Distances to the exact solution on fresh noise (base → greedy):\n" + "\n".join(lines)
+
+
+def peers_reading(ds) -> str:
+    """Page 13: per model, the NFEs at which the best D-solver is the best sampler of all, and otherwise
+    which sampler is."""
+    from dode.companion.peers import best_by_group, model_results
+
+    var = metric_name(ds)
+    lines = ["One seed: margins are indicative, not significant."]
+    models = ds.coords["model"].values.tolist() if "model" in ds.dims else [None]
+    for model in models:
+        cells = model_results(ds, model) if model else ds
+        won, lost = [], []
+        for nfe in cells.coords["nfe"].values.tolist():
+            best = best_by_group(cells, var, nfe)
+            if len(best) < 3:
+                continue
+            (d_label, d), (p_label, p), (b_label, b) = best["D"], best["diffusers"], best["base"]
+            if d < min(p, b):
+                won.append(f"NFE {nfe} ({d_label} {_value(d)}; best diffusers {_value(p)})")
+            else:
+                other = (p_label, p) if p <= b else (b_label, b)
+                lost.append(f"NFE {nfe} ({other[0]} {_value(other[1])} against {d_label} {_value(d)})")
+        name = f"`{model}`" if model else "This model"
+        if not won and not lost:
+            lines.append(f"- {name}: no NFE holds all three kinds of sampler ({NOT_RUN}).")
+            continue
+        if won:
+            text = f"- {name}: a D-solver is the best sampler at " + "; ".join(won)
+            if lost:
+                text += "; it is not at " + "; ".join(lost)
+        else:
+            text = f"- {name}: a D-solver is not the best sampler at any NFE: " + "; ".join(lost)
+        lines.append(text + ".")
+    return "\n".join(lines)
+
+
+def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
+    """The protocol numbers this page ran with, from the parameters stored in its results file; ``samples``
+    names what ``n_samples`` counts on this page (evaluation samples, trajectories, images)."""
+    p = json.loads(ds.attrs.get("parameters", "{}"))
+    items = [f"profile `{ds.attrs.get('profile', p.get('profile', '?'))}`"]
+    models = p.get("models") or p.get("model")
+    if models:
+        names = np.atleast_1d(models).tolist()
+        items.append(("models " if len(names) > 1 else "model ") + _join(f"`{m}`" for m in names))
+    nfes = p.get("nfes")
+    if isinstance(nfes, dict):
+        items.append("NFEs " + "; ".join(f"{SOLVER_NAMES.get(k, k)} {_join(v)}" for k, v in nfes.items()))
+    elif nfes:
+        items.append("NFE " + _join(nfes))
+    if p.get("joint_nfes"):
+        items.append("joint fit at NFE " + _join(p["joint_nfes"]))
+    if p.get("steps"):
+        items.append(f"{p['steps']} DDIM steps")
+    if p.get("reference_steps"):
+        items.append(f"reference DDIM with {p['reference_steps']} steps")
+    if p.get("seeds") is not None:
+        seeds = np.atleast_1d(p["seeds"]).tolist()
+        items.append(f"{len(seeds)} seeds" if len(seeds) > 1 else "one seed")
+    elif p.get("seed") is not None:
+        items.append("one seed")
+    if p.get("n_samples") is not None:
+        items.append(f"{p['n_samples']:,} {samples}")
+    if p.get("n_fresh") is not None:
+        items.append(f"{p['n_fresh']:,} fresh noises")
+    if p.get("lambda_values"):
+        items.append("constant λ grid " + _join(f"{v:g}" for v in p["lambda_values"]))
+    items += [f"${key} = {p[key]}$" for key in ("K", "B") if p.get(key) is not None]
+    return "This page ran with " + ", ".join(items) + "."
+
+
+# --------------------------------------------------------------------------------- the static pages
+
+
+def intro_findings(results_dir: str | Path) -> str:
+    """book/intro.md's findings: the verdict on every claim and finding, from the results files."""
+    from dode.companion.claims import EVIDENCE
+
+    stems = sorted({s for stems in EVIDENCE.values() for s in stems})
+    results = load_results(results_dir, stems)
+    if not results:
+        return f"The experiments have {NOT_RUN}: run `python -m dode.companion.run_notebooks`."
+    lines = []
+    for v in [*check_all(results), *check_findings(results)]:
+        if v.verdict == "not run":
+            lines.append(f"- {v.statement}: *{NOT_RUN}*.")
+        else:
+            first = (v.evidence.splitlines() or [""])[0].strip()
+            lines.append(f"- {v.statement}: **{v.verdict}** ({first}).")
+    ds = results.get("03_data_prediction")
+    if ds is not None and "edm" in ds.coords["solver"].values.tolist():
+        lines.append(
+            "\nEDM's Heun sampler, the one deviation of the method (page 03):\n\n" + heun_reading(ds)
+        )
+    ds = results.get("02_noise_prediction")
+    if ds is not None:
+        rows = joint_verdicts(ds)
+        changed = [r for r in rows if r["changed"]]
+        if rows:
+            lines.append(
+                f"\nThe joint fit (page 02) changes the verdict against the base solver in {len(changed)} of "
+                f"{len(rows)} cells with both fits."
+            )
+    return "\n".join(lines)
+
+
+def timings_summary(repo: str | Path) -> str:
+    """book/timings.md's summary: this build's total and per-notebook wall times, profile and machine,
+    read from ``data/results/run_times.csv`` (the runner's record)."""
+    from dode.companion.run_notebooks import RESULTS_DIR
+
+    path = Path(repo) / RESULTS_DIR / "run_times.csv"
+    if not path.is_file():
+        return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` does not exist."
+    with path.open(newline="") as f:
+        # the runner writes a placeholder row without a time when no notebook has run yet
+        rows = [r for r in csv.DictReader(f) if (r.get("wall time (s)") or "").strip()]
+    if not rows:
+        return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` is empty."
+    times = [(r["notebook"], float(r["wall time (s)"])) for r in rows]
+    total = sum(t for _, t in times)
+    profiles = _join(sorted({f"`{r['profile']}`" for r in rows}))
+    machines = _join(sorted({r["machine"] for r in rows}))
+    longest = max(times, key=lambda x: x[1])
+    return (
+        f"This build: {len(times)} notebooks, profile {profiles}, on {machines}. Their wall times add up to "
+        f"**{total:.0f} s ({total / 60:.1f} min)**; where the runner ran notebooks side by side (`--jobs 2`) "
+        f"the build took less than this sum. The longest is {longest[0]} ({longest[1]:.0f} s); the table gives every notebook."
+    )

@@ -1,0 +1,127 @@
+"""dode.companion.readings on synthetic results files: the sentences follow the numbers (one seed, one
+model or two, a cell worse than its base, missing cells and files)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from dode.companion import readings
+
+
+def sweep(values: dict, seeds=(0, 1, 2), models=None) -> xr.Dataset:
+    """A sweep results file: values[(solver, nfe)] = (base per seed, d-ode per seed); NaN where absent."""
+    solvers = sorted({s for s, _ in values})
+    nfes = sorted({n for _, n in values})
+    fd = np.full((len(solvers), len(nfes), 2, len(seeds)), np.nan)
+    for (s, n), (b, d) in values.items():
+        fd[solvers.index(s), nfes.index(n), 0] = b
+        fd[solvers.index(s), nfes.index(n), 1] = d
+    ds = xr.Dataset(
+        {"fd": (("solver", "nfe", "method", "seed"), fd)},
+        coords={"solver": solvers, "nfe": nfes, "method": ["base", "d-ode"], "seed": list(seeds)},
+        attrs={
+            "profile": "cpu",
+            "parameters": json.dumps({"seeds": list(seeds), "n_samples": 2000, "nfes": nfes}),
+        },
+    )
+    if models:
+        ds = xr.concat([ds.expand_dims(model=[m]) for m in models], dim="model")
+    return ds
+
+
+def test_a_cell_worse_than_base_is_named_with_its_values():
+    ds = sweep(
+        {("ddim", 5): ([10, 11, 12], [5, 6, 7]), ("ddim", 19): ([0.51, 0.50, 0.52], [0.55, 0.56, 0.57])}
+    )
+    text = readings.sweep_reading(ds)
+    assert "better at NFE 5" in text
+    assert "worse at NFE 19" in text and "0.51 → 0.56" in text
+    assert "every NFE" not in text
+
+
+def test_a_cell_inside_the_noise_is_not_called_better():
+    ds = sweep({("ddim", 10): ([1.0, 1.2, 0.9], [0.9, 1.3, 0.85])})
+    assert "inside the noise at NFE 10" in readings.sweep_reading(ds)
+
+
+def test_one_seed_is_called_indicative():
+    ds = sweep({("ddim", 5): ([10], [5])}, seeds=(0,))
+    text = readings.sweep_reading(ds)
+    assert "One seed" in text and "better at NFE 5" in text
+    assert "one seed" in readings.protocol_reading(ds)
+
+
+def test_each_model_gets_its_sentence():
+    ds = sweep({("ddim", 5): ([10, 11, 12], [5, 6, 7])}, models=["a", "b"])
+    text = readings.sweep_reading(ds)
+    assert "on `a`" in text and "on `b`" in text
+
+
+def test_missing_cells_and_files_say_not_run(tmp_path):
+    ds = sweep({("ddim", 5): ([np.nan] * 3, [np.nan] * 3)})
+    assert readings.NOT_RUN in readings.sweep_reading(ds)
+    assert readings.NOT_RUN in readings.intro_findings(tmp_path)
+    assert readings.NOT_RUN in readings.timings_summary(tmp_path)
+    folder = tmp_path / "data" / "results"
+    folder.mkdir(parents=True)
+    (folder / "run_times.csv").write_text(
+        "notebook,profile,wall time (s),finished (UTC),machine\n(no notebook has run yet),,,,\n"
+    )
+    assert readings.NOT_RUN in readings.timings_summary(tmp_path)
+
+
+def test_timings_summary_adds_the_recorded_wall_times(tmp_path):
+    folder = tmp_path / "data" / "results"
+    folder.mkdir(parents=True)
+    (folder / "run_times.csv").write_text(
+        "notebook,profile,wall time (s),finished (UTC),machine\n"
+        "00_train_models,cpu,6.0,2026-12-01T10:00:00,box\n02_noise_prediction,cpu,1032.4,2026-12-01T10:20:00,box\n"
+    )
+    text = readings.timings_summary(tmp_path)
+    assert "1038 s" in text and "02_noise_prediction (1032 s)" in text and "box" in text
+
+
+def test_heun_reading_compares_both_formulations():
+    fd = np.array([[[30.0, 31, 29], [15, 16, 14], [20, 21, 19]]])  # nfe 5: base, per-time, per-stage
+    ds = xr.Dataset(
+        {"fd": (("solver", "nfe", "method", "seed"), fd[None])},
+        coords={
+            "solver": ["edm"],
+            "nfe": [5],
+            "method": ["base", "d-ode", "d-ode-per-stage"],
+            "seed": [0, 1, 2],
+        },
+    )
+    text = readings.heun_reading(ds)
+    assert "D-EDM, one λ per landing time** against Heun: better at NFE 5" in text
+    assert "One λ per landing time** against λ per stage: better at NFE 5" in text
+
+
+def test_correlation_reading_reports_each_models_neighbours():
+    S = np.array([[1.0, 0.99, 0.5], [0.99, 1.0, 0.98], [0.5, 0.98, 1.0]])
+    ds = xr.Dataset(
+        {"similarity": (("model", "i", "j"), np.stack([S, np.full_like(S, np.nan)]))},
+        coords={"model": ["eps", "edm"]},
+    )
+    text = readings.correlation_reading(ds)
+    assert "`eps`: neighbouring outputs have cosine similarity between 0.9800 and 0.9900" in text
+    assert "`edm`" not in text  # a model without results is left out, not read as zeros
+
+
+def test_ablation_reading_names_a_worse_point():
+    K, B = [5, 10], [50, 100]
+    fd = np.empty((1, 1, 2, 2, 1, 3))
+    fd[..., 1, 1, :, :] = [[1.0, 1.1, 0.9]]  # the default point (K = 10, B = 100)
+    fd[..., 0, 1, :, :] = [[2.0, 2.2, 1.9]]  # K = 5: worse in every seed
+    fd[..., 1, 0, :, :] = [[1.0, 1.15, 0.85]]  # B = 50: inside the noise
+    fd[..., 0, 0, :, :] = np.nan
+    ds = xr.Dataset(
+        {"fd": (("solver", "method", "K", "B", "nfe", "seed"), fd)},
+        coords={"solver": ["ddim"], "method": ["d-ode"], "K": K, "B": B, "nfe": [10], "seed": [0, 1, 2]},
+        attrs={"parameters": json.dumps({"K": 10, "B": 100})},
+    )
+    text = readings.ablation_reading(ds)
+    assert "K = 5: worse" in text and "B = 50: inside the noise" in text
