@@ -18,6 +18,7 @@ import numpy as np
 from dode.companion.paper import CLAIMS
 
 __all__ = [
+    "side",
     "RULES",
     "PAPER_SOLVERS",
     "SMALL_NFE",
@@ -154,7 +155,7 @@ def paired_gains(ds, method: str = "d-ode", base: str = "base") -> list[dict]:
     return rows
 
 
-def _significant(row: dict) -> int:
+def side(row: dict) -> int:
     """+1: the method is better in every seed and by more than the spread; -1: worse likewise; 0: neither.
     With a single seed there is no spread: the sign alone decides, and callers cap the verdict at ``partly``."""
     if row["seeds"] < 2:
@@ -178,7 +179,7 @@ def _fmt(row: dict, var: str) -> str:
 def _holds(row: dict) -> bool:
     """Rules 1-2 of :data:`RULES` for a paired-gain row: better in every seed by more than the spread (by its
     sign with one seed)."""
-    return _significant(row) > 0
+    return side(row) > 0
 
 
 def name_cells(cells: list[dict]) -> str:
@@ -259,8 +260,8 @@ def _sweep_rows(results: dict, stems, keep=lambda row: True) -> tuple[list[dict]
 
 def _graded_lines(rows: list[dict], var: str) -> list[str]:
     """One line per cell, with its side of rule 1 of :data:`RULES` (better beyond the spread: it holds)."""
-    side = {1: "holds, better beyond the spread: ", 0: "inside the noise: ", -1: "worse beyond the spread: "}
-    return [side[_significant(r)] + _fmt(r, var) for r in rows]
+    words = {1: "holds, better beyond the spread: ", 0: "inside the noise: ", -1: "worse beyond the spread: "}
+    return [words[side(r)] + _fmt(r, var) for r in rows]
 
 
 def _apart(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -773,7 +774,7 @@ _SIDE = {1: "better than base", -1: "worse than base", 0: "inside the noise"}
 def joint_verdicts(ds) -> list[dict]:
     """Per ([model,] solver, NFE) cell with greedy and joint results: the paired gains over the base solver
     (:func:`paired_gains`) of the greedy D-solver (``d-ode``) and of the joint one (``d-ode-joint``), each
-    one's side of the base solver (:func:`_significant`: +1 better, -1 worse, 0 inside the noise) and
+    one's side of the base solver (:func:`side`: +1 better, -1 worse, 0 inside the noise) and
     whether the joint fit changes it."""
     joint = {(r.get("model"), r["solver"], r["nfe"]): r for r in paired_gains(ds, "d-ode-joint")}
     rows = []
@@ -781,7 +782,7 @@ def joint_verdicts(ds) -> list[dict]:
         j = joint.get((g.get("model"), g["solver"], g["nfe"]))
         if j is None:
             continue
-        side_g, side_j = _significant(g), _significant(j)
+        side_g, side_j = side(g), side(j)
         rows.append(
             {
                 **({"model": g["model"]} if "model" in g else {}),

@@ -27,6 +27,7 @@ from dode.companion.claims import (
     metric_name,
     paired_gains,
     paper_teacher,
+    side,
 )
 from dode.companion.labels import SOLVER_NAMES, method_label
 
@@ -50,18 +51,6 @@ __all__ = [
 
 NOT_RUN = "not run yet"
 _SIDES = {1: "better", -1: "worse", 0: "inside the noise"}
-
-
-def _side(row: dict) -> int:
-    """+1 / -1: the method is better / worse than the reference in every seed and by more than the spread
-    over seeds; 0: neither. One seed: the sign alone (the caller says it is indicative)."""
-    if row["seeds"] < 2:
-        return int(np.sign(row["gain"]))
-    if row["wins"] == row["seeds"] and row["gain"] > row["std"]:
-        return 1
-    if row["wins"] == 0 and -row["gain"] > row["std"]:
-        return -1
-    return 0
 
 
 def _join(items) -> str:
@@ -91,14 +80,14 @@ def _value(x: float) -> str:
 
 def _gain_sentence(rows, var: str, what: str, against: str) -> str:
     """One sentence: at which NFEs ``what`` is better / worse / inside the noise against ``against``."""
-    by_side = {s: [r for r in rows if _side(r) == s] for s in (1, 0, -1)}
+    by_side = {s: [r for r in rows if side(r) == s] for s in (1, 0, -1)}
     parts = []
-    for side in (1, 0, -1):
-        cells = by_side[side]
+    for mark in (1, 0, -1):
+        cells = by_side[mark]
         if not cells:
             continue
-        text = f"{_SIDES[side]} at {_nfes(cells)}"
-        if side == -1:
+        text = f"{_SIDES[mark]} at {_nfes(cells)}"
+        if mark == -1:
             text += (
                 " ("
                 + "; ".join(f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}" for r in cells)
@@ -318,7 +307,7 @@ def ablation_reading(ds) -> str:
                     "wins": int((gain > 0).sum()),
                 }
                 parts.append(
-                    f"{dim} = {v}: {_SIDES[_side(row)]} ({_value(ref[ok].mean())} → {_value(x[ok].mean())})"
+                    f"{dim} = {v}: {_SIDES[side(row)]} ({_value(ref[ok].mean())} → {_value(x[ok].mean())})"
                 )
             if parts:
                 lines.append(f"- NFE {nfe}, {other} = {at}, against {dim} = {default}: {'; '.join(parts)}.")
