@@ -126,13 +126,14 @@ def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
     text = anomalies.explain_dpm_solver_pattern(ds, VP)
     assert "| 5 | [3, 2] | order 2 over 2 interval(s) |" in text
     assert "Where the composition ends with a second-order step (NFE 5)" in text
+    assert "at NFE 5 it spans 2 grid interval(s)" in text
     assert "base FD 42.00, D-solver 141.00" in text
     assert "| 4 | [3, 1] | order 1 over 1 interval(s) |" in text
 
 
 def test_spike_note_links_page_02_and_is_empty_without_a_spike():
     note = anomalies.spike_note({5: 3.1, 8: 40.2, 10: 1.9, 12: 1.5}, "ipndm", VP)
-    assert "at NFE 8 it scores 40.20, against 3.10 at NFE 5 and 1.90 at NFE 10" in note
+    assert "At NFE 8 it scores 40.20, against 3.10 at NFE 5 and 1.90 at NFE 10" in note
     assert "combines 4 outputs" in note and "{ref}`the last step <anomaly-last-step>`" in note
     assert anomalies.spike_note({5: 3.1, 8: 2.0, 10: 1.9}, "ipndm", VP) == ""
     assert anomalies.spike_note({5: 3.1, 8: math.nan, 10: 1.9}, "ipndm", VP) == ""
@@ -149,3 +150,12 @@ def test_page_02_runs_the_lower_order_final_variants_beside_the_full_order_ones(
     cpu = PROTOCOLS["02_noise_prediction"]["cpu"]
     assert all(max(cpu["joint_nfes"][s]) <= 5 for s in NOISE_SOLVERS)  # what pays for the new cells
     assert {tuple(cpu["nfes"][s]) for s in LOF_SOLVERS} == {(3, 4, 5, 7)}
+
+
+def test_peers_notes_explain_the_full_order_base_samplers_only():
+    samplers = ["dode:ipndm:time_uniform:base", "dode:ipndm:time_uniform:d-ode", "diffusers:deis"]
+    fd = np.array([[3.1, 40.2, 1.9], [2.0, 50.0, 1.0], [5.0, 60.0, 1.0]])
+    cells = xr.Dataset({"fd": (("sampler", "nfe"), fd)}, coords={"sampler": samplers, "nfe": [5, 8, 10]})
+    notes = anomalies.peers_spike_notes(cells, "fd", VP)
+    assert notes.count("Why base iPNDM spikes") == 1 and "At NFE 8 it scores 40.20" in notes
+    assert anomalies.peers_spike_notes(cells.sel(sampler=samplers[1:]), "fd", VP) == ""

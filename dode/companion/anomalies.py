@@ -24,6 +24,7 @@ __all__ = [
     "explain_last_step",
     "explain_dpm_solver_pattern",
     "spike_note",
+    "peers_spike_notes",
 ]
 
 #: full-order solver label -> its lower-order-final variant (``experiments.SOLVER_LABELS``)
@@ -192,6 +193,10 @@ def _name(label: str) -> str:
     return SOLVER_NAMES.get(label, label)
 
 
+def _cell(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.2f}"
+
+
 def _pct(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
@@ -250,8 +255,8 @@ def explain_last_step(ds, schedule, grid=None) -> str:
             parts.append(f"the lower-order last step alone improves the base {name} at no NFE of this run")
         if repairs:
             parts.append(
-                "there the D-solver's gain over the full-order base is what the lower-order last step gives "
-                "without any fit (it repairs the last step, a different finding from the paper's) at NFE "
+                "the D-solver beats the full-order base, but by no more than the lower-order last step does without "
+                "any fit (it repairs the last step, a different finding from the paper's) at NFE "
                 + ", ".join(
                     f"{r['nfe']} (D {r['d']:.2f}, lower-order base {r['base_lof']:.2f})" for r in repairs
                 )
@@ -284,9 +289,11 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
         return f"This run has no {_name(label)}."
     var = _metric(ds).upper()
     nfes = [n for n in ds.coords["nfe"].values.tolist() if np.isfinite(_values(ds, label, n, "base")).any()]
+    joint = "d-ode-joint" in ds.coords["method"].values
     lines = [
-        f"| NFE | orders | last step | its weights | extrapolated over | σ fall in last step | base {var} | D-solver |",
-        "|---|---|---|---|---|---|---|---|",
+        "| NFE | orders | last step | its weights | step's logSNR rise / its outputs' span | σ fall in last step "
+        f"| base {var} | D-solver |" + (" D-solver, joint fit |" if joint else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if joint else ""),
     ]
     second = []
     for p in plan_rows(schedule, [label], nfes, grid):
@@ -295,6 +302,7 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
         lines.append(
             f"| {p['nfe']} | {p['pattern']} | order {p['outputs']} over {p['intervals']} interval(s) "
             f"| {_fmt_weights(p['weights'])} | {reach} | {_pct(p['sigma_share'])} | {base:.2f} | {d:.2f} |"
+            + (f" {_cell(_mean(_values(ds, label, p['nfe'], 'd-ode-joint')))} |" if joint else "")
         )
         if p["outputs"] == 2:
             second.append((p, base, d))
@@ -303,10 +311,11 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
         text.append(
             "Where the composition ends with a second-order step (NFE "
             + ", ".join(str(p["nfe"]) for p, _, _ in second)
-            + "), that step spans the last two grid intervals and estimates its correction from the output at "
-            "the grid point between them: "
+            + "), that step estimates its correction from the output at its intermediate stage and "
+            "extrapolates it over the whole step: "
             + "; ".join(
-                f"at NFE {p['nfe']} it covers {_pct(p['sigma_share'])} of the fall of σ and extrapolates "
+                f"at NFE {p['nfe']} it spans {p['intervals']} grid interval(s), covers {_pct(p['sigma_share'])} "
+                "of the fall of σ and extrapolates "
                 f"{p['reach']:.1f}× beyond the logSNR span of its two outputs, with weights "
                 f"{_fmt_weights(p['weights'])} (base {var} {base:.2f}, D-solver {d:.2f})"
                 for p, base, d in second
@@ -341,10 +350,27 @@ def spike_note(
             f"weights {_fmt_weights(p['weights'])} over the last interval, which covers {_pct(p['sigma_share'])} of "
             f"the fall of σ"
         )
+    said = "; ".join(parts)
     return (
         f"**Why base {name} spikes.** "
-        + "; ".join(parts)
+        + said[0].upper()
+        + said[1:]
         + ". The full-order last step extrapolates its outputs "
         f"over that interval; page 02 shows what a lower-order last step (`lower_order_final`) changes, and where "
         f"a D-solver only repairs it ({{ref}}`the last step <{anchor}>`)."
     )
+
+
+def peers_spike_notes(cells, metric: str, schedule) -> str:
+    """:func:`spike_note` for every full-order iPNDM or DEIS-3 base sampler (``dode:<label>:<grid>:base``)
+    of one model's cells of a peers results file (``peers.model_results``), paragraphs joined."""
+    notes = []
+    for name in cells.coords["sampler"].values.tolist():
+        family, _, rest = name.partition(":")
+        parts = rest.split(":")
+        if family != "dode" or len(parts) != 3 or parts[0] not in LOF_PAIRS or parts[2] != "base":
+            continue
+        series = cells[metric].sel({"sampler": name})
+        values = dict(zip(series.coords["nfe"].values.tolist(), map(float, series.values), strict=True))
+        notes.append(spike_note(values, parts[0], schedule, grid=parts[1]))
+    return "\n\n".join(n for n in notes if n)
