@@ -111,6 +111,8 @@ def test_the_explanation_renders_the_results_and_the_plans():
     assert "repairs the last step" in text and "at NFE 4 (D 6.00, lower-order base 4.00)" in text
     assert "beats the base in both forms at NFE 5 (D 2.00 against 8.00 and 7.50)" in text
     assert "sides over 3 paired seeds" in text
+    assert "the full-order base iPNDM spikes (worse than at both neighbouring NFEs) at no NFE" in text
+    assert "the lower-order last step alone gives 103% at NFE 4" in text  # (78 - 4) / (78 - 6)
     without = ds.sel(solver=["ipndm"])
     assert "cannot separate the last step" in anomalies.explain_last_step(without, VP)
 
@@ -129,6 +131,7 @@ def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
     assert "at NFE 5 it spans 2 grid interval(s)" in text
     assert "base FD 42.00, D-solver 141.00" in text
     assert "| 4 | [3, 1] | order 1 over 1 interval(s) |" in text
+    assert "The greedy D-solver is worse than its base DPM-Solver-3 at NFE 5 of this run" in text
 
 
 def test_spike_note_links_page_02_and_is_empty_without_a_spike():

@@ -197,6 +197,10 @@ def _cell(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.2f}"
 
 
+def _at_nfes(nfes) -> str:
+    return "at NFE " + ", ".join(map(str, nfes)) if nfes else "at no NFE"
+
+
 def _pct(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
@@ -241,18 +245,33 @@ def explain_last_step(ds, schedule, grid=None) -> str:
     text = ["\n".join(lines), "", f"Read from this page's results file ({rule}):", ""]
     for full in dict.fromkeys(r["solver"] for r in rows):
         mine = [r for r in rows if r["solver"] == full]
-        costly = [r for r in mine if r["lof_vs_base"] > 0]
         repairs = [r for r in mine if r["finding"] == "repairs the last step"]
         beyond = [r for r in mine if r["finding"] == "beyond the last step"]
         name = _name(full)
-        parts = []
-        if costly:
+        parts = [
+            f"the full-order base {name} spikes (worse than at both neighbouring NFEs) "
+            + _at_nfes(_spikes({r["nfe"]: r["base"] for r in mine}))
+            + ", the lower-order-final base "
+            + _at_nfes(_spikes({r["nfe"]: r["base_lof"] for r in mine}))
+        ]
+        for side, verb in ((1, "improves"), (-1, "worsens")):
+            cells = [r for r in mine if r["lof_vs_base"] == side]
+            if cells:
+                parts.append(
+                    f"the lower-order last step alone {verb} the base {name} at NFE "
+                    + ", ".join(f"{r['nfe']} ({r['base']:.2f} → {r['base_lof']:.2f})" for r in cells)
+                )
+        if not any(r["lof_vs_base"] for r in mine):
+            parts.append(f"the lower-order last step leaves the base {name} inside the noise at every NFE")
+        shared = [r for r in mine if r["lof_vs_base"] > 0 and r["d_vs_base"] > 0]
+        if shared:
             parts.append(
-                f"the lower-order last step alone improves the base {name} at NFE "
-                + ", ".join(f"{r['nfe']} ({r['base']:.2f} → {r['base_lof']:.2f})" for r in costly)
+                "of the D-solver's gain over the full-order base, the lower-order last step alone gives "
+                + ", ".join(
+                    f"{(r['base'] - r['base_lof']) / (r['base'] - r['d']):.0%} at NFE {r['nfe']}"
+                    for r in shared
+                )
             )
-        else:
-            parts.append(f"the lower-order last step alone improves the base {name} at no NFE of this run")
         if repairs:
             parts.append(
                 "the D-solver beats the full-order base, but by no more than the lower-order last step does without "
@@ -272,10 +291,12 @@ def explain_last_step(ds, schedule, grid=None) -> str:
         d_lof = [r for r in mine if np.isfinite(r["d_lof"])]
         if d_lof:
             parts.append(
-                "against the lower-order-final base the D-solver is "
+                "with the lower-order last step the D-solver is "
                 + ", ".join(
-                    f"{_SIDE[r['d_lof_vs_lof']]} at NFE {r['nfe']} ({r['base_lof']:.2f} → {r['d_lof']:.2f})"
-                    for r in d_lof
+                    f"{_SIDE[side]} than its base at NFE "
+                    + ", ".join(f"{r['nfe']} ({r['base_lof']:.2f} → {r['d_lof']:.2f})" for r in cells)
+                    for side in (1, 0, -1)
+                    if (cells := [r for r in d_lof if r["d_lof_vs_lof"] == side])
                 )
             )
         text.append(f"* **{name}**: " + "; ".join(parts) + ".")
@@ -322,7 +343,19 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
             )
             + ". Where it ends with a first-order step the last interval is a DDIM step."
         )
+    worse = [n for n in nfes if _side(_values(ds, label, n, "d-ode"), _values(ds, label, n, "base")) < 0]
+    text += [
+        "",
+        f"The greedy D-solver is worse than its base {_name(label)} {_at_nfes(worse)} of this run; the "
+        f"composition ends with a second-order step {_at_nfes([p['nfe'] for p, _, _ in second])}.",
+    ]
     return "\n".join(text)
+
+
+def _spikes(by_nfe: dict[int, float]) -> list[int]:
+    """The NFEs whose value is higher than at both neighbouring NFEs of the run (a spike of the curve)."""
+    nfes = sorted(n for n, v in by_nfe.items() if math.isfinite(v))
+    return [b for a, b, c in zip(nfes, nfes[1:], nfes[2:]) if by_nfe[b] > by_nfe[a] and by_nfe[b] > by_nfe[c]]
 
 
 def spike_note(
@@ -332,11 +365,7 @@ def spike_note(
     the NFEs where it is worse than at both neighbouring NFEs, with the last step of the plan there, and a
     link to page 02's section ``anchor``; an empty string when the curve has no such spike."""
     nfes = sorted(n for n, v in fd_by_nfe.items() if math.isfinite(v))
-    spikes = [
-        b
-        for a, b, c in zip(nfes, nfes[1:], nfes[2:])
-        if fd_by_nfe[b] > fd_by_nfe[a] and fd_by_nfe[b] > fd_by_nfe[c]
-    ]
+    spikes = _spikes(fd_by_nfe)
     if not spikes:
         return ""
     name = _name(label)
