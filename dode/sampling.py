@@ -348,7 +348,7 @@ def sample(
     trajectory: return a :class:`Trajectory` with every state and denoising output instead of the samples.
     progress: show a tqdm bar (stderr) over the network evaluations.
     options: solver options, e.g. ``order`` for ``deis`` and ``dpm_solver``, ``stage_times`` for ``dpm_solver``,
-        ``lower_order_final`` for ``dpm_solver++`` (book/method.md, first and last steps).
+        ``lower_order_final`` for ``ipndm``, ``deis`` and ``dpm_solver++`` (book/method.md, first and last steps).
 
     Returns float64 samples (or a Trajectory).
     """

@@ -30,7 +30,16 @@ import torch
 from dode.grids import make_grid
 from dode.schedules import Schedule
 
-__all__ = ["Point", "Step", "Plan", "SOLVERS", "get_solver", "make_plan", "dpm_solver_orders"]
+__all__ = [
+    "Point",
+    "Step",
+    "Plan",
+    "SOLVERS",
+    "get_solver",
+    "make_plan",
+    "dpm_solver_orders",
+    "history_lengths",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -66,7 +75,8 @@ class Step:
 
     ``stages`` holds the landing point of each network evaluation of the step (the last is ``t``, except
     for EDM's Heun step whose two stages both land at ``t``). ``weights`` are the combination weights over
-    the history that DEIS and DPM-Solver++ fix when the plan is made, most recent first.
+    the history that iPNDM, DEIS and DPM-Solver++ fix when the plan is made, most recent first (their
+    number is how many outputs the step combines: :func:`history_lengths`).
     """
 
     index: int
@@ -131,6 +141,25 @@ def _weighted(weights, outputs) -> torch.Tensor:
     return sum(w * e for w, e in zip(weights, outputs))
 
 
+#: below this many steps ``lower_order_final`` lowers the last steps (diffusers' multistep schedulers' bound)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def history_lengths(n_steps: int, full: int, lower_order_final: bool) -> list[int]:
+    """How many outputs each step of a multistep solver combines (book/method.md, first and last steps).
+
+    Step ``i`` of ``n_steps`` takes ``min(full, i + 1)``: fewer while the history is short (the warm start).
+    With ``lower_order_final`` and fewer than 15 steps it also takes at most ``n_steps - i``: the last step
+    one output (DDIM's update), the one before at most two, ... -- the warm start mirrored, as diffusers'
+    multistep schedulers lower their final steps (``lower_order_final``: UniPC's ``min(order, steps left)``,
+    which DEIS's and DPM-Solver's multistep schedulers spell out for order <= 3). A full-order last step
+    extrapolates the polynomial through the last outputs over the last interval, which on a time-uniform
+    grid spans most of the noise-level change near t = 0 (notebook 02 measures what that costs).
+    """
+    lower = lower_order_final and n_steps < LOWER_ORDER_FINAL_BELOW
+    return [min(full, i + 1, n_steps - i) if lower else min(full, i + 1) for i in range(n_steps)]
+
+
 class Solver:
     """Base class: ``space`` is the prediction type the update formula (and a multistep combination) uses.
 
@@ -150,7 +179,13 @@ class Solver:
         if unknown:
             allowed = sorted(self.defaults) or "none"
             raise ValueError(f"solver {self.name!r} takes options {allowed}, got unknown {sorted(unknown)}")
-        return {**self.defaults, **options}
+        options = {**self.defaults, **options}
+        if "lower_order_final" in options and not isinstance(options["lower_order_final"], bool):
+            raise ValueError(
+                f"lower_order_final must be True or False for solver {self.name!r}, "
+                f"got {options['lower_order_final']!r}"
+            )
+        return options
 
     def orders(self, nfe: int, ends_at_zero: bool, options: dict) -> list[int]:
         """Order (stages for singlestep solvers) of each step; their sum of stages must equal the NFE."""
@@ -205,7 +240,7 @@ _IPNDM_WEIGHTS = {
 
 class IPNDM(Solver):
     """iPNDM (Zhang & Chen 2023; paper Eq. 20-24): DDIM fed with the fixed Adams-Bashforth combination of the
-    last outputs, lower orders while the history is short.
+    last outputs, lower orders while the history is short (``Step.weights``, fixed by the plan).
 
     The combination is the solver's estimate ``eps'``, the one the D-ODE transform acts on (Eq. 25); the
     history holds the raw outputs. The fixed weights are the exact AB weights only for steps uniform in
@@ -213,14 +248,23 @@ class IPNDM(Solver):
     usual non-uniform grids (time-uniform, logSNR, EDM's rho) they are first-order accurate in the step
     ratio, so iPNDM converges at order ~2 (tests/test_solvers.py measures both). Weights recomputed for the
     actual steps would be DEIS's rhoAB.
+
+    ``lower_order_final`` (default False, as the authors' code and the paper run it: the last step combines
+    four outputs like every other): below 15 steps the last steps combine at most 1, 2, 3 outputs, the
+    warm start mirrored (:func:`history_lengths`; book/method.md, first and last steps).
     """
 
     name = "ipndm"
+    defaults = {"lower_order_final": False}
+
+    def build_steps(self, schedule, times, orders, options):
+        steps = super().build_steps(schedule, times, orders, options)
+        lengths = history_lengths(len(steps), len(_IPNDM_WEIGHTS), options["lower_order_final"])
+        return [_with_weights(st, _IPNDM_WEIGHTS[n]) for st, n in zip(steps, lengths, strict=True)]
 
     def step(self, evaluate, x, st, history):
         def combine(eps):  # raw outputs e_0 (this one), e_1, e_2, e_3
-            outputs = _push(history, eps, keep=4)
-            return _weighted(_IPNDM_WEIGHTS[len(outputs)], outputs)
+            return _weighted(st.weights, _push(history, eps, keep=len(st.weights)))
 
         x_next, _ = evaluate(x, st.s, st.t, partial(ddim_update, x, st.s, st.t), combine)
         return x_next
@@ -235,10 +279,15 @@ class DEIS(Solver):
     ``eps' = sum_j w_j eps_j`` where ``w_j`` = mean of ``L_j`` over the step in sigma_hat (fixed by the plan:
     ``Step.weights``, fewer while the history is short). r = 0 is DDIM. The D-ODE transform acts on
     ``eps'`` (Eq. 35-36).
+
+    ``lower_order_final`` (default False, as the authors' code and the paper run it: the last step
+    interpolates through r + 1 outputs like every other): below 15 steps the last steps interpolate through
+    at most 1, 2, ... outputs, the warm start mirrored (:func:`history_lengths`), as diffusers'
+    ``DEISMultistepScheduler`` lowers its last two steps.
     """
 
     name = "deis"
-    defaults = {"order": 3}
+    defaults = {"order": 3, "lower_order_final": False}
 
     def check_options(self, options):
         options = super().check_options(options)
@@ -248,9 +297,10 @@ class DEIS(Solver):
 
     def build_steps(self, schedule, times, orders, options):
         steps = super().build_steps(schedule, times, orders, options)
+        lengths = history_lengths(len(steps), options["order"] + 1, options["lower_order_final"])
         out = []
-        for st in steps:
-            nodes = [steps[st.index - j].s.t for j in range(min(options["order"], st.index) + 1)]
+        for st, n in zip(steps, lengths, strict=True):
+            nodes = [steps[st.index - j].s.t for j in range(n)]
             out.append(_with_weights(st, tuple(_deis_weights(schedule, st.s, st.t, nodes))))
         return out
 
@@ -308,20 +358,12 @@ class DPMSolverPP(Solver):
     space = "x0"
     defaults = {"lower_order_final": True}
 
-    def check_options(self, options):
-        options = super().check_options(options)
-        if not isinstance(options["lower_order_final"], bool):
-            raise ValueError(
-                f"lower_order_final must be True or False for solver 'dpm_solver++', got {options['lower_order_final']!r}"
-            )
-        return options
-
     def build_steps(self, schedule, times, orders, options):
         steps = super().build_steps(schedule, times, orders, options)
         out = []
-        lower_final = options["lower_order_final"] and len(steps) < 15
-        for st in steps:
-            if st.index == 0 or st.t.sigma == 0 or (lower_final and st.index == len(steps) - 1):
+        lengths = history_lengths(len(steps), 2, options["lower_order_final"])
+        for st, n in zip(steps, lengths, strict=True):
+            if n == 1 or st.t.sigma == 0:
                 weights = (1.0,)
             else:
                 prev = steps[st.index - 1]

@@ -9,6 +9,7 @@ coefficients itself.
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -241,3 +242,121 @@ def test_deis_warm_start_and_last_step_are_the_official_ones(gmm, order):
         history.insert(0, den(x, s))
         x = (float(sched.alpha(t)) / float(sched.alpha(s))) * x + sum(c * e for c, e in zip(coef, history))
     torch.testing.assert_close(dode.sample(den, noise, "deis", nfe, order=order), x, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- lower_order_final (multistep)
+
+_AB = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+
+
+def _diffusers_deis_orders(steps, solver_order, lower_order_final):
+    """Which update (1, 2 or 3 outputs) diffusers' ``DEISMultistepScheduler`` takes at each step."""
+    scheduler = diffusers.DEISMultistepScheduler(
+        solver_order=solver_order, lower_order_final=lower_order_final
+    )
+    scheduler.set_timesteps(steps)
+    taken = []
+    for n, name in enumerate(
+        (
+            "deis_first_order_update",
+            "multistep_deis_second_order_update",
+            "multistep_deis_third_order_update",
+        ),
+        start=1,
+    ):
+        method = getattr(scheduler, name)
+
+        def record(*args, _n=n, _method=method, **kwargs):
+            taken.append(_n)
+            return _method(*args, **kwargs)
+
+        setattr(scheduler, name, record)
+    x = torch.zeros(1, 3, dtype=torch.float32)
+    for t in scheduler.timesteps:
+        x = scheduler.step(torch.zeros_like(x), t, x).prev_sample
+    return taken
+
+
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 14, 15, 16])
+def test_deis_lower_order_final_lowers_the_steps_diffusers_lowers(vp_eps, steps, order, lower_order_final):
+    """dode's DEIS of order r interpolates through r + 1 outputs, diffusers' ``solver_order`` counts outputs:
+    step by step the two take as many outputs, warm start and (below 15 steps) lowered final steps alike.
+    (diffusers' DEIS interpolates in log rho, not in t: the rule of the orders is compared, not the samples.)"""
+    plan = dode.make_plan(
+        vp_eps.schedule, "deis", steps, None, {"order": order, "lower_order_final": lower_order_final}
+    )
+    expected = _diffusers_deis_orders(steps, order + 1, lower_order_final)
+    assert [len(st.weights) for st in plan.steps] == expected
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 8, 14, 15])
+def test_lower_order_final_mirrors_the_warm_start(vp_eps, steps):
+    """iPNDM (4 outputs) and DEIS-3 (4 nodes): below 15 steps the k-th step from the end combines at most
+    k outputs (the last one is DDIM's update), as UniPC's ``min(order, steps left)``; from 15 steps on, and
+    by default, the last step combines as many as the steps before it."""
+    for solver, options in (("ipndm", {}), ("deis", {"order": 3})):
+        low = dode.make_plan(vp_eps.schedule, solver, steps, None, {**options, "lower_order_final": True})
+        full = dode.make_plan(vp_eps.schedule, solver, steps, None, options)
+        assert full.options["lower_order_final"] is False
+        warm = [min(4, i + 1) for i in range(steps)]
+        assert [len(st.weights) for st in full.steps] == warm
+        expected = [min(w, steps - i) for i, w in enumerate(warm)] if steps < 15 else warm
+        assert [len(st.weights) for st in low.steps] == expected
+        if steps < 15:
+            assert low.steps[-1].weights == (1.0,)
+
+
+@pytest.mark.parametrize("nfe", [3, 5, 8])
+def test_ipndm_lower_order_final_is_the_book_rule(vp_eps, nfe):
+    """A plain loop of the method chapter's rule: DDIM's update fed with the Adams-Bashforth combination of
+    ``min(4, i + 1, N - i)`` outputs at step i."""
+    sched = vp_eps.schedule
+    times = dode.make_grid(sched, "time_uniform", nfe).tolist()
+    noise = make_noise(5)
+    x, history = noise.clone(), []
+    for i in range(nfe):
+        s, t = times[i], times[i + 1]
+        history.insert(0, vp_eps(x, s))
+        eps = sum(w * e for w, e in zip(_AB[min(4, i + 1, nfe - i)], history))
+        x = (float(sched.alpha(t)) / float(sched.alpha(s))) * x + float(sched.alpha(t)) * (
+            float(sched.sigma_hat(t)) - float(sched.sigma_hat(s))
+        ) * eps
+    got = dode.sample(vp_eps, noise, "ipndm", nfe, lower_order_final=True)
+    torch.testing.assert_close(got, x, rtol=1e-9, atol=1e-9)
+    assert float((got - dode.sample(vp_eps, noise, "ipndm", nfe)).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_deis_lower_order_final_is_the_book_rule(gmm, order):
+    """As the warm-start test above, with step i interpolating through min(i, r, N - 1 - i) + 1 outputs."""
+    den = gmm.denoiser(SCHEDULES["vp"], "eps")
+    sched, nfe = den.schedule, 6
+    times = dode.make_grid(sched, "time_uniform", nfe).tolist()
+    noise = make_noise(5)
+    x, history = noise.clone(), []
+    for i in range(nfe):
+        s, t = times[i], times[i + 1]
+        nodes = [times[i - j] for j in range(min(i, order, nfe - 1 - i) + 1)]
+        coef = _book_deis_coefficients(sched, s, t, nodes)
+        history.insert(0, den(x, s))
+        x = (float(sched.alpha(t)) / float(sched.alpha(s))) * x + sum(c * e for c, e in zip(coef, history))
+    got = dode.sample(den, noise, "deis", nfe, order=order, lower_order_final=True)
+    torch.testing.assert_close(got, x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["ipndm", "deis", "dpm_solver++"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_lower_order_final_must_be_true_or_false(vp_eps, solver, value):
+    with pytest.raises(
+        ValueError, match=re.escape(f"lower_order_final must be True or False for solver '{solver}'")
+    ):
+        dode.make_plan(vp_eps.schedule, solver, 5, None, {"lower_order_final": value})
+
+
+def test_solvers_without_lower_order_final_refuse_it(vp_eps):
+    with pytest.raises(
+        ValueError, match=r"solver 'ddim' takes options none, got unknown \['lower_order_final'\]"
+    ):
+        dode.make_plan(vp_eps.schedule, "ddim", 5, None, {"lower_order_final": True})

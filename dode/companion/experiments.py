@@ -67,6 +67,11 @@ SOLVER_LABELS: dict[str, tuple[str, dict]] = {
     "ipndm": ("ipndm", {}),
     "deis3": ("deis", {"order": 3}),
     "deis2": ("deis", {"order": 2}),
+    # the same solvers with the lower-order last steps of diffusers' multistep schedulers (book/method.md,
+    # first and last steps): beside the full-order ones they tell a D-solver that only repairs a bad last step
+    # from one that improves on the base solver in both forms (notebook 02)
+    "ipndm_lof": ("ipndm", {"lower_order_final": True}),
+    "deis3_lof": ("deis", {"order": 3, "lower_order_final": True}),
     "dpm_solver3": ("dpm_solver", {"order": 3}),
     "dpm_solver2": ("dpm_solver", {"order": 2}),
     "dpm_solver++": ("dpm_solver++", {}),

@@ -8,6 +8,8 @@ SOLVER_NAMES = {
     "ipndm": "iPNDM",
     "deis3": "DEIS-3",
     "deis2": "DEIS-2",
+    "ipndm_lof": "iPNDM-LOF",  # lower_order_final: the last steps of lower order
+    "deis3_lof": "DEIS-3-LOF",
     "dpm_solver3": "DPM-Solver-3",
     "dpm_solver2": "DPM-Solver-2",
     "dpm_solver++": "DPM-Solver++(2M)",

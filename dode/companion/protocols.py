@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "PROTOCOLS",
     "NOISE_SOLVERS",
+    "LOF_SOLVERS",
     "NOISE_MODELS",
     "DATA_MODELS",
     "RUN_ENVIRONMENT",
@@ -20,6 +21,9 @@ __all__ = [
 ]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
+#: iPNDM and DEIS-3 with the lower-order last steps (``lower_order_final``), beside the full-order ones on
+#: page 02: a D-solver that only repairs a full-order last step is another finding than the paper's
+LOF_SOLVERS = ["ipndm_lof", "deis3_lof"]
 #: the paper's noise-prediction models (Fig. 3, 9, 10) and data-prediction models (Fig. 4), by zoo name
 NOISE_MODELS = ["ddpm-cifar10", "ddim-celeba64", "adm-imagenet128", "adm-lsun-bedroom"]
 DATA_MODELS = ["edm-cifar10-uncond-vp", "edm-ffhq-64", "edm-imagenet-64"]
@@ -38,6 +42,11 @@ _SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=5
 # n_samples * sum(NFEs) per method and seed: 49 against 15 for the former [5, 10])
 _CURVE_NFES = [3, 4, 5, 7, 10, 20]
 _CURVE_HEUN_NFES = [3, 5, 7, 9, 13, 19]  # Heun: N steps cost 2N - 1 evaluations, so odd NFEs only
+
+
+def _by_solver(full: list[int], lof: list[int]) -> dict[str, list[int]]:
+    """NFEs per solver label of page 02: ``full`` for :data:`NOISE_SOLVERS`, ``lof`` for :data:`LOF_SOLVERS`."""
+    return {**{label: list(full) for label in NOISE_SOLVERS}, **{label: list(lof) for label in LOF_SOLVERS}}
 
 
 def _sweep(models, solvers, nfes, methods=("base", "d-ode"), key="model", per_model=None):
@@ -134,21 +143,29 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     "02_noise_prediction": _with_joint(
         _sweep(
             (["digits-eps-mini"], ["digits-eps"], NOISE_MODELS),
-            NOISE_SOLVERS,
-            {"smoke": [3, 5], "cpu": _CURVE_NFES, "paper": [2, 5, 10, 15, 20, 25, 50]},
+            NOISE_SOLVERS + LOF_SOLVERS,
+            # the lower-order-final variants where their last steps differ from the full-order ones and the
+            # full-order last step costs most: small NFEs (from 15 steps on the two are the same solver; at
+            # NFE 2 both are DDIM). cpu: NFE 3-7, about 175 s of the notebook (2 loaded cores)
+            {
+                "smoke": _by_solver([3, 5], [3, 5]),
+                "cpu": _by_solver(_CURVE_NFES, [3, 4, 5, 7]),
+                "paper": _by_solver([2, 5, 10, 15, 20, 25, 50], [5, 10]),
+            },
             methods=("base", "d-ode", "d-ode-joint"),
             key="models",
             per_model=_PAPER_PER_MODEL,
         ),
-        # the joint fit (dode.joint) beside the greedy one, all solvers and seeds, at the NFEs it is affordable
-        # at: 3-9 Levenberg-Marquardt iterations of NFE + 1 sampling runs of the fitting batch each, against
-        # one run for the greedy fit. cpu: NFE 3-10, where the 60 joint fits took 344 s (teacher included)
-        # and their sampling 137 s, and the notebook 1,017 s instead of 546 s (2 loaded cores, one thread);
-        # not NFE 20, where each fit would cost about as much as all four at NFE 10. smoke: NFE 3 only, so
-        # that the smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about
-        # 70-110 runs of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of
-        # the 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
-        {"smoke": [3], "cpu": [3, 4, 5, 7, 10], "paper": [2, 5, 10]},
+        # the joint fit (dode.joint) beside the greedy one, the four solvers (not their lower-order-final
+        # variants) and all seeds, at the NFEs it is affordable at: 3-9 Levenberg-Marquardt iterations of
+        # NFE + 1 sampling runs of the fitting batch each, against one run for the greedy fit. cpu: NFE 3-5;
+        # at NFE 3-10 the 60 joint fits took 344 s (teacher included) and their sampling 137 s, the 12 at
+        # NFE 10 14-17 s each: NFE 7 and 10 were cut to pay for the lower-order-final cells. Not NFE 20,
+        # where each fit would cost about as much as all four at NFE 10. smoke: NFE 3 only, so that the
+        # smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about 70-110 runs
+        # of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of the
+        # 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
+        {"smoke": _by_solver([3], []), "cpu": _by_solver([3, 4, 5], []), "paper": _by_solver([2, 5, 10], [])},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(

@@ -1,0 +1,164 @@
+"""The last-step explanation of pages 02 and 13 (dode.companion.anomalies): plans, verdicts, rendering."""
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import dode
+from dode.companion import anomalies
+from dode.companion.protocols import LOF_SOLVERS, NOISE_SOLVERS, PROTOCOLS
+
+VP = dode.VPSchedule.linear()
+
+
+def test_last_step_of_the_full_order_and_lower_order_final_plans():
+    full = anomalies.plan_rows(VP, ["ipndm", "deis3"], [4])
+    low = anomalies.plan_rows(VP, ["ipndm_lof", "deis3_lof"], [4])
+    assert [r["pattern"] for r in full] == [[1, 2, 3, 4]] * 2
+    assert [r["pattern"] for r in low] == [[1, 2, 2, 1]] * 2
+    ipndm = full[0]
+    np.testing.assert_allclose(ipndm["weights"], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
+    assert ipndm["amplification"] == pytest.approx(160 / 24)
+    assert all(r["weights"] == (1.0,) and r["amplification"] == 1.0 for r in low)
+    # DEIS's weights are fitted to the actual steps, but still combine to DDIM's coefficient
+    assert sum(full[1]["weights"]) == pytest.approx(1.0)
+    # the time-uniform grid's last interval carries most of the fall of sigma at NFE 4 (sigma 0.69 -> 0.01)
+    grid = dode.make_grid(VP, "time_uniform", 4)
+    sig = VP.sigma(grid).numpy()
+    assert ipndm["sigma_share"] == pytest.approx((sig[-2] - sig[-1]) / (sig[0] - sig[-1]))
+    assert ipndm["sigma_share"] > 0.5
+
+
+def test_dpm_solver_3_ends_with_a_second_order_step_over_two_intervals_where_nfe_mod_3_is_2():
+    rows = {r["nfe"]: r for r in anomalies.plan_rows(VP, ["dpm_solver3"], [3, 4, 5, 6, 8])}
+    assert {n: r["pattern"] for n, r in rows.items()} == {
+        3: [2, 1],
+        4: [3, 1],
+        5: [3, 2],
+        6: [3, 2, 1],
+        8: [3, 3, 2],
+    }
+    assert [rows[n]["outputs"] for n in (3, 4, 6)] == [1, 1, 1]
+    five = rows[5]
+    assert five["outputs"] == 2 and five["intervals"] == 2
+    grid = dode.make_grid(VP, "time_uniform", 5)
+    ell = VP.half_logsnr(grid).numpy()
+    r1 = (ell[4] - ell[3]) / (ell[5] - ell[3])  # the stage between the last two intervals (Eq. 26-28)
+    np.testing.assert_allclose(five["weights"], [1 / (2 * r1), 1 - 1 / (2 * r1)])
+    assert five["reach"] == pytest.approx(1 / r1) and five["reach"] > 3
+
+
+def _sweep(values: dict, seeds=(0, 1, 2)) -> xr.Dataset:
+    """A page-02-like results file: ``values[(solver, nfe, method)]`` = FD per seed (NaN elsewhere)."""
+    solvers = sorted({k[0] for k in values})
+    nfes = sorted({k[1] for k in values})
+    methods = ["base", "d-ode"]
+    fd = np.full((len(solvers), len(nfes), len(seeds), len(methods)), np.nan)
+    for (s, n, m), v in values.items():
+        fd[solvers.index(s), nfes.index(n), :, methods.index(m)] = v
+    return xr.Dataset(
+        {"fd": (("solver", "nfe", "seed", "method"), fd)},
+        coords={"solver": solvers, "nfe": nfes, "seed": list(seeds), "method": methods},
+    )
+
+
+def _cells(nfe, base, base_lof, d, d_lof, solver="ipndm", jitter=(0.0, 0.1, -0.1)):
+    return {
+        (solver, nfe, "base"): [base + j for j in jitter],
+        (f"{solver}_lof", nfe, "base"): [base_lof + j for j in jitter],
+        (solver, nfe, "d-ode"): [d + j for j in jitter],
+        (f"{solver}_lof", nfe, "d-ode"): [d_lof + j for j in jitter],
+    }
+
+
+def test_pair_rows_tell_a_repaired_last_step_from_a_gain_beyond_it():
+    ds = _sweep(
+        {
+            **_cells(4, base=78.0, base_lof=4.0, d=6.0, d_lof=3.0),  # D beats base, not the LOF base
+            **_cells(5, base=8.0, base_lof=7.5, d=2.0, d_lof=1.8),  # D beats both
+            **_cells(7, base=2.0, base_lof=2.0, d=2.05, d_lof=2.0),  # inside the noise (seeds set below)
+            **_cells(3, base=11.0, base_lof=36.0, d=7.0, d_lof=20.0, solver="deis3"),
+        }
+    )
+    ds["fd"].loc[{"solver": "ipndm", "nfe": 7, "method": "d-ode"}] = [2.3, 1.8, 2.05]
+    rows = {(r["solver"], r["nfe"]): r for r in anomalies.pair_rows(ds)}
+    assert set(rows) == {("ipndm", 4), ("ipndm", 5), ("ipndm", 7), ("deis3", 3)}
+    assert rows["ipndm", 4]["finding"] == "repairs the last step" and rows["ipndm", 4]["lof_vs_base"] == 1
+    assert rows["ipndm", 5]["finding"] == "beyond the last step"
+    assert rows["ipndm", 7]["finding"] == "no gain" and rows["ipndm", 7]["d_vs_base"] == 0
+    assert rows["deis3", 3]["finding"] == "beyond the last step" and rows["deis3", 3]["lof_vs_base"] == -1
+    assert rows["ipndm", 4]["base"] == pytest.approx(78.0) and rows["ipndm", 4]["seeds"] == 3
+
+
+def test_a_difference_inside_the_spread_is_no_verdict_and_one_seed_gives_the_sign():
+    noisy = _sweep(_cells(4, base=10.0, base_lof=9.0, d=8.0, d_lof=8.0, jitter=(0.0, 3.0, -3.0)))
+    # per seed the differences are the same (jitter is shared): every seed agrees, by more than 0 spread
+    assert anomalies.pair_rows(noisy)[0]["d_vs_base"] == 1
+    values = _cells(4, base=10.0, base_lof=9.0, d=8.0, d_lof=8.0)
+    values["ipndm", 4, "d-ode"] = [7.0, 11.0, 8.0]  # wins in 2 of 3 seeds only
+    assert anomalies.pair_rows(_sweep(values))[0]["d_vs_base"] == 0
+    one = _sweep({k: v[:1] for k, v in _cells(4, 10.0, 9.0, 9.5, 8.0).items()}, seeds=(0,))
+    assert anomalies.pair_rows(one)[0]["d_vs_base"] == 1
+
+
+def test_the_explanation_renders_the_results_and_the_plans():
+    ds = _sweep({**_cells(4, base=78.0, base_lof=4.0, d=6.0, d_lof=3.0), **_cells(5, 8.0, 7.5, 2.0, 1.8)})
+    text = anomalies.explain_last_step(ds, VP)
+    assert "| iPNDM | 4 | 1 2 3 4 | (2.29, -2.46, 1.54, -0.38) | 6.7 |" in text
+    assert "78.00 → 4.00" in text  # the lower-order last step alone
+    assert "repairs the last step" in text and "at NFE 4 (D 6.00, lower-order base 4.00)" in text
+    assert "beats the base in both forms at NFE 5 (D 2.00 against 8.00 and 7.50)" in text
+    assert "sides over 3 paired seeds" in text
+    assert "the full-order base iPNDM spikes (worse than at both neighbouring NFEs) at no NFE" in text
+    assert "the lower-order last step alone gives 103% at NFE 4" in text  # (78 - 4) / (78 - 6)
+    without = ds.sel(solver=["ipndm"])
+    assert "cannot separate the last step" in anomalies.explain_last_step(without, VP)
+
+
+def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
+    ds = _sweep(
+        {
+            ("dpm_solver3", n, m): [v] * 3
+            for n, (b, d) in {4: (55.0, 13.0), 5: (42.0, 141.0)}.items()
+            for m, v in (("base", b), ("d-ode", d))
+        }
+    )
+    text = anomalies.explain_dpm_solver_pattern(ds, VP)
+    assert "| 5 | [3, 2] | order 2 over 2 interval(s) |" in text
+    assert "Where the composition ends with a second-order step (NFE 5)" in text
+    assert "at NFE 5 it spans 2 grid interval(s)" in text
+    assert "base FD 42.00, D-solver 141.00" in text
+    assert "| 4 | [3, 1] | order 1 over 1 interval(s) |" in text
+    assert "The greedy D-solver is worse than its base DPM-Solver-3 at NFE 5 of this run" in text
+
+
+def test_spike_note_links_page_02_and_is_empty_without_a_spike():
+    note = anomalies.spike_note({5: 3.1, 8: 40.2, 10: 1.9, 12: 1.5}, "ipndm", VP)
+    assert "At NFE 8 it scores 40.20, against 3.10 at NFE 5 and 1.90 at NFE 10" in note
+    assert "combines 4 outputs" in note and "{ref}`the last step <anomaly-last-step>`" in note
+    assert anomalies.spike_note({5: 3.1, 8: 2.0, 10: 1.9}, "ipndm", VP) == ""
+    assert anomalies.spike_note({5: 3.1, 8: math.nan, 10: 1.9}, "ipndm", VP) == ""
+
+
+def test_page_02_runs_the_lower_order_final_variants_beside_the_full_order_ones():
+    assert LOF_SOLVERS == list(anomalies.LOF_PAIRS.values())
+    for profile, cfg in PROTOCOLS["02_noise_prediction"].items():
+        assert cfg["solvers"] == NOISE_SOLVERS + LOF_SOLVERS, profile
+        for full, lof in anomalies.LOF_PAIRS.items():
+            assert cfg["nfes"][lof] and set(cfg["nfes"][lof]) <= set(cfg["nfes"][full]), profile
+            assert max(cfg["nfes"][lof]) < 15, profile  # from 15 steps on they are the full-order solver
+            assert cfg["joint_nfes"][lof] == [], profile  # greedy only: the joint fit is the paper's solvers'
+    cpu = PROTOCOLS["02_noise_prediction"]["cpu"]
+    assert all(max(cpu["joint_nfes"][s]) <= 5 for s in NOISE_SOLVERS)  # what pays for the new cells
+    assert {tuple(cpu["nfes"][s]) for s in LOF_SOLVERS} == {(3, 4, 5, 7)}
+
+
+def test_peers_notes_explain_the_full_order_base_samplers_only():
+    samplers = ["dode:ipndm:time_uniform:base", "dode:ipndm:time_uniform:d-ode", "diffusers:deis"]
+    fd = np.array([[3.1, 40.2, 1.9], [2.0, 50.0, 1.0], [5.0, 60.0, 1.0]])
+    cells = xr.Dataset({"fd": (("sampler", "nfe"), fd)}, coords={"sampler": samplers, "nfe": [5, 8, 10]})
+    notes = anomalies.peers_spike_notes(cells, "fd", VP)
+    assert notes.count("Why base iPNDM spikes") == 1 and "At NFE 8 it scores 40.20" in notes
+    assert anomalies.peers_spike_notes(cells.sel(sampler=samplers[1:]), "fd", VP) == ""
