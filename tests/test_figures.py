@@ -171,6 +171,33 @@ def timing_results():
     )
 
 
+def similarity_results():
+    n = 20
+    idx = np.arange(n)
+    S = np.exp(-np.abs(idx[:, None] - idx[None, :]) / 8.0)
+    return xr.Dataset(
+        {
+            "similarity": (("model", "i", "j"), np.stack([S, S**2])),
+            "eval_time": (("model", "i"), np.stack([np.linspace(1, 0.001, n), np.geomspace(80, 0.002, n)])),
+            "data_prediction": ("model", [0, 1]),
+        },
+        coords={"model": MODELS},
+        attrs={"time_variable": json.dumps({"digits-eps": "t", "digits-edm": "sigma"})},
+    )
+
+
+def model_report_results():
+    steps = np.tile(np.arange(1, 11) * 100.0, (2, 1))
+    return xr.Dataset(
+        {
+            "loss": (("model", "window"), np.exp(-steps / 500)),
+            "step": (("model", "window"), steps),
+            "samples": (("model", "sample", "y", "x"), np.zeros((2, 16, 8, 8))),
+        },
+        coords={"model": MODELS},
+    )
+
+
 def figures(with_floor=False):
     """Every figure function of the book on the synthetic results: name -> figure."""
     plots.style()
@@ -185,6 +212,10 @@ def figures(with_floor=False):
         "lambda_search": plots.lambda_search(lambda_search_results(with_floor), "fd", 3),
         "testbed_figure": testbed.testbed_figure(exact_testbed_results(), "vp"),
         "fd_vs_nfe": timing.fd_vs_nfe(timing_results(), "fd").figure,
+        "similarity_heatmaps": plots.similarity_heatmaps(similarity_results()),
+        "similarity_profiles": plots.similarity_profiles(similarity_results()),
+        "plot_loss_curves": model_report.plot_loss_curves(model_report_results()).figure,
+        "plot_samples": model_report.plot_samples(model_report_results()),
     }
     results = peers_results(with_floor)
     for model in MODELS:

@@ -746,7 +746,7 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
         low = np.floor(float(np.nanmin(S)) * 20) / 20
         image = ax.imshow(S, cmap=cmap, vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
         n = len(S)
-        ticks = np.unique(np.linspace(0, n - 1, 5).round().astype(int))
+        ticks = np.unique(np.linspace(0, n - 1, 4).round().astype(int))  # four labels fit half the page
         symbol = "σ" if variables.get(model) == "sigma" else "t"
         labels = [f"{i}\n{symbol}={times[i]:.3g}" for i in ticks]
         ax.set_xticks(ticks, labels)
