@@ -196,7 +196,10 @@ def plot_loss_curves(ds, ax=None):
     for model in ds["model"].values:
         sel = ds.sel(model=model)
         ax.plot(sel["step"].values, sel["loss"].values, label=str(model))
-    ax.set_yscale("log")
+    from dode.companion.plots import integer_axis, log_axis
+
+    log_axis(ax, "y")
+    integer_axis(ax, "x")
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (window mean)")
     ax.legend()

@@ -216,10 +216,16 @@ def log_axis(ax, axis: str = "y") -> None:
     ticks: list[float] = []
     for subs in ((1,), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
         ticks = [float(f"{m * 10.0**e:.6g}") for e in decades for m in subs if lo <= m * 10.0**e <= hi]
-        if len(ticks) >= 3:
+        if len(ticks) >= 2 + (subs == (1,)):
             break
-    while len(ticks) > 7:  # many decades: every other one
-        ticks = ticks[::2]
+    if not ticks:
+        return
+    # no two labels closer than they are tall (y) or about four digits wide (x)
+    box = ax.get_position()
+    size_in = box.height * ax.figure.get_figheight() if axis == "y" else box.width * ax.figure.get_figwidth()
+    em = FONT_PT["small"] / 72 / max(size_in, 0.5)
+    frac = (np.log10(ticks) - np.log10(lo)) / (np.log10(hi) - np.log10(lo))
+    ticks = [ticks[i] for i in _label_gaps(frac.tolist(), 1.3 * em if axis == "y" else 3.0 * em)]
     target = getattr(ax, f"{axis}axis")
     target.set_major_locator(FixedLocator(ticks))
     target.set_minor_locator(NullLocator())
@@ -312,6 +318,8 @@ def _cell_words(value, digits: int) -> str:
     if isinstance(value, (float, np.floating)):
         if not np.isfinite(value):
             return "–"
+        if value != 0 and abs(value) < 0.5 * 10.0**-digits:  # a learning rate: its digits, not 0.00
+            return f"{value:.{digits}g}"
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -343,7 +351,10 @@ def table(df, digits: int = 2):
         column = out.iloc[:, j]
         block = (out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1)
         out.iloc[:, j] = column.where(block, "")
-    return out.style.hide(axis="index")
+    styler = out.style.hide(axis="index")
+    if n_levels:  # the former index: labels, read left to right
+        styler = styler.set_properties(subset=list(out.columns[:n_levels]), **{"text-align": "left"})
+    return styler
 
 
 def mean_std(da, dim: str = "seed"):
