@@ -352,8 +352,10 @@ def table(df, digits: int = 2):
         block = (out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1)
         out.iloc[:, j] = column.where(block, "")
     styler = out.style.hide(axis="index")
-    if n_levels:  # the former index: labels, read left to right
-        styler = styler.set_properties(subset=list(out.columns[:n_levels]), **{"text-align": "left"})
+    if n_levels and out.columns.is_unique:  # the former index: labels, read left to right
+        styler = styler.set_properties(
+            subset=list(out.columns[:n_levels]), **{"text-align": "left", "white-space": "nowrap"}
+        )
     return styler
 
 
