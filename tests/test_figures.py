@@ -455,3 +455,16 @@ def test_the_model_table_drops_an_empty_quality_column_and_renders_a_full_one():
     cards.attrs["card:m"] = json.dumps({**CARD, "quality": {"fd_to_train": 2.5}})
     html = plots.table(model_report.summary_table(cards)).to_html()
     assert "fd_to_train: 2.5" in html
+
+
+def test_direct_labels_stay_inside_their_panel_even_at_a_single_nfe():
+    plots.style()
+    results = peers_results().isel(nfe=[1])  # NFE 5, where the joint fit ran
+    fig = peers.peers_figure(peers.model_results(results, "digits-eps"), "fd")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            assert text.get_window_extent(renderer).x1 <= box.x1 + 1, (ax.get_title(), text.get_text())
+    plt.close(fig)

@@ -236,7 +236,7 @@ def integer_axis(ax, axis: str = "x") -> None:
     """Integer ticks on a linear axis (counts: NFE, evaluation index, steps)."""
     from matplotlib.ticker import MaxNLocator
 
-    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, nbins=6))
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, nbins=6, min_n_ticks=1))
 
 
 def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
@@ -286,7 +286,8 @@ def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
         # the label's width plus its offset, as a fraction of the panel; its line end must sit left of 1 - w
         w = (t.get_window_extent(renderer).width + 8 * fig.dpi / 72) / axes_px
         f = frac(x, x0, x1, log_x)
-        if f + w > 0.99 and w < 0.8:
+        if f + w > 0.99:
+            w = min(w, 0.9)  # a label wider than the panel: the line end at its left edge
             if log_x:
                 right = max(right, 10 ** (np.log10(x0) + (np.log10(x) - np.log10(x0)) / (0.99 - w)))
             else:
