@@ -305,6 +305,9 @@ def test_log_axes_have_plain_labels_that_do_not_overlap():
     boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
     assert len([t for t in ax.get_yticklabels() if t.get_text()]) >= 2
+    ax.set_ylim(130, 280)  # inside one step of the mantissas: still two labels at least
+    plots.log_axis(ax, "y")
+    assert len([t for t in ax.get_yticklabels() if t.get_text()]) >= 2
     plt.close(fig)
 
 

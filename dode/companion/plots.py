@@ -218,6 +218,10 @@ def log_axis(ax, axis: str = "y") -> None:
         ticks = [float(f"{m * 10.0**e:.6g}") for e in decades for m in subs if lo <= m * 10.0**e <= hi]
         if len(ticks) >= 2 + (subs == (1,)):
             break
+    if len(ticks) < 2:  # a range inside one mantissa step (130-280): round values as on a linear axis
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [float(v) for v in MaxNLocator(nbins=3).tick_values(lo, hi) if lo <= v <= hi]
     if not ticks:
         return
     # no two labels closer than they are tall (y) or about four digits wide (x)
