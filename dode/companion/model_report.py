@@ -176,10 +176,15 @@ def summary_table(ds):
                 "threads": tr["threads"],
                 "sigma_data": c.get("sigma_data"),
                 "sha256": c["weights"]["sha256"][:12],
-                "quality": json.dumps(c.get("quality") or {}),
+                # the card's quality measures as words; the column is left out when no card has any
+                "quality": ", ".join(
+                    f"{k}: {v:.3g}" if isinstance(v, (int, float)) else f"{k}: {v}"
+                    for k, v in (c.get("quality") or {}).items()
+                ),
             }
         )
-    return pd.DataFrame(rows).set_index("model")
+    table = pd.DataFrame(rows).set_index("model")
+    return table if table["quality"].any() else table.drop(columns="quality")
 
 
 def plot_loss_curves(ds, ax=None):
@@ -187,11 +192,14 @@ def plot_loss_curves(ds, ax=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+        _, ax = plt.subplots(figsize=(4.4, 3.0))
     for model in ds["model"].values:
         sel = ds.sel(model=model)
         ax.plot(sel["step"].values, sel["loss"].values, label=str(model))
-    ax.set_yscale("log")
+    from dode.companion.plots import integer_axis, log_axis
+
+    log_axis(ax, "y")
+    integer_axis(ax, "x")
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (window mean)")
     ax.legend()
@@ -200,13 +208,14 @@ def plot_loss_curves(ds, ax=None):
 
 def plot_samples(ds, ncols: int = 8):
     """A grid of the stored samples per model (dark = ink, as the digits are usually shown)."""
-    import matplotlib.pyplot as plt
 
     if "samples" not in ds:
         raise ValueError("this results file holds no samples (the solver core was not available)")
     models = list(ds["model"].values)
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    from dode.companion.plots import panel_grid
+
+    fig, axes = panel_grid(len(models), panel_height=3.4)
+    for ax, model in zip(axes, models, strict=True):
         imgs = ds["samples"].sel(model=model).values
         n = (len(imgs) // ncols) * ncols
         rows = n // ncols

@@ -59,6 +59,7 @@ __all__ = [
     "sampler_label",
     "sampler_group",
     "best_by_group",
+    "FAMILY_PANELS",
     "peers_figure",
     "model_results",
 ]
@@ -435,44 +436,102 @@ def model_results(ds, model: str):
     return sub.sel({"sampler": keep.any("nfe").values, "nfe": keep.any("sampler").values})
 
 
-def peers_figure(ds, metric: str, title: str | None = None):
-    """FD (or FID) against NFE on one model (:func:`model_results`): diffusers' schedulers in grey, dode's base
-    solvers dashed, D-solvers solid (greedy fit: circles, joint fit: squares); one colour per dode solver,
-    the D-solvers' line style names their grid (solid: time-uniform, dash-dot: logSNR, dotted: EDM's)."""
-    import matplotlib.pyplot as plt
+#: the panels of :func:`peers_figure`, one per family of samplers: ``(title, test on parse_sampler's dict)``
+FAMILY_PANELS = (
+    ("diffusers' schedulers", lambda p: p["family"] == "diffusers"),
+    ("dode's base solvers", lambda p: p["family"] == "dode" and p["method"] == "base"),
+    ("D-solvers, greedy fit (the paper's)", lambda p: p["family"] == "dode" and p["method"] == "d-ode"),
+    ("D-solvers, joint fit", lambda p: p["family"] == "dode" and p["method"] == "d-ode-joint"),
+)
 
-    fig, ax = plt.subplots(figsize=(12, 5))
-    nfes = ds.coords["nfe"].values
-    solvers = sorted(
-        {p["solver"] for p in map(parse_sampler, ds.coords["sampler"].values.tolist()) if "solver" in p}
+
+def _best(ds, metric: str, names: list[str]) -> str:
+    """The family's best sampler: the lowest mean rank over the NFEs it ran (lower ``metric`` is better), ties
+    broken by the mean of log ``metric``, so that a sampler run at fewer NFEs competes where it ran."""
+    values = np.log(np.asarray(ds[metric].sel({"sampler": names}).values, dtype=np.float64))
+    filled = np.where(np.isfinite(values), values, np.inf)
+    ranks = np.where(np.isfinite(values), filled.argsort(axis=0).argsort(axis=0), np.nan)
+    with np.errstate(invalid="ignore"):
+        key = [
+            (np.nanmean(r), np.nanmean(v)) if np.isfinite(v).any() else (np.inf, np.inf)
+            for r, v in zip(ranks, values, strict=True)
+        ]
+    return names[min(range(len(names)), key=lambda i: key[i])]
+
+
+def _short_label(name: str) -> str:
+    """A sampler's label inside its family's panel (the panel's title says which family)."""
+    return sampler_label(name).removeprefix("diffusers ").removesuffix(" (joint fit)")
+
+
+def _best_label(name: str) -> str:
+    """A sampler's label among the best of every family: diffusers' or dode's."""
+    label = sampler_label(name)
+    return (
+        label if label.startswith("diffusers") or parse_sampler(name)["method"] != "base" else f"dode {label}"
     )
-    colours = {s: f"C{i}" for i, s in enumerate(solvers)}
-    for name in ds.coords["sampler"].values.tolist():
-        values = ds[metric].sel({"sampler": name})
-        if values.isnull().all():
-            continue
-        finite = values.notnull().values
-        p = parse_sampler(name)
-        if p["family"] == "diffusers":
-            style = dict(color="0.6", linestyle="-", marker=".", linewidth=1)
-        else:
-            dash = {"time_uniform": "-", "logsnr_uniform": "-.", "edm": ":"}.get(p["grid"], "-")
-            marker = {"base": "x", "d-ode": "o", "d-ode-joint": "s"}[p["method"]]
-            style = dict(
-                color=colours[p["solver"]],
-                linestyle="--" if p["method"] == "base" else dash,
-                marker=marker,
-                linewidth=1.6 if p["method"] != "base" else 1,
+
+
+def peers_figure(ds, metric: str, title: str | None = None):
+    """FD (or FID) against NFE on one model (:func:`model_results`) as small multiples: one panel per family
+    of samplers (:data:`FAMILY_PANELS`: diffusers' schedulers, dode's base solvers, the greedy and the joint
+    D-solvers), each line labelled at its end and the family's best (:func:`_best`) drawn thick, then a panel
+    of the best of every family. Shared log axes; the noise floor as a grey band where the file has one."""
+    from dode.companion import plots
+
+    names = [
+        n for n in ds.coords["sampler"].values.tolist() if ds[metric].sel({"sampler": n}).notnull().any()
+    ]
+    parsed = {n: parse_sampler(n) for n in names}
+    families = [(t, [n for n in names if test(parsed[n])]) for t, test in FAMILY_PANELS]
+    families = [(t, members) for t, members in families if members]
+    best = {t: _best(ds, metric, members) for t, members in families}
+    fig, axes = plots.panel_grid(len(families) + 1, panel_height=2.9, sharey=True)
+    nfes = ds.coords["nfe"].values
+    lines = {}  # panel -> [(x, y, label, colour, bold)]
+    panels = [(t, members, False) for t, members in families] + [
+        ("best of each family", list(best.values()), True)
+    ]
+    floor = ""
+    for ax, (panel, members, is_best) in zip(axes, panels, strict=True):
+        lines[panel] = []
+        for i, name in enumerate(members):
+            values = ds[metric].sel({"sampler": name}).values
+            ok = np.isfinite(values)
+            thick = is_best or name == best[panel]
+            colour = f"C{i % 10}"
+            ax.plot(
+                nfes[ok],
+                values[ok],
+                color=colour,
+                marker="o",
+                ms=4 if thick else 3,
+                linewidth=2.4 if thick else 1.0,
+                alpha=1.0 if thick else 0.75,
+                zorder=3 if thick else 2,
             )
-        ax.plot(nfes[finite], values.values[finite], label=sampler_label(name), ms=4, **style)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(nfes, [str(n) for n in nfes])
-    ax.minorticks_off()
-    ax.set_xlabel("NFE (network evaluations, counted)")
-    ax.set_ylabel(metric.upper())
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+            label = _best_label(name) if is_best else _short_label(name)
+            last = np.flatnonzero(ok)[-1]
+            lines[panel].append((nfes[last], values[last], label, colour, thick))
+        floor = plots.floor_band(ax, ds, metric) or floor
+        ax.set_title(panel)
+    for ax in axes:
+        ax.set_xscale("log")
+        plots.log_axis(ax, "y")
+        ax.set_xlabel("NFE (counted)")
+        ax.set_ylabel(metric.upper())
     fig.tight_layout()
+    for ax in axes:
+        ax.set_xlim(nfes.min() / 1.15, nfes.max() * 1.15)
+    right = max(
+        plots.direct_labels(ax, lines[panel], log_x=True, log_y=True)
+        for ax, (panel, _, _) in zip(axes, panels, strict=True)
+    )
+    for ax in axes:  # one x range for all the panels, wide enough for every panel's labels
+        ax.set_xlim(nfes.min() / 1.15, right)
+        plots.nfe_axis(ax, nfes, log=True)
+    if title:
+        fig.suptitle(title)
+        fig.tight_layout()
+    plots.caption(fig, "Thick line: the family's best (lowest mean rank over the NFEs it ran). " + floor)
     return fig

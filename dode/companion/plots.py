@@ -14,6 +14,14 @@ from dode.companion.labels import SOLVER_NAMES, method_label
 
 __all__ = [
     "style",
+    "panel_grid",
+    "caption",
+    "floor_band",
+    "nfe_axis",
+    "log_axis",
+    "integer_axis",
+    "direct_labels",
+    "table",
     "metric_vs_nfe",
     "mean_std",
     "mean_std_table",
@@ -22,6 +30,8 @@ __all__ = [
     "sweep_table",
     "paired_gain",
     "plot_lambdas",
+    "lambdas_figure",
+    "lambda_limits",
     "timing_table",
     "similarity_heatmaps",
     "similarity_profiles",
@@ -39,6 +49,7 @@ __all__ = [
     "paper_comparison",
     "best_constant",
     "ablation",
+    "ablation_figure",
     "lambda_search",
     "paired_difference",
 ]
@@ -55,10 +66,302 @@ METHOD_STYLE = {
 }
 
 
+#: The book's content column at a 1400 px browser window is about 700-800 px wide (sphinx-book-theme), and
+#: the browser scales a wider image down to it. Figures are drawn at most PAGE_WIDTH_IN wide, at most
+#: MAX_COLUMNS panels a row, with no text smaller than MIN_FONT_PT: text of ``s`` points in a figure ``w``
+#: inches wide reads ``s * COLUMN_PX / (72 w)`` px once scaled to the column (or ``s * dpi / 72`` px when the
+#: image is narrower than the column), so MIN_FONT_PT keeps it at MIN_TEXT_PX (9 pt on paper) or more.
+COLUMN_PX = 700
+MIN_TEXT_PX = 12
+PAGE_WIDTH_IN = 7.0
+MAX_COLUMNS = 2
+DPI = COLUMN_PX / PAGE_WIDTH_IN
+MIN_FONT_PT = 72 * MIN_TEXT_PX / DPI
+#: the font sizes (points) of the book's figures, all >= MIN_FONT_PT
+FONT_PT = {"base": 10.0, "small": max(9.0, MIN_FONT_PT)}
+
+
 def style() -> None:
+    """The book's figure style: seaborn's whitegrid, the sizes of :data:`FONT_PT` for every text element, and
+    a figure resolution at which a PAGE_WIDTH_IN figure is the column's width."""
+    import matplotlib as mpl
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+    sns.set_theme(style="whitegrid", context="notebook")
+    small, base = FONT_PT["small"], FONT_PT["base"]
+    mpl.rcParams.update(
+        {
+            "font.size": base,
+            "axes.titlesize": base,
+            "axes.labelsize": base,
+            "xtick.labelsize": small,
+            "ytick.labelsize": small,
+            "legend.fontsize": small,
+            "legend.title_fontsize": small,
+            "figure.titlesize": base + 1,
+            "figure.dpi": DPI,
+            "savefig.dpi": 2 * DPI,
+        }
+    )
+
+
+def panel_grid(n: int, ncols: int = MAX_COLUMNS, panel_height: float = 2.7, sharey=False):
+    """A figure for ``n`` panels, at most :data:`MAX_COLUMNS` a row and :data:`PAGE_WIDTH_IN` wide (a single
+    panel: half the page). Returns ``(fig, axes)``, ``axes`` the ``n`` panels in reading order; the grid's
+    unused cells are removed."""
+    import matplotlib.pyplot as plt
+
+    if n < 1:
+        raise ValueError(f"n (the number of panels) must be >= 1, got {n}")
+    ncols = max(1, min(ncols, MAX_COLUMNS, n))
+    nrows = -(-n // ncols)
+    width = PAGE_WIDTH_IN if ncols > 1 else PAGE_WIDTH_IN * 0.62
+    fig, grid = plt.subplots(
+        nrows, ncols, figsize=(width, panel_height * nrows), squeeze=False, sharey=sharey
+    )
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
+
+
+def caption(fig, text: str) -> None:
+    """``text`` under the figure, wrapped at its width (what a figure must state beside its legend, e.g. the
+    noise floor's definition or values clipped off an axis)."""
+    if text:
+        fig.text(0.01, 0.0, text, ha="left", va="top", wrap=True, fontsize=FONT_PT["small"])
+
+
+def floor_band(ax, ds, var: str, model=None):
+    """The noise floor of ``var`` as a light grey band, mean ± std over seeds, when the results file has
+    ``f"{var}_floor"`` (dims ``(seed,)`` or ``(model, seed)``; the FD between two sample sets that differ only
+    by chance at the figure's sample size, so a difference inside the band is not a difference). Returns the
+    caption text that names it, or ``""`` (nothing drawn) when the file has no floor."""
+    name = f"{var}_floor"
+    if name not in ds:
+        return ""
+    da = ds[name]
+    if "model" in da.dims:
+        if model is None:
+            raise ValueError(f"model must name one of {da.coords['model'].values.tolist()} for {name}")
+        da = da.sel({"model": model})
+    values = np.asarray(da.values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return ""
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    low = mean - std
+    if ax.get_yscale() == "log" and low <= 0:
+        low = mean / 2  # a band reaching zero cannot be drawn on a log axis
+    ax.axhspan(low, mean + std, color="0.82", alpha=0.7, zorder=0, linewidth=0, label="noise floor")
+    ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
+    what = da.attrs.get("description", "")
+    n = da.attrs.get("n_samples", "")
+    return (
+        f"Grey band: noise floor of {var.upper()}, {mean:.2f} ± {std:.2f} over {values.size} seed(s)"
+        + (f" ({what}" + (f", {n} samples" if n != "" else "") + ")" if what else "")
+        + "."
+    )
+
+
+def _label_gaps(positions, min_gap: float) -> list[int]:
+    """Indices of ``positions`` (sorted axis fractions) to label so that no two labels are closer than
+    ``min_gap``: greedily from the first, the last one preferred over its labelled neighbour."""
+    keep = [0]
+    for i in range(1, len(positions)):
+        if positions[i] - positions[keep[-1]] >= min_gap:
+            keep.append(i)
+    last = len(positions) - 1
+    if keep[-1] != last and len(keep) > 1 and positions[last] - positions[keep[-2]] >= min_gap:
+        keep[-1] = last
+    return keep
+
+
+def nfe_axis(ax, nfes, log: bool = False) -> None:
+    """NFE as an integer axis: ticks at the NFEs that were run, labelled as integers, no minor ticks;
+    labels that would touch their neighbour at the panel's width are left out (the ticks stay)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    nfes = sorted({int(n) for n in np.asarray(nfes).ravel().tolist()})
+    if not nfes:
+        return
+    if log:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(nfes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    # where the ticks sit in the panel as drawn (call this once the x range is final)
+    scale = np.log10 if log else np.asarray
+    lo, hi = (float(v) for v in scale(np.asarray(ax.get_xlim(), dtype=float)))
+    frac = (scale(np.asarray(nfes, dtype=float)) - lo) / (hi - lo) if hi > lo else np.zeros(len(nfes))
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    # two digits and a space of the tick font: 0.6 em per character
+    min_gap = 3 * 0.6 * FONT_PT["small"] / 72 / max(width_in, 0.5)
+    keep = set(_label_gaps(frac.tolist(), min_gap))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(n) if i in keep else "" for i, n in enumerate(nfes)]))
+    ax.set_xlabel(ax.get_xlabel() or "NFE")
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """A log axis with plain tick labels (0.5, 1, 2, 5, 10 rather than 2 x 10^0), chosen for the axis' current
+    range: decades, or 1-2-5 steps, or every integer mantissa when the range is under a decade; never more
+    labels than fit. Call it once the panel's data are drawn."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    getattr(ax, f"set_{axis}scale")("log")
+    lo, hi = getattr(ax, f"get_{axis}lim")()
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
+        return
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    ticks: list[float] = []
+    for subs in ((1,), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m * 10.0**e:.6g}") for e in decades for m in subs if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 2 + (subs == (1,)):
+            break
+    if len(ticks) < 2:  # a range inside one mantissa step (130-280): round values as on a linear axis
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [float(v) for v in MaxNLocator(nbins=3).tick_values(lo, hi) if lo <= v <= hi]
+    if not ticks:
+        return
+    # no two labels closer than they are tall (y) or about four digits wide (x)
+    box = ax.get_position()
+    size_in = box.height * ax.figure.get_figheight() if axis == "y" else box.width * ax.figure.get_figwidth()
+    em = FONT_PT["small"] / 72 / max(size_in, 0.5)
+    frac = (np.log10(ticks) - np.log10(lo)) / (np.log10(hi) - np.log10(lo))
+    ticks = [ticks[i] for i in _label_gaps(frac.tolist(), 1.3 * em if axis == "y" else 3.0 * em)]
+    target = getattr(ax, f"{axis}axis")
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_minor_locator(NullLocator())
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def integer_axis(ax, axis: str = "x") -> None:
+    """Integer ticks on a linear axis (counts: NFE, evaluation index, steps)."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, nbins=6, min_n_ticks=1))
+
+
+def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
+    """Label each ``(x, y, text, color, bold)`` line at its last point ``(x, y)``, right of it, in the line's
+    colour, moved apart vertically so that no label overlaps another (instead of a legend). The x range is
+    widened on the right until the longest label fits inside the panel; returns the new right limit (for
+    panels that share their x range)."""
+    if not lines:
+        return ax.get_xlim()[1]
+    fig = ax.figure
+    height_in = ax.get_position().height * fig.get_figheight()
+    lo, hi = ax.get_ylim()
+
+    def frac(v, a, b, log):
+        return (np.log10(v) - np.log10(a)) / (np.log10(b) - np.log10(a)) if log else (v - a) / (b - a)
+
+    gap = 1.25 * FONT_PT["small"] / 72 / max(height_in, 0.5)
+    ends = sorted(((float(frac(y, lo, hi, log_y)), x, *rest) for x, y, *rest in lines), key=lambda e: e[0])
+    ys = [e[0] for e in ends]
+    for i in range(1, len(ys)):  # push up ...
+        ys[i] = max(ys[i], ys[i - 1] + gap)
+    overflow = ys[-1] - 0.97
+    if overflow > 0:  # ... then back under the top edge
+        ys[-1] -= overflow
+        for i in range(len(ys) - 2, -1, -1):
+            ys[i] = min(ys[i], ys[i + 1] - gap)
+    texts = [
+        ax.annotate(
+            text,
+            xy=(x, y),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            color=color,
+            fontsize=FONT_PT["small"],
+            fontweight="bold" if bold else "normal",
+            annotation_clip=False,
+        )
+        for y, (_, x, text, color, bold) in zip(ys, ends, strict=True)
+    ]
+    renderer = fig.canvas.get_renderer()
+    axes_px = ax.get_window_extent(renderer).width
+    x0, x1 = ax.get_xlim()
+    right = x1
+    for t, (_, x, *_rest) in zip(texts, ends, strict=True):
+        # the label's width plus its offset, as a fraction of the panel; its line end must sit left of 1 - w
+        w = (t.get_window_extent(renderer).width + 8 * fig.dpi / 72) / axes_px
+        f = frac(x, x0, x1, log_x)
+        if f + w > 0.99:
+            w = min(w, 0.9)  # a label wider than the panel: the line end at its left edge
+            if log_x:
+                right = max(right, 10 ** (np.log10(x0) + (np.log10(x) - np.log10(x0)) / (0.99 - w)))
+            else:
+                right = max(right, x0 + (x - x0) / (0.99 - w))
+    ax.set_xlim(x0, right)
+    return right
+
+
+def _cell_words(value, digits: int) -> str:
+    """A table cell as a reader wants it: "–" for a missing value, yes/no for a flag, a dict as
+    ``key: value`` pairs, numbers rounded to ``digits`` decimals (integers as integers)."""
+    import json
+
+    if isinstance(value, str):
+        if value.startswith("{") and value.endswith("}"):
+            try:
+                return _cell_words(json.loads(value), digits)
+            except ValueError:
+                return value
+        return value
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_cell_words(v, digits)}" for k, v in value.items()) or "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "–"
+        if value != 0 and abs(value) < 0.5 * 10.0**-digits:  # a learning rate: its digits, not 0.00
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(df, digits: int = 2):
+    """A DataFrame as the book shows it: the index levels become ordinary columns (a level's repeated values
+    shown once per block, as a reader expects), no index column, every cell through :func:`_cell_words`
+    (no NaN, True/False or raw dicts). Returns a pandas ``Styler`` that renders as an HTML table."""
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        df = df.to_frame()
+    n_levels = 0
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
+        names = [name if name is not None else "" for name in df.index.names]
+        df = df.copy()
+        df.index = df.index.set_names([n or f"_level{i}" for i, n in enumerate(names)])
+        df = df.reset_index()
+        n_levels = len(names)
+        renamed = {f"_level{i}": names[i] for i in range(n_levels) if not names[i]}
+        df = df.rename(columns=renamed, level=0 if isinstance(df.columns, pd.MultiIndex) else None)
+    out = df.astype(object)
+    for j, (_, column) in enumerate(df.items()):
+        values = pd.to_numeric(column, errors="coerce") if column.dtype.kind == "f" else None
+        if values is not None and np.all(np.mod(values.dropna(), 1) == 0):  # counts stored as floats
+            out.iloc[:, j] = [int(v) if np.isfinite(v) else None for v in values]
+    out = out.map(lambda v: _cell_words(v, digits))
+    for j in range(n_levels - 1):  # the outer levels' repeated values, once per block
+        column = out.iloc[:, j]
+        block = (out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1)
+        out.iloc[:, j] = column.where(block, "")
+    styler = out.style.hide(axis="index")
+    if n_levels and out.columns.is_unique:  # the former index: labels, read left to right
+        styler = styler.set_properties(
+            subset=list(out.columns[:n_levels]), **{"text-align": "left", "white-space": "nowrap"}
+        )
+    return styler
 
 
 def mean_std(da, dim: str = "seed"):
@@ -74,20 +377,6 @@ def mean_std(da, dim: str = "seed"):
     mean = np.where(count > 0, mean, np.nan)
     std = np.where(count > 1, std, np.nan)
     return mean, std
-
-
-def _plain_log_ticks(ax) -> None:
-    """Log axis labelled 2, 5, 10 rather than 2 x 10^0 (FD values span one or two decades)."""
-    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
-
-    def two_and_five(value, _):
-        if value <= 0:
-            return ""
-        mantissa = value / 10 ** np.floor(np.log10(value))
-        return f"{value:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
-
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(two_and_five))
 
 
 def _by_model(ds) -> list[tuple[str | None, object]]:
@@ -107,49 +396,82 @@ def _stack_models(ds, table):
     return pd.concat({model: table(part) for model, part in parts}, names=["model"])
 
 
-def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, logy: bool = True, ylabel=None):
-    """One panel per model and solver (a row per model, as the paper's Fig. 3/4 lay out their datasets):
-    ``var`` (mean +- std over seeds) against NFE, base vs D-variants."""
-    import matplotlib.pyplot as plt
+#: what a figure's shared legend calls each method (the panels' titles name the solver)
+METHOD_WORDS = {
+    "base": "base solver",
+    "d-ode": "D-solver",
+    "d-ode-joint": "D-solver, joint fit",
+    "d-ode-2": "D-solver-2",
+    "sep": "D-solver-Sep",
+    "all": "D-solver-All",
+    "fixed": "Fixed-D-solver",
+    "lookahead": "LA-solver",
+}
 
+
+def _shared_legend(fig, axes) -> None:
+    """One legend above the panels for what they all draw (each label once), instead of one per panel."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=min(len(handles), 4),
+    )
+
+
+def _metric_panel(ax, part, var: str, solver: str, methods, logy: bool, nfes) -> str:
+    """One panel of :func:`metric_vs_nfe` (one model's ``part``), its lines labelled by
+    :data:`METHOD_WORDS` for the figure's shared legend; returns its noise floor's caption."""
+    drawn = []
+    for method in methods:
+        da = part[var].sel({"solver": solver, "method": method})
+        mean, std = mean_std(da)
+        nfe = da.coords["nfe"].values
+        ok = np.isfinite(mean)
+        if not ok.any():
+            continue
+        drawn += nfe[ok].tolist()
+        ax.errorbar(
+            nfe[ok],
+            mean[ok],
+            yerr=np.nan_to_num(std[ok]),
+            capsize=2,
+            markersize=4,
+            label=METHOD_WORDS.get(method, method),
+            **METHOD_STYLE.get(method, {}),
+        )
+    floor = floor_band(ax, part, var)
+    nfe_axis(ax, drawn or nfes)
+    if logy:
+        log_axis(ax, "y")
+    return floor
+
+
+def metric_vs_nfe(ds, var: str = "fd", solvers=None, methods=None, axes=None, logy: bool = True, ylabel=None):
+    """One panel per model and solver (the models one after the other, as the paper's Fig. 3/4 lay out their
+    datasets), two a row: ``var`` (mean +- std over seeds) against NFE, base vs D-variants, with the noise
+    floor (:func:`floor_band`) where the file has one, stated under the figure."""
     solvers = list(solvers or ds.coords["solver"].values.tolist())
     methods = list(methods or ds.coords["method"].values.tolist())
-    parts = _by_model(ds)
+    panels = [(model, part, solver) for model, part in _by_model(ds) for solver in solvers]
     if axes is None:
-        fig, grid = plt.subplots(
-            len(parts), len(solvers), figsize=(3.4 * len(solvers), 3.0 * len(parts)), squeeze=False
-        )
-        axes = [ax for row in grid for ax in row]
+        fig, axes = panel_grid(len(panels))
     else:
         fig = axes[0].figure
-    panels = [(model, part, solver) for model, part in parts for solver in solvers]
+    floors = []
     for ax, (model, part, solver) in zip(axes, panels, strict=True):
-        for method in methods:
-            da = part[var].sel({"solver": solver, "method": method})
-            mean, std = mean_std(da)
-            nfe = da.coords["nfe"].values
-            ok = np.isfinite(mean)
-            if not ok.any():
-                continue
-            st = METHOD_STYLE.get(method, {})
-            ax.errorbar(
-                nfe[ok],
-                mean[ok],
-                yerr=np.nan_to_num(std[ok]),
-                capsize=2,
-                markersize=4,
-                label=method_label(solver, method),
-                **st,
-            )
+        floor = _metric_panel(ax, part, var, solver, methods, logy, ds.coords["nfe"].values)
+        floors.append(f"{model}: {floor}" if floor and model else floor)
         ax.set_title(SOLVER_NAMES.get(solver, solver) + (f" · {model}" if model else ""))
-        ax.set_xlabel("NFE")
-        if logy:
-            ax.set_yscale("log")
-            _plain_log_ticks(ax)
-        ax.legend(fontsize=8)
-        if solver == solvers[0]:
-            ax.set_ylabel(ylabel or var.upper())
+        ax.set_ylabel(ylabel or var.upper())
     fig.tight_layout()
+    _shared_legend(fig, axes)
+    caption(fig, "\n".join(dict.fromkeys(f for f in floors if f)))
     return fig
 
 
@@ -216,7 +538,9 @@ def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_
     for solver in ds.coords["solver"].values.tolist():
         table = mean_std_table(ds, var, rows="method", cols="nfe", fixed={"solver": solver}, digits=digits)
         methods = list(table.index)
-        table.index = pd.MultiIndex.from_tuples([(SOLVER_NAMES.get(solver, solver), m) for m in methods])
+        table.index = pd.MultiIndex.from_tuples(
+            [(SOLVER_NAMES.get(solver, solver), m) for m in methods], names=["solver", "method"]
+        )
         if paper:
             table["paper"] = [" / ".join(f"{v:g}" for v in paper.get((solver, m), ())) for m in methods]
         frames.append(table)
@@ -251,37 +575,122 @@ def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits:
                 cells.append(f"{m:+.{digits}f}{spread} ({w}/{c})")
         rows.append(cells)
         index.append(SOLVER_NAMES.get(solver, solver))
-    return pd.DataFrame(rows, index=index, columns=[f"NFE {n}" for n in ds.coords["nfe"].values.tolist()])
+    return pd.DataFrame(
+        rows,
+        index=pd.Index(index, name="solver"),
+        columns=[f"NFE {n}" for n in ds.coords["nfe"].values.tolist()],
+    )
+
+
+def _lambda_curve(part, solver: str, method: str, nfe):
+    """``(k, mean, std)`` of the fitted lambda of each network evaluation over seeds (finite cells only)."""
+    da = part["lambdas"].sel({"solver": solver, "method": method, "nfe": nfe, "param": 0})
+    mean, std = mean_std(da.transpose("evaluation", "seed"))
+    k = da.coords["evaluation"].values
+    ok = np.isfinite(mean)
+    return k[ok], mean[ok], np.nan_to_num(std[ok])
+
+
+def lambda_limits(values, margin: float = 0.5) -> tuple[float, float]:
+    """The y range of a lambda plot: the middle 90 % of ``values`` widened by ``margin`` times its width (at
+    least 0.5 either side of it, always with 0 and -1 inside: the paper's corrector lambdas sit near -1), so
+    that a few runaway fits (lambda = -130 where the rest lie in [-2, 1]) do not squash the others."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return -1.5, 0.5
+    lo, hi = np.percentile(values, [5, 95])
+    pad = max(0.5, margin * (hi - lo))
+    return float(min(lo - pad, -1.25)), float(max(hi + pad, 0.25))
+
+
+def _draw_clipped(ax, x, y, limits, label: str) -> list[str]:
+    """Markers at the edge of the panel for the points of ``y`` outside ``limits``; returns their description."""
+    lo, hi = limits
+    notes = []
+    for xi, yi in zip(x, y, strict=True):
+        if lo <= yi <= hi:
+            continue
+        edge = hi if yi > hi else lo
+        ax.plot(
+            [xi], [edge], marker="^" if yi > hi else "v", color="C3", markersize=7, clip_on=False, zorder=5
+        )
+        notes.append(f"{label} k = {int(xi)}: {yi:.3g}")
+    return notes
+
+
+def lambdas_figure(ds, method: str = "d-ode", solvers=None, nfes=None):
+    """The fitted lambdas of ``method``, one panel per (model,) solver (two a row), one line per NFE: lambda_k
+    (mean ± std over seeds) against the network evaluation k. The y range is :func:`lambda_limits`; the
+    values outside it are marked at the panel's edge (red triangles) and listed under the figure."""
+    import matplotlib.pyplot as plt
+
+    solvers = list(solvers or ds.coords["solver"].values.tolist())
+    all_nfes = [int(n) for n in (nfes or ds.coords["nfe"].values.tolist())]
+    panels = []
+    for model, part in _by_model(ds):
+        for solver in solvers:
+            curves = [(n, *_lambda_curve(part, solver, method, n)) for n in all_nfes]
+            curves = [c for c in curves if len(c[1])]
+            if curves:
+                panels.append((model, solver, curves))
+    if not panels:
+        raise ValueError(f"no fitted lambdas of method {method!r} in these results")
+    fig, axes = panel_grid(len(panels), panel_height=2.6)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(all_nfes)))
+    notes = []
+    for ax, (model, solver, curves) in zip(axes, panels, strict=True):
+        limits = lambda_limits(np.concatenate([c[2] for c in curves]))
+        for n, k, mean, std in curves:
+            colour = colours[all_nfes.index(n)]
+            ax.errorbar(
+                k, mean, yerr=std, marker="o", markersize=3, capsize=2, color=colour, label=f"NFE {n}"
+            )
+            name = method_label(solver, method) + (f" · {model}" if model else "") + f", NFE {n}"
+            notes += _draw_clipped(ax, k, mean, limits, name)
+        ax.set_ylim(*limits)
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        integer_axis(ax, "x")
+        ax.set_xlabel("network evaluation k")
+        ax.set_ylabel(r"$\lambda_k$")
+        ax.set_title(method_label(solver, method) + (f" · {model}" if model else ""))
+    fig.tight_layout()
+    _shared_legend(fig, axes)
+    if notes:
+        caption(fig, "Off the scale (red triangles at the edge): " + "; ".join(notes) + ".")
+    return fig
 
 
 def plot_lambdas(ds, nfe: int, method: str = "d-ode", solvers=None, ax=None):
-    """Fitted lambda of each network evaluation (mean ± std over seeds) at one NFE, one line per solver."""
+    """Fitted lambda of each network evaluation (mean ± std over seeds) at one NFE, one line per (model,)
+    solver that has them; the y range as in :func:`lambdas_figure`, values off it marked at the edge and
+    named in the title."""
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 3.0))
-    lines = [
-        (m, part, s) for m, part in _by_model(ds) for s in solvers or ds.coords["solver"].values.tolist()
-    ]
-    for model, part, solver in lines:
-        da = part["lambdas"].sel({"solver": solver, "method": method, "nfe": nfe, "param": 0})
-        mean, std = mean_std(da.transpose("evaluation", "seed"))
-        k = da.coords["evaluation"].values
-        ok = np.isfinite(mean)
-        ax.errorbar(
-            k[ok],
-            mean[ok],
-            yerr=np.nan_to_num(std[ok]),
-            marker="o",
-            markersize=3,
-            capsize=2,
-            label=SOLVER_NAMES.get(solver, solver) + (f" · {model}" if model else ""),
-        )
+        _, ax = plt.subplots(figsize=(PAGE_WIDTH_IN * 0.62, 2.8))
+    lines = []
+    for model, part in _by_model(ds):
+        for solver in solvers or ds.coords["solver"].values.tolist():
+            k, mean, std = _lambda_curve(part, solver, method, nfe)
+            if len(k):
+                lines.append(
+                    (SOLVER_NAMES.get(solver, solver) + (f" · {model}" if model else ""), k, mean, std)
+                )
+    limits = lambda_limits(np.concatenate([line[2] for line in lines])) if lines else (-1.5, 0.5)
+    notes = []
+    for label, k, mean, std in lines:
+        ax.errorbar(k, mean, yerr=std, marker="o", markersize=3, capsize=2, label=label)
+        notes += _draw_clipped(ax, k, mean, limits, label)
+    ax.set_ylim(*limits)
     ax.axhline(0, color="0.5", linewidth=0.8)
+    integer_axis(ax, "x")
     ax.set_xlabel("network evaluation k")
     ax.set_ylabel(r"$\lambda_k$")
-    ax.set_title(f"fitted lambdas at NFE {nfe}" + ("" if method == "d-ode" else f" ({method})"))
-    ax.legend(fontsize=8)
+    title = f"fitted lambdas at NFE {nfe}" + ("" if method == "d-ode" else f" ({method})")
+    ax.set_title(title + ("\noff the scale: " + "; ".join(notes) if notes else ""))
+    if lines:
+        ax.legend()
     return ax
 
 
@@ -341,12 +750,11 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
     """Fig. 2: one heatmap per model of the cosine similarity between all denoising outputs of one run.
 
     Axes are evaluation indices (0 = the first evaluation, at pure noise); tick labels add the model time."""
-    import matplotlib.pyplot as plt
 
     models = ds.coords["model"].values.tolist()
     variables = _models_time_variable(ds)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.0), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    fig, axes = panel_grid(len(models), panel_height=3.6)
+    for ax, model in zip(axes, models, strict=True):
         S = ds["similarity"].sel({"model": model}).values
         ok = np.isfinite(S).any(axis=1)
         S = S[np.ix_(ok, ok)]
@@ -356,15 +764,15 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
         low = np.floor(float(np.nanmin(S)) * 20) / 20
         image = ax.imshow(S, cmap=cmap, vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
         n = len(S)
-        ticks = np.unique(np.linspace(0, n - 1, 5).round().astype(int))
+        ticks = np.unique(np.linspace(0, n - 1, 4).round().astype(int))  # four labels fit half the page
         symbol = "σ" if variables.get(model) == "sigma" else "t"
         labels = [f"{i}\n{symbol}={times[i]:.3g}" for i in ticks]
-        ax.set_xticks(ticks, labels, fontsize=7)
-        ax.set_yticks(ticks, [lb.replace("\n", " ") for lb in labels], fontsize=7)
+        ax.set_xticks(ticks, labels)
+        ax.set_yticks(ticks, [lb.replace("\n", " ") for lb in labels])
         ax.set_xlabel("evaluation j (noise → data)")
         ax.set_ylabel("evaluation i")
         ax.grid(False)
-        ax.set_title(f"{model}\n({_prediction_name(ds, model)}, {n} steps)", fontsize=10)
+        ax.set_title(f"{model}\n({_prediction_name(ds, model)}, {n} steps)")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
     fig.tight_layout()
     return fig
@@ -372,9 +780,8 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
 
 def similarity_profiles(ds):
     """Two cuts through the Fig. 2 matrices: similarity of each output with the next one, and with the last."""
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, axes = panel_grid(2, panel_height=3.0)
     for k, model in enumerate(ds.coords["model"].values.tolist()):
         S = ds["similarity"].sel({"model": model}).values
         ok = np.isfinite(S).any(axis=1)
@@ -388,7 +795,7 @@ def similarity_profiles(ds):
     for ax in axes:
         ax.set_xlabel("fraction of the run (0 = pure noise, 1 = data)")
         ax.set_ylabel("cosine similarity")
-        ax.legend(fontsize=8)
+        ax.legend()
     fig.tight_layout()
     return fig
 
@@ -430,7 +837,7 @@ def trajectory_norms(ds, solver: str, nfe: int, methods, ax=None, reference: boo
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.4))
+        _, ax = plt.subplots(figsize=(PAGE_WIDTH_IN * 0.62, 3.0))
     if reference:
         t_ref = ds["reference_time"].values
         ax.plot(
@@ -444,7 +851,7 @@ def trajectory_norms(ds, solver: str, nfe: int, methods, ax=None, reference: boo
         ax.plot(t[ok], norm[ok], markersize=4, label=_traj_label(solver, method, nfe), **st)
     _time_axis(ax, ds.attrs.get("time_variable", "t"))
     ax.set_ylabel(r"mean $\|x_t\|_2$")
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -457,12 +864,10 @@ def _reference_label(ds) -> str:
 
 def trajectory_pixels(ds, solver: str, nfe: int, methods, pixels, sample: int = 0, axes=None):
     """Fig. 5 (bottom) / Fig. 11: the value of single pixels of one sample along each run."""
-    import matplotlib.pyplot as plt
 
     pixels = list(pixels)
     if axes is None:
-        _, axes = plt.subplots(1, len(pixels), figsize=(4.4 * len(pixels), 3.2), squeeze=False)
-        axes = axes[0]
+        _, axes = panel_grid(len(pixels), panel_height=2.8)
     position = ds["pixel_position"].values.astype(int)
     for ax, p in zip(axes, pixels, strict=True):
         ref = ds["reference_pixels"].sel({"sample": sample, "pixel": p}).values
@@ -481,7 +886,7 @@ def trajectory_pixels(ds, solver: str, nfe: int, methods, pixels, sample: int = 
         _time_axis(ax, ds.attrs.get("time_variable", "t"))
         ax.set_title(f"sample {sample}, pixel {tuple(position[p].tolist())} (c, row, col)", fontsize=9)
         ax.set_ylabel("pixel value")
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     return axes
 
 
@@ -490,7 +895,7 @@ def trajectory_distance(ds, solver: str, nfe: int, methods, ax=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.4))
+        _, ax = plt.subplots(figsize=(PAGE_WIDTH_IN * 0.62, 3.0))
     for method in methods:
         t = _cell(ds, "state_time", solver, nfe, method).values
         d = _cell(ds, "distance", solver, nfe, method).mean("sample").values
@@ -500,7 +905,7 @@ def trajectory_distance(ds, solver: str, nfe: int, methods, ax=None):
         )
     _time_axis(ax, ds.attrs.get("time_variable", "t"))
     ax.set_ylabel(r"mean $\|x_t - x_t^{\mathrm{ref}}\|_2$")
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -565,7 +970,9 @@ def _closeups(rows, reference, title: str, pixels=None):
     from matplotlib.patches import Rectangle
 
     ncol = len(rows[0][1])
-    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.55 * (ncol + 1), 1.6 * len(rows)), squeeze=False)
+    # a table of images rather than panels: one column per image, as many as fit the page's width
+    size = min(1.55, PAGE_WIDTH_IN / (ncol + 1))
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(size * (ncol + 1), 1.6 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         axes[r, 0].axis("off")
         axes[r, 0].text(1.0, 0.5, label, ha="right", va="center", fontsize=9, transform=axes[r, 0].transAxes)
@@ -639,7 +1046,9 @@ def paired_gains(ds, var: str, methods, base: str = "base", digits: int = 2):
     for method in methods:
         table = paired_gain(ds, var, method=method, base=base, digits=digits)
         solvers = ds.coords["solver"].values.tolist()
-        table.index = [f"{method_label(s, base)} − {method_label(s, method)}" for s in solvers]
+        table.index = pd.Index(
+            [f"{method_label(s, base)} − {method_label(s, method)}" for s in solvers], name="difference"
+        )
         frames.append(table)
     return pd.concat(frames)
 
@@ -670,7 +1079,9 @@ def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: i
             cells.append(f"{paper[label][i]:.2f}" if label in paper else "–")
         table[label] = cells
     columns = pd.MultiIndex.from_tuples([(f"NFE {n}", who) for n in nfes for who in ("ours", "paper")])
-    return pd.DataFrame.from_dict(table, orient="index", columns=columns)
+    out = pd.DataFrame.from_dict(table, orient="index", columns=columns)
+    out.index.name = "method"
+    return out
 
 
 def best_constant(ds, var: str, methods=("fixed", "lookahead")):
@@ -701,16 +1112,11 @@ def best_constant(ds, var: str, methods=("fixed", "lookahead")):
     return reduced.to_dataset(name=var), best
 
 
-def ablation(ds, var: str, vary: str, at: dict, solver: str = "ddim", method: str = "d-ode", ax=None):
-    """``var`` (mean ± std over seeds) of the D-solver against ``vary`` (K or B) with the other distillation
-    parameter fixed by ``at``, one line per NFE; the base solver's value, far above, in the title (Tab. 3 as
-    a figure)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.0))
-    notes = []
+def _ablation_panel(ax, ds, var: str, vary: str, at: dict, solver: str, method: str) -> tuple[str, str]:
+    """One panel of :func:`ablation`; returns the base solver's values (stated, not drawn: far above on the
+    D-solver's scale) and the noise floor's caption."""
+    fixed = ", ".join(f"{k} = {v}" for k, v in at.items())
+    base = []
     for i, nfe in enumerate(ds.coords["nfe"].values.tolist()):
         da = ds[var].sel({"solver": solver, "method": method, "nfe": nfe, **at})
         mean, std = mean_std(da.transpose(vary, "seed"))
@@ -718,43 +1124,70 @@ def ablation(ds, var: str, vary: str, at: dict, solver: str = "ddim", method: st
         ok = np.isfinite(mean)
         if not ok.any():
             continue
-        color = f"C{i}"
         ax.errorbar(
             x[ok],
             mean[ok],
             yerr=np.nan_to_num(std[ok]),
             marker="o",
             capsize=3,
-            color=color,
+            color=f"C{i}",
             label=f"{method_label(solver, method)}, NFE {nfe}",
         )
-        if (
-            "base" in ds.coords["method"].values.tolist()
-        ):  # far above on the scale of the D-solver: noted only
-            base = ds[var].sel({"solver": solver, "method": "base", "nfe": nfe, **at}).mean().item()
-            notes.append(f"{method_label(solver, 'base')} NFE {nfe}: {base:.2f}")
+        if "base" in ds.coords["method"].values.tolist():
+            value = ds[var].sel({"solver": solver, "method": "base", "nfe": nfe, **at}).mean().item()
+            base.append(f"NFE {nfe}: {value:.2f}")
+    floor = floor_band(ax, ds, var)
     ax.set_xscale("log")
-    ax.set_xticks(ds.coords[vary].values)
-    ax.set_xticklabels([str(v) for v in ds.coords[vary].values.tolist()])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    fixed = ", ".join(f"{k} = {v}" for k, v in at.items())
+    nfe_axis(ax, ds.coords[vary].values, log=True)  # K and B are counts too: ticks at the values run
     ax.set_xlabel(vary)
     ax.set_ylabel(var.upper())
-    ax.set_title(f"{vary} varies ({fixed})" + ("\n" + "; ".join(notes) if notes else ""), fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"{vary} varies ({fixed})")
+    ax.legend()
+    note = f"{method_label(solver, 'base')} ({fixed}): " + ", ".join(base) if base else ""
+    return note, floor
+
+
+def ablation(ds, var: str, vary: str, at: dict, solver: str = "ddim", method: str = "d-ode", ax=None):
+    """``var`` (mean ± std over seeds) of the D-solver against ``vary`` (K or B) with the other distillation
+    parameter fixed by ``at``, one line per NFE (Tab. 3 as a figure); the base solver's values, far above,
+    are stated under the figure (in the panel's title when drawn into a given ``ax``)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN * 0.62, 3.0))
+        note, floor = _ablation_panel(ax, ds, var, vary, at, solver, method)
+        fig.tight_layout()
+        caption(fig, " ".join(t for t in (note + "." if note else "", floor) if t))
+        return ax
+    note, _ = _ablation_panel(ax, ds, var, vary, at, solver, method)
+    if note:
+        ax.set_title(ax.get_title() + "\n" + note)
     return ax
+
+
+def ablation_figure(ds, var: str, K: int, B: int, solver: str = "ddim", method: str = "d-ode"):
+    """Tab. 3 as a figure: :func:`ablation` over K at ``B`` and over B at ``K``, side by side, the base
+    solver's values and the noise floor stated under it."""
+    fig, axes = panel_grid(2, panel_height=3.0)
+    notes, floors = zip(
+        _ablation_panel(axes[0], ds, var, "K", {"B": B}, solver, method),
+        _ablation_panel(axes[1], ds, var, "B", {"K": K}, solver, method),
+        strict=True,
+    )
+    fig.tight_layout()
+    text = "; ".join(n for n in notes if n)
+    caption(fig, " ".join(t for t in (text + "." if text else "", floors[0]) if t))
+    return fig
 
 
 def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookahead", "fixed"), axes=None):
     """Fig. 8b-c: ``var`` against the constant lambda of each constant-lambda method (mean ± std over seeds),
-    with the base solver and the fitted D-solver as dotted reference lines."""
-    import matplotlib.pyplot as plt
-
+    with the base solver and the fitted D-solver as dotted reference lines and the noise floor as a band."""
     if axes is None:
-        fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.0), squeeze=False)
-        axes = axes[0]
+        fig, axes = panel_grid(len(methods), panel_height=2.8)
     else:
         fig = axes[0].figure
+    floors = []
     for ax, method in zip(axes, methods, strict=True):
         da = ds[var].sel({"solver": solver, "method": method, "nfe": nfe})
         mean, std = mean_std(da.transpose("lambda_value", "seed"))
@@ -774,12 +1207,14 @@ def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookah
             ax.axhline(
                 value, linestyle=":", color=METHOD_STYLE[ref]["color"], label=method_label(solver, ref)
             )
+        floors.append(floor_band(ax, ds, var))
         ax.set_xlabel(r"constant $\lambda$")
-        ax.set_yscale("log")
+        log_axis(ax, "y")
         ax.set_title(f"{method_label(solver, method)}, NFE {nfe}")
-        ax.legend(fontsize=8)
+        ax.legend()
     axes[0].set_ylabel(var.upper())
     fig.tight_layout()
+    caption(fig, " ".join(dict.fromkeys(f for f in floors if f)))
     return fig
 
 
@@ -844,13 +1279,10 @@ def verdict_table(page):
 SUMMARY_STEMS = ("02_noise_prediction", "04_dpm_solver_pp", "03_data_prediction")
 
 
-def summary_figure(results: dict, ncols: int = 4):
+def summary_figure(results: dict, ncols: int = MAX_COLUMNS):
     """The book's opening figure: FD (FID) against NFE for every base solver and its D-solver, one panel per
-    (sweep, solver) of the results of notebooks 02, 04 and 03 (``results``: stem -> dataset)."""
-    import math
-
-    import matplotlib.pyplot as plt
-
+    (sweep, solver) of the results of notebooks 02, 04 and 03 (``results``: stem -> dataset), at most
+    :data:`MAX_COLUMNS` a row, with the noise floor where the files have one."""
     panels = [
         (stem, solver)
         for stem in SUMMARY_STEMS
@@ -859,18 +1291,19 @@ def summary_figure(results: dict, ncols: int = 4):
     ]
     if not panels:
         raise ValueError(f"results must hold at least one of {SUMMARY_STEMS}, got {sorted(results)}")
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
-    for ax, (stem, solver) in zip(axes.ravel(), panels, strict=False):
+    fig, axes = panel_grid(len(panels), ncols=ncols, panel_height=2.5)
+    floors = []
+    for ax, (stem, solver) in zip(axes, panels, strict=True):
         ds = results[stem]
         if "model" in ds.dims:  # the summary shows the first model of a multi-model file
             ds = ds.isel(model=0)
         model = str(ds["model"].values) if "model" in ds.coords else ds.attrs["model"]
         var = "fid" if "fid" in ds else "fd"
-        metric_vs_nfe(ds, var, solvers=[solver], methods=["base", "d-ode"], axes=[ax])
-        ax.set_title(f"{SOLVER_NAMES.get(solver, solver)} · {model}", fontsize=9)
+        floor = _metric_panel(ax, ds, var, solver, ["base", "d-ode"], True, ds.coords["nfe"].values)
+        floors.append(f"{model}: {floor}" if floor else "")
+        ax.set_title(f"{SOLVER_NAMES.get(solver, solver)} · {model}")
         ax.set_ylabel(var.upper())
-    for ax in axes.ravel()[len(panels) :]:
-        ax.axis("off")
     fig.tight_layout()
+    _shared_legend(fig, axes)
+    caption(fig, "\n".join(dict.fromkeys(f for f in floors if f)))
     return fig

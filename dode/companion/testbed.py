@@ -119,16 +119,15 @@ _STYLE = {
 
 
 def testbed_figure(ds, schedule: str, var: str = "distance_fresh"):
-    """One panel per solver: ``var`` against NFE (log-log), the base solver in black, the greedy and joint
-    D-solvers taught by DDIM (dashed) and by the solver itself (solid)."""
-    import matplotlib.pyplot as plt
-
+    """One panel per solver (two a row): ``var`` against NFE (log-log), the base solver in black, the greedy
+    and joint D-solvers taught by DDIM (dashed) and by the solver itself (solid); one legend under them."""
+    from dode.companion import plots
     from dode.companion.labels import SOLVER_NAMES
 
     solvers = ds.coords["solver"].values.tolist()
-    fig, axes = plt.subplots(1, len(solvers), figsize=(3.0 * len(solvers), 3.0), sharey=True, squeeze=False)
+    fig, axes = plots.panel_grid(len(solvers), panel_height=2.6, sharey=True)
     nfes = ds.coords["nfe"].values
-    for ax, label in zip(axes[0], solvers, strict=True):
+    for ax, label in zip(axes, solvers, strict=True):
         for method, (color, name) in _STYLE.items():
             for teacher, dash in (("ddim", "--"), ("self", "-")):
                 if method == "base" and teacher == "ddim":
@@ -144,19 +143,15 @@ def testbed_figure(ds, schedule: str, var: str = "distance_fresh"):
                     "" if method == "base" else f", taught by {'itself' if teacher == 'self' else 'DDIM'}"
                 )
                 ax.plot(nfes, values, dash, color=color, marker="o", ms=3, label=name + suffix)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(nfes, [str(n) for n in nfes])
-        ax.minorticks_off()
-        ax.set_title(SOLVER_NAMES.get(label, label), fontsize=10)
-        ax.set_xlabel("NFE")
-    axes[0][0].set_ylabel("mean L2 distance to the exact solution")
+        ax.set_title(SOLVER_NAMES.get(label, label))
+        plots.nfe_axis(ax, nfes, log=True)
+    for ax in axes:
+        plots.log_axis(ax, "y")
+        ax.set_ylabel("mean L2 distance\nto the exact solution")
     handles = {}
-    for ax in axes[0]:
+    for ax in axes:
         for h, lb in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lb, h)
-    fig.legend(
-        handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.12)
-    )
     fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     return fig

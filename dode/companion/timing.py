@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dode.companion import experiments as ex
+from dode.companion import plots
 from dode.zoo.progressive import (
     Halving,
     halving_steps,
@@ -399,7 +400,8 @@ def fd_vs_nfe(ds, metric: str = "fd", ax=None, logy: bool = True):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.8, 3.6))
+        _, ax = plt.subplots(figsize=(plots.PAGE_WIDTH_IN * 0.8, 3.4))
+    drawn = []
     for (solver, method), label in FAMILIES.items():
         if solver not in ds.coords["solver"].values.tolist() or metric not in ds:
             continue
@@ -409,12 +411,15 @@ def fd_vs_nfe(ds, metric: str = "fd", ax=None, logy: bool = True):
         ok = np.isfinite(mean)
         if ok.any():
             ax.plot(nfe[ok], mean[ok], label=label, **_STYLE[(solver, method)])
-    ax.set_xlabel("NFE")
+            drawn += nfe[ok].tolist()
+    floor = plots.floor_band(ax, ds, metric)
+    plots.nfe_axis(ax, drawn or ds.coords["nfe"].values)
     ax.set_ylabel(metric.upper())
     if logy:
-        ax.set_yscale("log")
-    ax.legend(fontsize=8)
+        plots.log_axis(ax, "y")
+    ax.legend()
     ax.set_title(f"{metric.upper()} vs NFE (Fig. 8a)")
+    plots.caption(ax.figure, floor)
     return ax
 
 
@@ -461,7 +466,7 @@ def fd_vs_cost(ds, metric: str = "fd", ax=None, logy: bool = True):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.8, 3.6))
+        _, ax = plt.subplots(figsize=(plots.PAGE_WIDTH_IN * 0.8, 3.4))
     table = cost_table(ds, metric)
     quality = metric.upper()
     for (solver, method), label in FAMILIES.items():
@@ -476,13 +481,13 @@ def fd_vs_cost(ds, metric: str = "fd", ax=None, logy: bool = True):
                 (row["total (s)"], row[quality]),
                 textcoords="offset points",
                 xytext=(4, 3),
-                fontsize=7,
+                fontsize=plots.FONT_PT["small"],
             )
-    ax.set_xscale("log")
+    plots.log_axis(ax, "x")
     if logy:
-        ax.set_yscale("log")
+        plots.log_axis(ax, "y")
     ax.set_xlabel("one-off cost + sampling the evaluation set (s)")
     ax.set_ylabel(quality)
     ax.set_title("quality against total time (numbers: NFE)")
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
