@@ -17,6 +17,7 @@ __all__ = [
     "DATA_MODELS",
     "RUN_ENVIRONMENT",
     "network_evaluations",
+    "FLOOR",
 ]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
@@ -31,9 +32,19 @@ _PAPER_PER_MODEL = {"adm-lsun-bedroom": {"B": 25, "batch_size": 100}, "adm-image
 #: dode.zoo.load (checkpoint path, clone of the authors' code), and the folder of the FID statistics
 RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 
-_SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu")
-_SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu")
-_SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
+#: the noise floor's reference samplers (dode.companion.experiments.noise_floor): DDIM's steps on VP models,
+#: Heun's network evaluations on EDM models; {} = no floor. cpu: counts where more steps no longer move the FD
+#: beyond its spread over seeds (page 00, "The metric"); smoke: cheap, only to exercise the code; paper: off,
+#: each floor costs 50k samples x the reference sampler's NFE x seeds per model (book/gpu.md)
+FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 200, "edm": 35}, "paper": {}}
+
+_SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu", floor=FLOOR["smoke"])
+_SWEEP_CPU = dict(
+    seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu", floor=FLOOR["cpu"]
+)
+_SWEEP_PAPER = dict(
+    seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda", floor=FLOOR["paper"]
+)
 # the cpu curves of 02, 03 and 04: six NFEs, so that each panel is a curve (the sampling cost is
 # n_samples * sum(NFEs) per method and seed: 49 against 15 for the former [5, 10])
 _CURVE_NFES = [3, 4, 5, 7, 10, 20]
@@ -360,6 +371,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=48,
             batch_size=48,
             device="cpu",
+            floor=FLOOR["smoke"],
         ),
         "cpu": dict(
             models=["digits-eps", "digits-edm"],
@@ -372,6 +384,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=1000,
             batch_size=1000,
             device="cpu",
+            floor=FLOOR["cpu"],
         ),
         "paper": dict(
             models=["ddpm-cifar10", "edm-cifar10-uncond-vp"],
@@ -384,6 +397,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=50_000,
             batch_size=500,
             device="cuda",
+            floor=FLOOR["paper"],
         ),
     },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
@@ -400,6 +414,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=48,
             batch_size=48,
             device="cpu",
+            floor=FLOOR["smoke"],
             threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
             overhead=dict(n_samples=48, repeats=3),
             pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
@@ -415,6 +430,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=2000,
             batch_size=2000,
             device="cpu",
+            floor=FLOOR["cpu"],
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
             # step 9x slower (7.7 s vs 0.83 s at batch 64), the threads waiting on each other
             threads=1,
@@ -434,6 +450,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=50_000,
             batch_size=500,
             device="cuda",
+            floor=FLOOR["paper"],
             threads=0,
             overhead=dict(n_samples=500, repeats=9),
             pd=dict(
@@ -469,8 +486,9 @@ def network_evaluations(stem: str, profile: str) -> int:
     against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. A
     joint fit (``d-ode-joint``, only at the sweep's ``joint_nfes``) re-runs the sampler on the fitting
     batch: counted as ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an upper
-    bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). What a GPU box's run time
-    scales with."""
+    bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). Where the sweep's ``floor`` is
+    on, the noise floor's reference sampler samples ``n_samples`` of every seed once more (an upper bound too:
+    a floor another notebook computed is read from its cache). What a GPU box's run time scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
@@ -479,8 +497,10 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
+    from dode import zoo
     from dode.companion.experiments import (
         JOINT_METHODS,
+        check_floor,
         method_nfes,
         model_settings,
         same_as_per_time,
@@ -491,9 +511,13 @@ def network_evaluations(stem: str, profile: str) -> int:
     from dode.solvers import make_plan
 
     nfes = cfg["nfes"]
+    floor = check_floor(cfg.get("floor"))
     total = 0
     for model in cfg["models"] if "models" in cfg else [cfg["model"]]:
         own = model_settings(cfg, model)
+        if floor:
+            reference = "edm" if zoo.available()[model]["schedule"].startswith("edm") else "ddim"
+            total += floor[reference] * own["n_samples"] * len(cfg["seeds"])
         for label in cfg["solvers"]:
             for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
                 methods = [

@@ -320,6 +320,10 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
             load_average_at_end=_load_average(), compute_seconds_last_run=f"{time.perf_counter() - wall:.1f}"
         )
         store.flush()
+    # after the timed cells and their bookkeeping: the floor (usually read from the cache) times nothing
+    ex.sweep_floor(
+        store, {den.name: (den, metric)}, metric_name, cfg, results_dir, seeds=cfg["seeds"], device=device
+    )
     return store.path
 
 
