@@ -155,7 +155,9 @@ def run(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    ds = ds.merge(metric_dataset(profile, ids, results_dir))
+    metric = metric_dataset(profile, ids, results_dir)
+    ds = ds.merge(metric)
+    ds.attrs.update(metric.attrs)  # merge keeps the first dataset's attributes only
     params = {"profile": profile, "retrain": int(bool(retrain)), "models": list(models)}
     ds.attrs.update(provenance(profile, params))
     for i, c in zip(ids, cards, strict=True):
