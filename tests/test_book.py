@@ -6,6 +6,7 @@ standing in for executed ones, with warnings as errors (as `make book` does).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -101,6 +102,10 @@ def test_every_ref_label_in_the_pages_is_defined():
     labels = set()
     for page in (REPO / "book").glob("*.md"):
         labels |= set(re.findall(r"^\(([\w-]+)\)=$", page.read_text(), flags=re.M))
+    for notebook in (REPO / "notebooks").glob("*.ipynb"):  # labels of the executed pages' markdown cells
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                labels |= set(re.findall(r"^\(([\w-]+)\)=$", "".join(cell["source"]), flags=re.M))
     for name, text in _tracked_text_files():
         if name.endswith((".md", ".ipynb")):
             for label in re.findall(r"\{ref\}`[^`<]*<([\w-]+)>`", text):
