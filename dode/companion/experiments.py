@@ -7,6 +7,10 @@ Noise is drawn from independent, named streams (:func:`noise`): the *fitting* ba
 *evaluation* samples of seed ``s`` come from different streams, so evaluation never includes the fitting
 batch, and every method of one seed sees the *same* evaluation noise (a paired comparison). Streams are
 drawn in fixed chunks, so sample ``i`` of a stream does not depend on the batch size used to generate it.
+
+The metric's noise floor (:func:`noise_floor`: what a converged sampler scores on the same evaluation noise
+at a sweep's sample count) is computed once per model, sampler, count and seed, cached under the results
+folder, and stored by every sweep in its own file (:func:`sweep_floor`) for its figures' band.
 """
 
 from __future__ import annotations
@@ -761,8 +765,9 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
     ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`) and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
     ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
-    checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
-    draws its figures.
+    checkpoint or statistics file stops the run at once. After the cells, where ``cfg["floor"]`` is set, each
+    model's noise floor at its sample count is stored as ``<metric>_floor`` (:func:`sweep_floor`). Returns the
+    results file, from which the notebook draws its figures.
 
     ``nproc > 1`` runs the sweep in that many processes on this node: ``python -m dode.sweep`` under torchrun,
     as a subprocess whose progress goes to the terminal, not into a notebook (book/gpu.md). Under torchrun
