@@ -34,13 +34,14 @@ RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 
 #: the noise floor's reference samplers (dode.companion.experiments.noise_floor): DDIM's steps on VP models,
 #: Heun's network evaluations on EDM models; {} = no floor. cpu: where more steps no longer move the FD beyond
-#: its spread over seeds. Measured on digits-eps (2026-12-03, seed 0): DDIM with 200 steps scores 0.02 below
-#: 100 steps at 1,000 and at 2,000 samples, against a spread of 0.085 (std over seeds 0-2) of the 100-step
-#: floor at 1,000 samples, while 50 steps score 0.06 above 100 at 2,000; Heun with 35 evaluations is EDM's
-#: own setting. Page 00 computes these floors once (about 4 core-minutes), the sweeps read them from the cache.
-#: smoke: cheap, only to exercise the code; paper: off, each floor costs 50k samples x the reference sampler's
-#: NFE x seeds per model (book/gpu.md)
-FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 100, "edm": 35}, "paper": {}}
+#: its spread over seeds. Measured 2026-12-03 (paired: same evaluation noise): on digits-eps, DDIM with 200
+#: steps scores 0.02 below 100 steps at 1,000 and 2,000 samples (seed 0), against a spread of 0.085 (std over
+#: seeds 0-2) at 1,000 samples, while 50 steps score 0.06 above 100 at 2,000; on digits-edm, Heun with 79
+#: evaluations scores 0.07-0.09 *above* EDM's usual 35 (seeds 0 and 1, both counts), more than the 35-step
+#: floor's spread of 0.05 at 1,000 samples, while 159 evaluations move it by 0.01 only. Page 00 computes
+#: these floors once (about 1.1M sample-evaluations), the sweeps read them from the cache. smoke: cheap, only to
+#: exercise the code; paper: off, each floor costs 50k samples x the sampler's NFE x seeds per model (book/gpu.md)
+FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 100, "edm": 79}, "paper": {}}
 
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu", floor=FLOOR["smoke"])
 _SWEEP_CPU = dict(
