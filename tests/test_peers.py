@@ -262,7 +262,7 @@ def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
     from dode.companion.protocols import PROTOCOLS
 
     samplers = ["diffusers:dpmpp_2m", "dode:dpm_solver++:time_uniform:base"]
-    values = []
+    values, floors = [], []
     for batch_size in (48, 20):
         cfg = ex.settings(
             PROTOCOLS["13_peers"],
@@ -275,7 +275,13 @@ def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
         with xr.open_dataset(path) as ds:
             values.append(ds["fd"].values)
             assert (ds["network_evaluations"].values == 3).all() and ds["fd"].dims[0] == "model"
+            # the noise floor of the page's one seed, computed in each batch size's own results folder
+            assert ds["fd_floor"].dims == ("model", "seed") and ds.coords["seed"].values.tolist() == [
+                cfg["seed"]
+            ]
+            floors.append(ds["fd_floor"].values)
     torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(floors[0]), torch.from_numpy(floors[1]), rtol=1e-6, atol=1e-6)
 
 
 def test_lower_order_final_must_be_a_bool(den):

@@ -7,10 +7,17 @@ Noise is drawn from independent, named streams (:func:`noise`): the *fitting* ba
 *evaluation* samples of seed ``s`` come from different streams, so evaluation never includes the fitting
 batch, and every method of one seed sees the *same* evaluation noise (a paired comparison). Streams are
 drawn in fixed chunks, so sample ``i`` of a stream does not depend on the batch size used to generate it.
+
+The metric's noise floor (:func:`noise_floor`: what a converged sampler scores on the same evaluation noise
+at a sweep's sample count) is computed once per model, sampler, count and seed, cached under the results
+folder, and stored by every sweep in its own file (:func:`sweep_floor`) for its figures' band.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +31,7 @@ from dode.distill import distill
 from dode.lambdas import VARIANTS, Lambdas
 from dode.progress import progress_bar
 from dode.sampling import sample
+from dode.schedules import EDMSchedule
 
 SINGLE = World()  # one process: every collective is the identity
 
@@ -57,6 +65,15 @@ __all__ = [
     "conditioned",
     "run_sweep",
     "results_path",
+    "FLOOR_DIR",
+    "check_floor",
+    "reference_sampler",
+    "sampler_description",
+    "floor_path",
+    "noise_floor",
+    "store_floor",
+    "describe_floor",
+    "sweep_floor",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -343,15 +360,18 @@ def sample_batches(
     device="cpu",
     purpose: str = "eval",
     world: World = SINGLE,
+    first: int = 0,
 ) -> Iterable[tuple[torch.Tensor, float]]:
-    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples of ``seed``.
+    """Yield ``(samples, seconds)`` batch by batch: the evaluation samples ``[first, first + n_samples)``
+    of ``seed``.
 
     The samples are cut into fixed batches of ``batch_size`` and the batches dealt to the ranks of
     ``world`` in turn (batch ``b`` to rank ``b mod size``), so no sample's batch depends on the number of
     processes (as EDM's ``generate.py`` deals its seeds)."""
     solver, options = solver_spec(label)
-    for start in range(world.rank * batch_size, n_samples, world.size * batch_size):
-        n = min(batch_size, n_samples - start)
+    end = first + n_samples
+    for start in range(first + world.rank * batch_size, end, world.size * batch_size):
+        n = min(batch_size, end - start)
         z = noise(seed, purpose, n, shape, start=start, device=device)
         t0 = time.perf_counter()
         x = sample(
@@ -750,8 +770,9 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
     ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`) and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
     ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
-    checkpoint or statistics file stops the run at once. Returns the results file, from which the notebook
-    draws its figures.
+    checkpoint or statistics file stops the run at once. After the cells, where ``cfg["floor"]`` is set, each
+    model's noise floor at its sample count is stored as ``<metric>_floor`` (:func:`sweep_floor`). Returns the
+    results file, from which the notebook draws its figures.
 
     ``nproc > 1`` runs the sweep in that many processes on this node: ``python -m dode.sweep`` under torchrun,
     as a subprocess whose progress goes to the terminal, not into a notebook (book/gpu.md). Under torchrun
@@ -811,4 +832,250 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
             progress=progress,
             world=world,
         )
+    # after the cells: the floor is read by the figures only, and a notebook running beside this one may be
+    # computing it (the cache's lock then waits for it instead of computing it twice)
+    sweep_floor(
+        store,
+        {name: (den, metric) for name, (den, _, metric) in loaded.items()},
+        metric_name,
+        cfg,
+        results_dir,
+        seeds=cfg["seeds"],
+        device=device,
+        own=own,
+        world=world,
+    )
     return results_path(results_dir, stem)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The noise floor: the metric that a converged sampler scores at a sweep's sample size
+#
+# FD and FID compare the mean and covariance of N samples' features with those of a reference set. Estimated
+# from finite N they are biased upward and vary from one evaluation set to the next, so even exact samples of
+# the model's probability-flow ODE -- the limit every solver of a sweep approaches as its NFE grows -- score
+# above zero, by an amount that shrinks with N. That value, the *noise floor*, is what "converged" reads as
+# at a figure's sample size: a solver's distance from the floor, not from zero, is its error, and the
+# floor's spread over seeds is the size of the evaluation-set noise (page 00, "The metric").
+#
+# The floor is measured with the model's reference sampler (reference_sampler): DDIM with many steps on VP
+# (noise-prediction) models, EDM's Heun sampler with many evaluations on EDM models, their counts set by a
+# sweep's `floor` setting (dode.companion.protocols.FLOOR), where more steps no longer move the FD beyond its
+# spread over seeds. It samples each seed's *evaluation* noise, which every method of the sweep samples for
+# that seed, so a cell and the floor of its seed are paired.
+
+#: the folder of the floor caches, under a results directory
+FLOOR_DIR = "floors"
+#: reference solver label -> the models it is the reference sampler of
+_REFERENCE = {"ddim": "VP (noise-prediction) models", "edm": "EDM-schedule models"}
+
+
+def check_floor(floor) -> dict[str, int]:
+    """The ``floor`` setting checked: ``{"ddim": steps, "edm": evaluations}`` (the reference samplers of VP
+    and EDM models; either may be left out), or empty / None for no floor (returned as ``{}``)."""
+    if not floor:
+        return {}
+    message = (
+        "floor must map 'ddim' (VP models: DDIM's steps) and/or 'edm' (EDM models: Heun's network "
+        f"evaluations, odd) to a positive number of network evaluations, or be empty for no floor; got {floor!r}"
+    )
+    if not isinstance(floor, dict) or not set(floor) <= set(_REFERENCE):
+        raise ValueError(message)
+    out = {}
+    for label, nfe in floor.items():
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1 or (label == "edm" and nfe % 2 == 0):
+            raise ValueError(message)
+        out[label] = int(nfe)
+    return out
+
+
+def reference_sampler(den: Denoiser, floor) -> tuple[str, int]:
+    """``(solver label, NFE)`` of ``den``'s reference sampler under the ``floor`` setting: DDIM on VP models,
+    EDM's Heun sampler on EDM-schedule models."""
+    label = "edm" if isinstance(den.schedule, EDMSchedule) else "ddim"
+    floor = check_floor(floor)
+    if label not in floor:
+        raise ValueError(
+            f"floor sets no reference sampler for {den.name} ({_REFERENCE[label]}: key {label!r}); got {floor!r}"
+        )
+    return label, floor[label]
+
+
+def sampler_description(label: str, nfe: int) -> str:
+    """``DDIM with 200 steps`` / ``EDM's Heun sampler with 35 evaluations``: what a caption says."""
+    if label == "edm":
+        return f"EDM's Heun sampler with {nfe} evaluations"
+    return f"DDIM with {nfe} steps"
+
+
+def floor_path(results_dir: str | Path, den: Denoiser, label: str, nfe: int) -> Path:
+    """The cache of ``den``'s floors with the reference sampler ``(label, nfe)``, named by the model, the first
+    8 hex digits of its checkpoint's sha256 and the sampler (the file's attributes hold the full identity)."""
+    sha = str(den.info.get("checkpoint_sha256") or "nosha")[:8]
+    return Path(results_dir) / FLOOR_DIR / f"{den.name}-{sha}-{label}{nfe}.nc"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (created if absent) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def noise_floor(
+    den: Denoiser,
+    metric,
+    metric_name: str,
+    *,
+    floor,
+    n_samples,
+    seeds,
+    batch_size: int,
+    results_dir: str | Path,
+    device="cpu",
+    precision: dict | None = None,
+    world: World = SINGLE,
+):
+    """The noise floor of ``den`` at each count of ``n_samples`` (an int or a list) and seed: ``metric`` of
+    the first n evaluation samples of the seed drawn by the reference sampler (:func:`reference_sampler`
+    under ``floor``), as an xarray DataArray over ``n_samples x seed`` on rank 0 (None on the others).
+
+    Each (model checkpoint, reference sampler, sample count, seed) is computed once, whichever notebook asks
+    first: the values are cached in :func:`floor_path` (under ``results_dir``), a ResultStore over
+    ``n_samples x seed``, written atomically (temp file, then ``os.replace``), that records the model's
+    identity (:func:`identity`: checkpoint hash, schedule, the metric's weights and reference statistics; and
+    ``precision``, the model's :func:`precision_key`) and refuses to be read with another one. The counts of
+    one seed are prefixes of one noise stream, so one run of the largest missing count gives every smaller
+    one (the statistics of the first n samples, accumulated segment by segment). A lock file beside the
+    cache keeps two notebooks that run at once from computing the same floor twice: the second waits, then
+    reads the first one's values. With several ranks (``world``) rank 0 holds the cache and its lock, and
+    every rank samples its share of the batches (:func:`sample_stats`)."""
+    from dode.companion.results import ResultStore
+
+    label, nfe = reference_sampler(den, floor)
+    counts = sorted({int(n) for n in ([n_samples] if isinstance(n_samples, int) else n_samples)})
+    seeds = [int(s) for s in seeds]
+    if not counts or counts[0] < 2 or not seeds:
+        raise ValueError(
+            f"n_samples must be counts of at least 2 samples and seeds a non-empty list, got {counts} and {seeds}"
+        )
+    path = floor_path(results_dir, den, label, nfe)
+    shape = sample_shape(den)
+    with _locked(path) if world.is_main else contextlib.nullcontext():
+        cache, todo = None, None
+        if world.is_main:
+            cache = ResultStore(
+                path,
+                {"n_samples": counts, "seed": seeds},
+                {"sampler": f"{label}:{nfe}", "noise": "eval", "metric": metric_name},
+                {"description": f"noise floor: {metric_name.upper()} of {sampler_description(label, nfe)}"},
+                identities={den.name: identity(den, metric, **(precision or {}))},
+            )
+            todo = {s: [n for n in counts if not cache.has(metric_name, n_samples=n, seed=s)] for s in seeds}
+        todo = world.broadcast(todo)
+        for seed, missing in todo.items():
+            stats, seconds, done, values = None, 0.0, 0, {}
+            for n in missing:  # each segment extends the statistics of the previous count
+                segment, secs = sample_stats(
+                    den,
+                    metric,
+                    label,
+                    nfe,
+                    seed=seed,
+                    n_samples=n - done,
+                    batch_size=batch_size,
+                    shape=shape,
+                    device=device,
+                    world=world,
+                    first=done,
+                )
+                seconds, done = seconds + secs, n
+                if world.is_main:
+                    stats = segment if stats is None else stats.merge(segment)
+                    values[n] = (metric(stats), seconds)
+            if values:
+                with cache.together():
+                    for n, (value, secs) in values.items():
+                        cache.put(metric_name, value, n_samples=n, seed=seed)
+                        cache.put("sample_seconds", secs, n_samples=n, seed=seed)
+        if not world.is_main:
+            return None
+        out = cache.dataset()[metric_name].sel({"n_samples": counts, "seed": seeds}).load()
+        out.attrs.update(sampler=f"{label}:{nfe}", description=sampler_description(label, nfe))
+        return out
+
+
+def store_floor(store, metric_name: str, values, model: str | None = None) -> None:
+    """Put a floor over seeds (``values``: :func:`noise_floor`'s array at one sample count) into a results
+    file as ``<metric>_floor`` at each ``seed`` (and ``model``, in files with a model dimension). Cells that
+    already hold the same value are left alone, so a rerun does not rewrite the file."""
+    var = f"{metric_name}_floor"
+    with store.together():
+        for seed, value in zip(values.coords["seed"].values.tolist(), values.values.tolist(), strict=True):
+            cell = ({"model": model} if model is not None else {}) | {"seed": seed}
+            if store.has(var, **cell) and float(store.get(var, **cell)) == float(value):
+                continue
+            store.put(var, value, **cell)
+
+
+def describe_floor(store, metric_name: str, records: dict[str, tuple[str, int, int]]) -> None:
+    """The attributes of ``<metric>_floor``: ``records`` maps each model to ``(label, nfe, n_samples)``. One
+    sampler and one count are plain attributes; several (a file with models of both kinds, or per-model
+    sample counts) are JSON mappings model -> value, and the description names each."""
+    samplers = {m: f"{label}:{nfe}" for m, (label, nfe, _) in records.items()}
+    counts = {m: int(n) for m, (_, _, n) in records.items()}
+    texts = {m: sampler_description(label, nfe) for m, (label, nfe, _) in records.items()}
+    if len(set(texts.values())) == 1 and len(set(counts.values())) == 1:
+        what = f"{next(iter(counts.values())):,} samples of {next(iter(texts.values()))}"
+    else:
+        what = "; ".join(f"{m}: {counts[m]:,} samples of {texts[m]}" for m in records)
+    description = f"noise floor: {metric_name.upper()} of {what} (a converged sampler), per seed"
+
+    def one_or_json(values: dict):
+        return next(iter(values.values())) if len(set(values.values())) == 1 else json.dumps(values)
+
+    store.describe(
+        f"{metric_name}_floor",
+        description=description,
+        n_samples=one_or_json(counts),
+        sampler=one_or_json(samplers),
+    )
+
+
+def sweep_floor(
+    store, loaded: dict, metric_name: str, cfg: dict, results_dir, *, seeds, device, own=None, world=SINGLE
+):
+    """Store the noise floor of every model of a sweep in its results file ``store`` (rank 0's; None on the
+    other ranks), at the sweep's sample count and ``seeds``; nothing if ``cfg["floor"]`` is empty.
+    ``loaded``: model name -> ``(denoiser, metric)``; ``own``: model name -> its ``n_samples`` and
+    ``batch_size`` (default ``cfg``'s). The floor has a ``model`` dimension where ``store`` has one."""
+    floor = check_floor(cfg.get("floor"))
+    if not floor:
+        return
+    records = {}
+    for name, (den, metric) in loaded.items():
+        settings = (own or {}).get(name) or cfg
+        values = noise_floor(
+            den,
+            metric,
+            metric_name,
+            floor=floor,
+            n_samples=settings["n_samples"],
+            seeds=seeds,
+            batch_size=settings["batch_size"],
+            results_dir=results_dir,
+            device=device,
+            precision=precision_key((cfg.get("model_options") or {}).get(name)),
+            world=world,
+        )
+        if world.is_main:
+            model = name if "model" in store.coords else None
+            store_floor(store, metric_name, values.sel({"n_samples": settings["n_samples"]}), model=model)
+        records[name] = (*reference_sampler(den, floor), settings["n_samples"])
+    if world.is_main:
+        describe_floor(store, metric_name, records)

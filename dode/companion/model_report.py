@@ -36,6 +36,9 @@ __all__ = [
     "plot_loss_curves",
     "plot_samples",
     "paper_description",
+    "METRIC",
+    "metric_dataset",
+    "metric_text",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -45,6 +48,16 @@ SMOKE_STEPS = 10
 N_SAMPLES = {"smoke": 16, "cpu": 64}
 SAMPLER = {"eps": ("ddim", 100), "edm": ("edm", 35)}
 SMOKE_SAMPLER = {"eps": ("ddim", 10), "edm": ("edm", 9)}
+
+
+#: the metric's characterisation (section "The metric" of page 00): the sample counts of the noise floor (the
+#: sweeps' 2,000 and 1,000 samples, and the held-out split's size, to set it beside the data floor), its seeds
+#: (the sweeps' evaluation seeds, so that the sweeps read these floors from the cache) and the draws of
+#: training digits compared with the held-out ones
+METRIC = {
+    "smoke": dict(n_samples=[24, 48], seeds=[0, 1], subset_draws=2),
+    "cpu": dict(n_samples=[297, 1000, 2000], seeds=[0, 1, 2], subset_draws=3),
+}
 
 
 def _check_profile(profile: str) -> None:
@@ -142,6 +155,9 @@ def run(
     finally:
         if tmp is not None:
             tmp.cleanup()
+    metric = metric_dataset(profile, ids, results_dir)
+    ds = ds.merge(metric)
+    ds.attrs.update(metric.attrs)  # merge keeps the first dataset's attributes only
     params = {"profile": profile, "retrain": int(bool(retrain)), "models": list(models)}
     ds.attrs.update(provenance(profile, params))
     for i, c in zip(ids, cards, strict=True):
@@ -225,3 +241,128 @@ def plot_samples(ds, ncols: int = 8):
         ax.set_title(str(model))
         ax.axis("off")
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The metric: its reference set, its data floor and the converged sampler's noise floor
+
+
+def metric_dataset(profile: str, names, results_dir):
+    """What page 00's section "The metric" shows, as a Dataset: ``noise_floor`` (model x n_samples x seed),
+    the FD of the reference samplers' samples (:func:`dode.companion.experiments.noise_floor`, cached under
+    ``results_dir`` so the sweeps reuse it; the models as the sweeps load them: the zoo's), ``data_floor``
+    (the held-out digits against the reference), ``train_subset_fd`` (as many training digits, a few random
+    draws) and the reference's and the classifier's facts as attributes."""
+    import xarray as xr
+
+    from dode.companion import experiments as ex
+    from dode.companion.protocols import FLOOR
+    from dode.metrics import FD
+    from dode.metrics import classifier as clf
+    from dode.zoo.data import load_digits
+
+    plan = METRIC[profile]
+    fd = FD()
+    floors, samplers = [], {}
+    for name in names:
+        den = ex.load_model(name)
+        values = ex.noise_floor(
+            den,
+            fd,
+            "fd",
+            floor=FLOOR[profile],
+            n_samples=plan["n_samples"],
+            seeds=plan["seeds"],
+            batch_size=max(plan["n_samples"]),
+            results_dir=results_dir,
+        )
+        floors.append(values.values)
+        samplers[name] = ex.sampler_description(*ex.reference_sampler(den, FLOOR[profile]))
+    held_out = load_digits("held_out").images
+    draws = range(plan["subset_draws"])
+    ds = xr.Dataset(
+        {
+            "noise_floor": (
+                ("model", "n_samples", "seed"),
+                np.stack(floors),
+                {"long_name": "FD of the reference sampler's first n evaluation samples of each seed"},
+            ),
+            "data_floor": ((), fd.data_floor(), {"long_name": "FD of the held-out digits"}),
+            "train_subset_fd": (
+                ("draw",),
+                np.array([fd.train_subset_fd(held_out.shape[0], seed=d) for d in draws]),
+                {"long_name": "FD of as many random training digits as there are held-out ones"},
+            ),
+        },
+        coords={
+            "model": list(names),
+            "n_samples": plan["n_samples"],
+            "seed": plan["seeds"],
+            "draw": list(draws),
+        },
+    )
+    card = clf.card()
+    ds["noise_floor"].attrs["samplers"] = json.dumps(samplers)
+    ds.attrs.update(
+        reference_n=str(fd.reference.n),
+        held_out_n=str(held_out.shape[0]),
+        classifier_feature_dim=str(card["feature_dim"]),
+        classifier_held_out_accuracy=str(card["held_out_accuracy"]),
+    )
+    return ds
+
+
+def _mean_std(values) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.2f}"
+
+
+def metric_text(ds) -> str:
+    """The section "The metric" of page 00 (Markdown), every number read from ``ds`` (:func:`metric_dataset`)."""
+    n_ref, n_held = int(ds.attrs["reference_n"]), int(ds.attrs["held_out_n"])
+    accuracy = float(ds.attrs["classifier_held_out_accuracy"])
+    samplers = json.loads(ds["noise_floor"].attrs["samplers"])
+    subset = ds["train_subset_fd"].values
+    seeds = ds.coords["seed"].values.tolist()
+    counts = ds.coords["n_samples"].values.tolist()
+    lines = [
+        f"**Reference set.** FD compares the features of generated digits with those of the {n_ref:,} "
+        "*training* digits (`data/fid_stats/digits-train.npz`), the split the diffusion models were trained on, "
+        f"as FID compares with a data set's training images. The {n_held:,} held-out digits are not part of it.",
+        "",
+        f"**Features.** The {ds.attrs['classifier_feature_dim']}-dimensional penultimate layer of a small digit "
+        f"classifier trained on the same training digits (held-out accuracy {accuracy:.1%}); FD is the Fréchet "
+        "distance between Gaussians fitted to the two sets of features.",
+        "",
+        f"**Data floor.** The {n_held:,} held-out digits, which neither the diffusion models nor the classifier "
+        f"saw, score FD {float(ds['data_floor']):.2f} against the reference; {n_held:,} digits drawn from the "
+        f"training set itself score {_mean_std(subset)} ({subset.size} draws). Part of any FD is the bias of "
+        "estimating a covariance from few samples, which shrinks as the sample count grows.",
+        "",
+        "**Converged sampler.** The FD that a converged sampler (each model's reference sampler) reaches on "
+        f"the first n evaluation samples of seeds {', '.join(map(str, seeds))}, the evaluation noise of the "
+        "sweeps; mean ± standard deviation over the seeds:",
+        "",
+        "| model | reference sampler | " + " | ".join(f"n = {n:,}" for n in counts) + " |",
+        "|---|---|" + "---|" * len(counts),
+    ]
+    for model in ds.coords["model"].values.tolist():
+        row = [_mean_std(ds["noise_floor"].sel({"model": model, "n_samples": n}).values) for n in counts]
+        lines.append(f"| {model} | {samplers[model]} | " + " | ".join(row) + " |")
+    spreads = {
+        n: float(ds["noise_floor"].sel({"n_samples": n}).std("seed", ddof=1).max()) if len(seeds) > 1 else 0.0
+        for n in counts
+    }
+    thresholds = ", ".join(f"{2 * np.sqrt(2) * s:.2f} at {n:,} samples" for n, s in spreads.items())
+    lines += [
+        "",
+        "**Reading a difference.** This floor, not zero, is what a perfect solver scores at a page's sample "
+        "count: every FD figure draws it as a band (mean ± standard deviation over seeds, at the page's own "
+        "count), and a cell inside the band is as good as the converged sampler there. Its spread over seeds "
+        "is the noise of the evaluation set itself: two values from independent evaluation sets differ by "
+        "noise alone unless they are more than about 2√2 times that spread apart "
+        f"({thresholds}; the larger spread of the models). Methods of one seed sample the same evaluation "
+        "noise, so their differences are paired and vary less; each page states them with their own spread "
+        "over seeds.",
+    ]
+    return "\n".join(lines)

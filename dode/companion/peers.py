@@ -337,7 +337,8 @@ def _runs(den: Denoiser, p: dict, nfe: int) -> bool:
 
 def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
     """Fill ``<results_dir>/<stem>.nc`` with ``<metric>``, ``network_evaluations``, ``fit_seconds`` and
-    ``sample_seconds`` over model x sampler x nfe (one seed). ``cfg``: ``models`` (dode.zoo names),
+    ``sample_seconds`` over model x sampler x nfe (one seed), and the noise floor ``<metric>_floor`` over
+    model x seed where ``cfg["floor"]`` is set (:func:`dode.companion.experiments.noise_floor`). ``cfg``: ``models`` (dode.zoo names),
     ``samplers`` and ``nfes`` (each a mapping model -> list, or one list for every model; sampler names: see
     the module docstring), ``joint_nfes`` (NFEs at which the joint fits run: they cost tens of greedy fits),
     ``seed``, ``K``, ``B``, ``n_samples``, ``batch_size``, ``device``. Every sampler draws the seed's
@@ -367,7 +368,8 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
                 make_scheduler(p["peer"], den)  # a peer of the wrong convention fails here, not mid-sweep
     samplers = list(dict.fromkeys(n for s, _ in plan.values() for n in s))
     nfes = sorted({n for _, ns in plan.values() for n in ns})
-    dims = {"model": list(models), "sampler": samplers, "nfe": nfes}
+    # seed: the coordinate of the noise floor (the cells themselves are of the one seed)
+    dims = {"model": list(models), "sampler": samplers, "nfe": nfes, "seed": [cfg["seed"]]}
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "seed")} | {"metric": metric_name}
     identities = {m: ex.identity(den, metric) for m, (den, _, metric) in loaded.items()}
     store = ex.open_store(results_dir, stem, dims, key, cfg, identities)
@@ -381,6 +383,15 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
         if p.get("method") == "d-ode-joint" and nfe not in cfg["joint_nfes"]:
             continue
         _run_cell(store, cell, den, metric, metric_name, p, cfg)
+    ex.sweep_floor(
+        store,
+        {m: (den, metric) for m, (den, _, metric) in loaded.items()},
+        metric_name,
+        cfg,
+        results_dir,
+        seeds=[cfg["seed"]],
+        device=cfg["device"],
+    )
     return store.path
 
 

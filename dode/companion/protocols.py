@@ -18,6 +18,7 @@ __all__ = [
     "DATA_MODELS",
     "RUN_ENVIRONMENT",
     "network_evaluations",
+    "FLOOR",
 ]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
@@ -35,9 +36,24 @@ _PAPER_PER_MODEL = {"adm-lsun-bedroom": {"B": 25, "batch_size": 100}, "adm-image
 #: dode.zoo.load (checkpoint path, clone of the authors' code), and the folder of the FID statistics
 RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 
-_SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu")
-_SWEEP_CPU = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu")
-_SWEEP_PAPER = dict(seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda")
+#: the noise floor's reference samplers (dode.companion.experiments.noise_floor): DDIM's steps on VP models,
+#: Heun's network evaluations on EDM models; {} = no floor. cpu: where more steps no longer move the FD beyond
+#: its spread over seeds. Measured 2026-12-03 (paired: same evaluation noise): on digits-eps, DDIM with 200
+#: steps scores 0.02 below 100 steps at 1,000 and 2,000 samples (seed 0), against a spread of 0.085 (std over
+#: seeds 0-2) at 1,000 samples, while 50 steps score 0.06 above 100 at 2,000; on digits-edm, Heun with 79
+#: evaluations scores 0.07-0.09 *above* EDM's usual 35 (seeds 0 and 1, both counts), more than the 35-step
+#: floor's spread of 0.05 at 1,000 samples, while 159 evaluations move it by 0.01 only. Page 00 computes
+#: these floors once (about 1.1M sample-evaluations), the sweeps read them from the cache. smoke: cheap, only to
+#: exercise the code; paper: off, each floor costs 50k samples x the sampler's NFE x seeds per model (book/gpu.md)
+FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 100, "edm": 79}, "paper": {}}
+
+_SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu", floor=FLOOR["smoke"])
+_SWEEP_CPU = dict(
+    seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu", floor=FLOOR["cpu"]
+)
+_SWEEP_PAPER = dict(
+    seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda", floor=FLOOR["paper"]
+)
 # the cpu curves of 02, 03 and 04: six NFEs, so that each panel is a curve (the sampling cost is
 # n_samples * sum(NFEs) per method and seed: 49 against 15 for the former [5, 10])
 _CURVE_NFES = [3, 4, 5, 7, 10, 20]
@@ -377,6 +393,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=48,
             batch_size=48,
             device="cpu",
+            floor=FLOOR["smoke"],
         ),
         "cpu": dict(
             models=["digits-eps", "digits-edm"],
@@ -389,6 +406,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=1000,
             batch_size=1000,
             device="cpu",
+            floor=FLOOR["cpu"],
         ),
         "paper": dict(
             models=["ddpm-cifar10", "edm-cifar10-uncond-vp"],
@@ -401,6 +419,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=50_000,
             batch_size=500,
             device="cuda",
+            floor=FLOOR["paper"],
         ),
     },
     # Tab. 1 / Fig. 8a: the cost of D-ODE fits against progressive distillation (dode.companion.timing). PD recipes:
@@ -417,6 +436,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=48,
             batch_size=48,
             device="cpu",
+            floor=FLOOR["smoke"],
             threads=1,  # tiny batches: thread-pool overhead dominates on a shared 2-core machine
             overhead=dict(n_samples=48, repeats=3),
             pd=dict(_PD_CPU, steps_start=4, iterations_per_halving=3, batch_size=16),
@@ -432,6 +452,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=2000,
             batch_size=2000,
             device="cpu",
+            floor=FLOOR["cpu"],
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
             # step 9x slower (7.7 s vs 0.83 s at batch 64), the threads waiting on each other
             threads=1,
@@ -451,6 +472,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             n_samples=50_000,
             batch_size=500,
             device="cuda",
+            floor=FLOOR["paper"],
             threads=0,
             overhead=dict(n_samples=500, repeats=9),
             pd=dict(
@@ -486,8 +508,9 @@ def network_evaluations(stem: str, profile: str) -> int:
     against one shared teacher run (``K * NFE`` evaluations) plus one student run (``NFE``) per variant. A
     joint fit (``d-ode-joint``, only at the sweep's ``joint_nfes``) re-runs the sampler on the fitting
     batch: counted as ``max_iter * (P + 1) + 2`` runs (``P`` = NFE lambdas, few rejected steps), an upper
-    bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). What a GPU box's run time
-    scales with."""
+    bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). Where the sweep's ``floor`` is
+    on, the noise floor's reference sampler samples ``n_samples`` of every seed once more (an upper bound too:
+    a floor another notebook computed is read from its cache). What a GPU box's run time scales with."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
@@ -496,8 +519,10 @@ def network_evaluations(stem: str, profile: str) -> int:
             f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
+    from dode import zoo
     from dode.companion.experiments import (
         JOINT_METHODS,
+        check_floor,
         method_nfes,
         model_settings,
         same_as_per_time,
@@ -508,9 +533,13 @@ def network_evaluations(stem: str, profile: str) -> int:
     from dode.solvers import make_plan
 
     nfes = cfg["nfes"]
+    floor = check_floor(cfg.get("floor"))
     total = 0
     for model in cfg["models"] if "models" in cfg else [cfg["model"]]:
         own = model_settings(cfg, model)
+        if floor:
+            reference = "edm" if zoo.available()[model]["schedule"].startswith("edm") else "ddim"
+            total += floor[reference] * own["n_samples"] * len(cfg["seeds"])
         for label in cfg["solvers"]:
             for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
                 methods = [

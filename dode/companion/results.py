@@ -257,6 +257,21 @@ class ResultStore:
         if not self._deferred:
             self.flush()
 
+    def describe(self, var: str, **attrs) -> None:
+        """Set attributes of ``var`` (strings or numbers: NetCDF holds no bools, None or dicts) and write the
+        file (inside :meth:`together`: with the block's puts)."""
+        if var not in self.ds:
+            raise KeyError(f"{var} is not in {self.path}; put a value before describing it")
+        bad = {k: v for k, v in attrs.items() if isinstance(v, bool) or not isinstance(v, str | int | float)}
+        if bad:
+            raise ValueError(f"attributes must be strings or numbers (NetCDF), got {bad}")
+        if all(self.ds[var].attrs.get(k) == v for k, v in attrs.items()):
+            return
+        self.ds[var].attrs.update(attrs)
+        self._unwritten = True
+        if not self._deferred:
+            self.flush()
+
     @contextlib.contextmanager
     def together(self):
         """Write every ``put`` of the block in one go at its end (nothing, if the block raises).
@@ -313,6 +328,9 @@ class StoreView:
 
     def put(self, var: str, value, extra_dims: dict[str, list] | None = None, **cell) -> None:
         self.store.put(var, value, extra_dims=extra_dims, **self.fixed, **cell)
+
+    def describe(self, var: str, **attrs) -> None:
+        self.store.describe(var, **attrs)
 
     def together(self):
         return self.store.together()

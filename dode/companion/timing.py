@@ -191,8 +191,9 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
     :data:`PD_KEYS`); ``pd_data`` (optional) is a ``.npy``/``.npz`` file of PD's training images
     (:func:`dode.zoo.progressive.load_training_images`; required for models other than the embedded ones, whose
     default is the digits' train split); ``pd_eval_steps`` (optional) lists the students whose samples are scored (default all:
-    the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples). Returns the
-    results file.
+    the ``paper`` recipe's 4096-step student is trained, and timed, but not worth 50k samples); ``floor``
+    (optional): the noise floor's reference samplers (:func:`dode.companion.experiments.sweep_floor`), stored
+    after everything timed. Returns the results file.
     """
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -321,6 +322,10 @@ def run_timing(stem: str, cfg: dict, results_dir: str | Path, progress: bool = T
             load_average_at_end=_load_average(), compute_seconds_last_run=f"{time.perf_counter() - wall:.1f}"
         )
         store.flush()
+    # after the timed cells and their bookkeeping: the floor (usually read from the cache) times nothing
+    ex.sweep_floor(
+        store, {den.name: (den, metric)}, metric_name, cfg, results_dir, seeds=cfg["seeds"], device=device
+    )
     return store.path
 
 

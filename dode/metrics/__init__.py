@@ -289,7 +289,8 @@ def _check_images(x: torch.Tensor, channels: int | None = None, size: int | None
 def write_digits_reference(
     classifier_path: str | Path | None = None, path: str | Path = DIGITS_REFERENCE_PATH
 ) -> Path:
-    """Compute and store the FD reference statistics (train split, classifier features) under ``data/``."""
+    """Compute and store the FD reference statistics (the 1,500 digits of the train split in the classifier's
+    features; not the held-out split) under ``data/``."""
     from dode.metrics import classifier as clf
 
     classifier_path = Path(classifier_path or clf.CLASSIFIER_PATH)
@@ -309,7 +310,9 @@ class FD:
     A sampler that reproduced the data distribution perfectly would score about the floor; a value well
     below it signals memorisation of training images. The floor is measured with 297 samples; FD's
     finite-sample bias shrinks with N, so samples evaluated with N > 297 can score somewhat below it
-    without memorising (compare :meth:`train_subset_fd`).
+    without memorising (compare :meth:`train_subset_fd`). What a sampler scores at a figure's own sample
+    count once converged is its *noise floor*, measured on the model's samples
+    (:func:`dode.companion.experiments.noise_floor`) and shown on page 00 ("The metric").
 
     Parameters
     ----------

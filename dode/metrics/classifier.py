@@ -12,8 +12,9 @@ The classifier is trained by :func:`train` with a fixed seed on the *train* spli
     python -m dode.metrics.classifier
 
 which writes ``data/models/digits-classifier.safetensors`` and its card ``digits-classifier.json``
-(accuracy, steps, seed, wall time, sha256, git commit). The FD reference statistics depend on these
-weights: rewrite them with ``python -m dode.metrics digits-reference``.
+(accuracy, steps, seed, wall time, sha256, git commit). The FD reference statistics (these features of the
+train split, :class:`dode.metrics.FD`) depend on these weights: rewrite them with
+``python -m dode.metrics digits-reference``.
 """
 
 from __future__ import annotations
