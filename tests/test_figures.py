@@ -347,6 +347,19 @@ def test_the_floor_band_spans_mean_plus_minus_std_over_seeds_of_its_model():
     plt.close(fig)
 
 
+def test_the_floor_caption_names_its_model_s_attributes_in_a_file_of_several_models():
+    """The peers file keeps one floor attribute per model as a JSON mapping: the caption gives the model's."""
+    fig, ax = plt.subplots()
+    ds = floor(sweep())
+    ds["fd_floor"].attrs.update(
+        description='{"digits-eps": "FD of DDIM with 100 steps", "digits-edm": "FD of Heun with 79 evaluations"}',
+        n_samples='{"digits-eps": 2000, "digits-edm": 1000}',
+    )
+    text = plots.floor_band(ax, ds, "fd", model="digits-edm")
+    assert "FD of Heun with 79 evaluations, 1000 samples" in text and "{" not in text
+    plt.close(fig)
+
+
 def test_lambda_outliers_are_clipped_and_stated(drawn):
     fig = drawn["lambdas_figure"]
     ax = fig.axes[0]  # D-DDIM on digits-eps holds the runaway fit

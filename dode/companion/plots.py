@@ -6,6 +6,7 @@ and also a keyword of xarray's ``sel``.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -134,9 +135,9 @@ def caption(fig, text: str) -> None:
 
 def floor_band(ax, ds, var: str, model=None):
     """The noise floor of ``var`` as a light grey band, mean ± std over seeds, when the results file has
-    ``f"{var}_floor"`` (dims ``(seed,)`` or ``(model, seed)``; the FD between two sample sets that differ only
-    by chance at the figure's sample size, so a difference inside the band is not a difference). Returns the
-    caption text that names it, or ``""`` (nothing drawn) when the file has no floor."""
+    ``f"{var}_floor"`` (dims ``(seed,)`` or ``(model, seed)``): what a converged sampler of the same network
+    scores at the figure's sample size, on the same evaluation noise, so no sampler can be expected below it.
+    Returns the caption text that names it, or ``""`` (nothing drawn) when the file has no floor."""
     name = f"{var}_floor"
     if name not in ds:
         return ""
@@ -156,13 +157,19 @@ def floor_band(ax, ds, var: str, model=None):
         low = mean / 2  # a band reaching zero cannot be drawn on a log axis
     ax.axhspan(low, mean + std, color="0.82", alpha=0.7, zorder=0, linewidth=0, label="noise floor")
     ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
-    what = da.attrs.get("description", "")
-    n = da.attrs.get("n_samples", "")
+    what, n = (_attr_of(da.attrs.get(key, ""), model) for key in ("description", "n_samples"))
     return (
         f"Grey band: noise floor of {var.upper()}, {mean:.2f} ± {std:.2f} over {values.size} seed(s)"
         + (f" ({what}" + (f", {n} samples" if n != "" else "") + ")" if what else "")
         + "."
     )
+
+
+def _attr_of(value, model):
+    """A floor attribute for one model: a file of several models keeps a JSON mapping model -> value."""
+    if isinstance(value, str) and value.startswith("{"):
+        return json.loads(value).get(model, "")
+    return value
 
 
 def _label_gaps(positions, min_gap: float) -> list[int]:
