@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from dode.companion.labels import count
 from dode.solvers import Plan, make_plan
 
 __all__ = [
@@ -321,7 +322,7 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
         base, d = _mean(_values(ds, label, p["nfe"], "base")), _mean(_values(ds, label, p["nfe"], "d-ode"))
         reach = "–" if not math.isfinite(p["reach"]) else f"{p['reach']:.1f}×"
         lines.append(
-            f"| {p['nfe']} | {p['pattern']} | order {p['outputs']} over {p['intervals']} interval(s) "
+            f"| {p['nfe']} | {p['pattern']} | order {p['outputs']} over {count(p['intervals'], 'interval')} "
             f"| {_fmt_weights(p['weights'])} | {reach} | {_pct(p['sigma_share'])} | {base:.2f} | {d:.2f} |"
             + (f" {_cell(_mean(_values(ds, label, p['nfe'], 'd-ode-joint')))} |" if joint else "")
         )
@@ -335,7 +336,7 @@ def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=No
             + "), that step estimates its correction from the output at its intermediate stage and "
             "extrapolates it over the whole step: "
             + "; ".join(
-                f"at NFE {p['nfe']} it spans {p['intervals']} grid interval(s), covers {_pct(p['sigma_share'])} "
+                f"at NFE {p['nfe']} it spans {count(p['intervals'], 'grid interval')}, covers {_pct(p['sigma_share'])} "
                 "of the fall of σ and extrapolates "
                 f"{p['reach']:.1f}× beyond the logSNR span of its two outputs, with weights "
                 f"{_fmt_weights(p['weights'])} (base {var} {base:.2f}, D-solver {d:.2f})"

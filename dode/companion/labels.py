@@ -1,6 +1,6 @@
 """What figures and tables call solvers and methods: the paper's names (DDIM, D-DDIM, D-DDIM-Sep, ...)."""
 
-__all__ = ["SOLVER_NAMES", "method_label"]
+__all__ = ["SOLVER_NAMES", "count", "method_label"]
 
 #: solver label of the sweeps (``experiments.SOLVER_LABELS``) -> the name the paper gives it
 SOLVER_NAMES = {
@@ -30,3 +30,8 @@ def method_label(solver: str, method: str) -> str:
         "fixed": f"Fixed-D-{name}",
         "lookahead": f"LA-{name}",
     }.get(method, f"{name} ({method})")
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``count(2, "seed")`` -> ``"2 seeds"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from dode.companion.labels import SOLVER_NAMES, method_label
+from dode.companion.labels import SOLVER_NAMES, count, method_label
 
 __all__ = [
     "style",
@@ -159,7 +159,7 @@ def floor_band(ax, ds, var: str, model=None):
     ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
     what, n = (_attr_of(da.attrs.get(key, ""), model) for key in ("description", "n_samples"))
     return (
-        f"Grey band: noise floor of {var.upper()}, {mean:.2f} ± {std:.2f} over {values.size} seed(s)"
+        f"Grey band: noise floor of {var.upper()}, {mean:.2f} ± {std:.2f} over {count(values.size, 'seed')}"
         + (f" ({what}" + (f", {n} samples" if n != "" else "") + ")" if what else "")
         + "."
     )

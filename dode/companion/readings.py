@@ -29,7 +29,7 @@ from dode.companion.claims import (
     paper_teacher,
     side,
 )
-from dode.companion.labels import SOLVER_NAMES, method_label
+from dode.companion.labels import SOLVER_NAMES, count, method_label
 
 __all__ = [
     "sweep_reading",
@@ -365,7 +365,7 @@ def timing_reading(ds) -> str:
         iterations = ds["train_iterations"].sum() if "train_iterations" in ds else None
         if per_halving.notnull().any():
             lines.append(
-                f"- Progressive distillation: {int(per_halving.notnull().sum())} halving(s)"
+                f"- Progressive distillation: {count(int(per_halving.notnull().sum()), 'halving')}"
                 + (f", {int(iterations)} training iterations" if iterations is not None else "")
                 + f" and {float(per_halving.sum()):.0f} s of training in all on this machine."
             )
@@ -421,7 +421,7 @@ def testbed_reading(ds) -> str:
         )
         if worse:
             lines.append(
-                f"- The greedy fit makes the base solver worse in {len(worse)} cell(s): {'; '.join(worse)}; the "
+                f"- The greedy fit makes the base solver worse in {count(len(worse), 'cell')}: {'; '.join(worse)}; the "
                 f"joint fit beats the base solver in {sum(repaired)} of them."
             )
         else:
