@@ -126,11 +126,11 @@ def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
         }
     )
     text = anomalies.explain_dpm_solver_pattern(ds, VP)
-    assert "| 5 | [3, 2] | order 2 over 2 interval(s) |" in text
+    assert "| 5 | [3, 2] | order 2 over 2 intervals |" in text
     assert "Where the composition ends with a second-order step (NFE 5)" in text
-    assert "at NFE 5 it spans 2 grid interval(s)" in text
+    assert "at NFE 5 it spans 2 grid intervals" in text
     assert "base FD 42.00, D-solver 141.00" in text
-    assert "| 4 | [3, 1] | order 1 over 1 interval(s) |" in text
+    assert "| 4 | [3, 1] | order 1 over 1 interval |" in text
     assert "The greedy D-solver is worse than its base DPM-Solver-3 at NFE 5 of this run" in text
 
 
