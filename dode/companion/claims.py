@@ -35,6 +35,7 @@ __all__ = [
     "FINDING_CHECKS",
     "metric_name",
     "page_verdicts",
+    "verdict_table",
     "page_reads",
     "grade_cells",
     "name_cells",
@@ -875,6 +876,46 @@ def page_reads(stem: str) -> tuple[str, ...]:
         if stem in stems:
             reads += stems[: stems.index(stem)]
     return tuple(dict.fromkeys(reads))
+
+
+def verdict_table(page):
+    """The reproduction page's table, as HTML: claim, the paper's figure or table and number, ours (the
+    evidence's first line), the verdict (coloured by the book's CSS, ``verdict-<verdict>``), and the evidence:
+    the full text behind a click and links to the notebooks it comes from (:data:`EVIDENCE`).
+
+    ``page``: the dataset of ``11_reproduction.nc`` (``statement``, ``verdict``, ``evidence`` per claim)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    from dode.companion.paper import CLAIM_SOURCES
+
+    rows = []
+    for claim in page.coords["claim"].values.tolist():
+        row = page.sel(claim=claim)
+        verdict = str(row["verdict"].values)
+        lines = str(row["evidence"].values).splitlines() or [""]
+        # the findings beyond the paper (claims.FINDINGS) have no figure or number of the paper's
+        where, number = CLAIM_SOURCES.get(claim, ("beyond the paper", "—"))
+        links = ", ".join(f'<a href="{stem}.html">{escape(stem[:2])}</a>' for stem in EVIDENCE[claim])
+        details = "<br>".join(escape(line) for line in lines)
+        rows.append(
+            "<tr>"
+            f'<td style="text-align:left;white-space:normal">{escape(str(row["statement"].values))}</td>'
+            f"<td>{escape(where)}</td>"
+            f'<td style="text-align:left;white-space:normal">{escape(number)}</td>'
+            f'<td style="text-align:left;white-space:normal">{escape(lines[0])}</td>'
+            f'<td class="verdict-{verdict.replace(" ", "-")}">{escape(verdict)}</td>'
+            f'<td style="text-align:left;white-space:normal">notebooks {links}'
+            f"<details><summary>evidence</summary><small>{details}</small></details></td>"
+            "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("claim", "paper", "paper's number", "ours", "verdict", "evidence")
+    )
+    return HTML(
+        f'<table class="dataframe verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def page_verdicts(path: str | Path) -> str:

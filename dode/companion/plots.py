@@ -14,6 +14,7 @@ import numpy as np
 from dode.companion.labels import SOLVER_NAMES, count, method_label
 
 __all__ = [
+    "trim_padding",
     "style",
     "panel_grid",
     "caption",
@@ -44,7 +45,6 @@ __all__ = [
     "sample_grids",
     "trajectory_finals",
     "sample_distance_table",
-    "verdict_table",
     "summary_figure",
     "paired_gains",
     "paper_comparison",
@@ -936,7 +936,7 @@ def distance_table(ds):
     return pd.DataFrame(rows)
 
 
-def _trim_padding(x) -> np.ndarray:
+def trim_padding(x) -> np.ndarray:
     """Drop the NaN padding a results file adds where arrays of different sizes share a dimension."""
     x = np.asarray(x, dtype=np.float64)
     finite = np.isfinite(x)
@@ -955,14 +955,14 @@ def sample_distance_table(ds):
     rows = []
     for panel in ds.coords["panel"].values.tolist():
         model, solver = panel.rsplit("/", 1)
-        ref = _trim_padding(ds["reference"].sel({"model": model}).values)
+        ref = trim_padding(ds["reference"].sel({"model": model}).values)
         for nfe in ds.coords["nfe"].values.tolist():
             row = {"model": model, "solver": SOLVER_NAMES.get(solver, solver), "NFE": nfe}
             for method in ds.coords["method"].values.tolist():
                 x = ds["samples"].sel({"panel": panel, "method": method, "nfe": nfe}).values
                 if not np.isfinite(x).any():
                     continue
-                d = np.linalg.norm((_trim_padding(x) - ref).reshape(len(ref), -1), axis=1)
+                d = np.linalg.norm((trim_padding(x) - ref).reshape(len(ref), -1), axis=1)
                 row["base" if method == "base" else "D"] = f"{d.mean():.3f} ± {d.std(ddof=1):.3f}"
             if len(row) > 3:
                 rows.append(row)
@@ -1014,12 +1014,12 @@ def sample_grids(ds, panel: str, n_show: int = 4):
     rows = []
     ref = None
     if "reference" in ds and np.isfinite(ds["reference"].sel({"model": model})).any():
-        ref = _trim_padding(ds["reference"].sel({"model": model}).values)[:n_show]
+        ref = trim_padding(ds["reference"].sel({"model": model}).values)[:n_show]
         steps = json.loads(ds.attrs["comparability_key"])["reference_steps"]
         rows.append((f"DDIM\n{steps} steps\n(reference)", ref))
     for nfe in nfes:
         for method in ds.coords["method"].values.tolist():
-            images = _trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show]
+            images = trim_padding(da.sel({"method": method, "nfe": nfe}).values)[:n_show]
             rows.append((f"{method_label(solver, method)}\nNFE {nfe}", images))
     pretty = SOLVER_NAMES.get(solver, solver)
     return _closeups(rows, ref, f"{model}: {pretty} vs D-{pretty}")
@@ -1029,9 +1029,9 @@ def trajectory_finals(ds, solver: str, nfe: int, methods, n_show: int = 4):
     """Where the trajectories of notebook 05 end: the first ``n_show`` samples of the reference run and of
     each method, large, with each image's L2 distance to the reference's and the tracked pixels outlined
     (the pixel plots follow those pixels of the first sample)."""
-    rows = [(_reference_label(ds).replace(" (", "\n("), _trim_padding(ds["reference_final"].values)[:n_show])]
+    rows = [(_reference_label(ds).replace(" (", "\n("), trim_padding(ds["reference_final"].values)[:n_show])]
     for method in methods:
-        images = _trim_padding(ds["final"].sel({"solver": solver, "nfe": nfe, "method": method}).values)
+        images = trim_padding(ds["final"].sel({"solver": solver, "nfe": nfe, "method": method}).values)
         rows.append((_traj_label(solver, method, nfe), images[:n_show]))
     pixels = np.asarray(ds["pixel_position"].values, dtype=int)
     return _closeups(
@@ -1239,47 +1239,6 @@ def paired_difference(ds, var: str, method: str, reference: str, **selection) ->
 
 # ---------------------------------------------------------------------------------------------------------
 # The reproduction page (notebook 11)
-
-
-def verdict_table(page):
-    """The reproduction page's table, as HTML: claim, the paper's figure or table and number, ours (the
-    evidence's first line), the verdict (coloured by the book's CSS, ``verdict-<verdict>``), and the evidence:
-    the full text behind a click and links to the notebooks it comes from (``claims.EVIDENCE``).
-
-    ``page``: the dataset of ``11_reproduction.nc`` (``statement``, ``verdict``, ``evidence`` per claim)."""
-    from html import escape
-
-    from IPython.display import HTML
-
-    from dode.companion.claims import EVIDENCE
-    from dode.companion.paper import CLAIM_SOURCES
-
-    rows = []
-    for claim in page.coords["claim"].values.tolist():
-        row = page.sel(claim=claim)
-        verdict = str(row["verdict"].values)
-        lines = str(row["evidence"].values).splitlines() or [""]
-        # the findings beyond the paper (claims.FINDINGS) have no figure or number of the paper's
-        where, number = CLAIM_SOURCES.get(claim, ("beyond the paper", "—"))
-        links = ", ".join(f'<a href="{stem}.html">{escape(stem[:2])}</a>' for stem in EVIDENCE[claim])
-        details = "<br>".join(escape(line) for line in lines)
-        rows.append(
-            "<tr>"
-            f'<td style="text-align:left;white-space:normal">{escape(str(row["statement"].values))}</td>'
-            f"<td>{escape(where)}</td>"
-            f'<td style="text-align:left;white-space:normal">{escape(number)}</td>'
-            f'<td style="text-align:left;white-space:normal">{escape(lines[0])}</td>'
-            f'<td class="verdict-{verdict.replace(" ", "-")}">{escape(verdict)}</td>'
-            f'<td style="text-align:left;white-space:normal">notebooks {links}'
-            f"<details><summary>evidence</summary><small>{details}</small></details></td>"
-            "</tr>"
-        )
-    head = "".join(
-        f"<th>{h}</th>" for h in ("claim", "paper", "paper's number", "ours", "verdict", "evidence")
-    )
-    return HTML(
-        f'<table class="dataframe verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    )
 
 
 #: the sweeps of the summary figure, in reading order: noise prediction (02, 04), data prediction (03)

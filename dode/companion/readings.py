@@ -228,14 +228,14 @@ def trajectories_reading(ds) -> str:
 def samples_reading(ds) -> str:
     """Page 06: per panel and NFE, whether the D-solver's images are closer to the long DDIM run from the
     same noise than the base solver's (the table's distances)."""
-    from dode.companion.plots import _trim_padding
+    from dode.companion.plots import trim_padding
 
     if "reference" not in ds:
         return "The results file holds no reference run: no distances to read."
     lines = []
     for panel in ds.coords["panel"].values.tolist():
         model, solver = panel.rsplit("/", 1)
-        ref = _trim_padding(ds["reference"].sel({"model": model}).values)
+        ref = trim_padding(ds["reference"].sel({"model": model}).values)
         cells = []
         for nfe in ds.coords["nfe"].values.tolist():
             d = {}
@@ -245,7 +245,7 @@ def samples_reading(ds) -> str:
                 x = ds["samples"].sel({"panel": panel, "method": method, "nfe": nfe}).values
                 if np.isfinite(x).any():
                     d[method] = float(
-                        np.linalg.norm((_trim_padding(x) - ref).reshape(len(ref), -1), axis=1).mean()
+                        np.linalg.norm((trim_padding(x) - ref).reshape(len(ref), -1), axis=1).mean()
                     )
             if len(d) == 2:
                 word = "closer" if d["d-ode"] < d["base"] else "farther"
