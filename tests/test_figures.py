@@ -484,3 +484,17 @@ def test_direct_labels_stay_inside_their_panel_even_at_a_single_nfe():
         for text in ax.texts:
             assert text.get_window_extent(renderer).x1 <= box.x1 + 1, (ax.get_title(), text.get_text())
     plt.close(fig)
+
+
+def test_curves_over_a_range_of_nfes_keep_at_least_half_of_each_peers_panel():
+    """Long direct labels may run past a panel's edge, but never stretch the log NFE axis so far that the
+    curves shrink into a sliver (the cpu page 13 once had its x axis widened to 10^10)."""
+    plots.style()
+    results = peers_results()
+    nfes = results.coords["nfe"].values
+    fig = peers.peers_figure(peers.model_results(results, "digits-eps"), "fd")
+    for ax in fig.axes:
+        x0, x1 = ax.get_xlim()
+        share = (np.log10(nfes.max()) - np.log10(x0)) / (np.log10(x1) - np.log10(x0))
+        assert share >= 0.49 - 1e-9, (ax.get_title(), x0, x1)  # half the panel, less its 1 % edge
+    plt.close(fig)

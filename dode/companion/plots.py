@@ -293,12 +293,16 @@ def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
     axes_px = ax.get_window_extent(renderer).width
     x0, x1 = ax.get_xlim()
     right = x1
+    span = max(e[1] for e in ends) / x0 if log_x else 1 + (max(e[1] for e in ends) - x0) / (x1 - x0)
     for t, (_, x, *_rest) in zip(texts, ends, strict=True):
         # the label's width plus its offset, as a fraction of the panel; its line end must sit left of 1 - w
         w = (t.get_window_extent(renderer).width + 8 * fig.dpi / 72) / axes_px
         f = frac(x, x0, x1, log_x)
         if f + w > 0.99:
-            w = min(w, 0.9)  # a label wider than the panel: the line end at its left edge
+            # curves over a range of NFEs keep at least half the panel, a longer label runs past its right
+            # edge (a cap near 1 would stretch a log axis over many decades and squeeze every curve); the
+            # points of a single NFE leave the labels nine tenths of it
+            w = min(w, 0.9 if span < 1.5 else 0.5)
             if log_x:
                 right = max(right, 10 ** (np.log10(x0) + (np.log10(x) - np.log10(x0)) / (0.99 - w)))
             else:
