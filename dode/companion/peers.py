@@ -535,7 +535,9 @@ def peers_figure(ds, metric: str, title: str | None = None):
     for ax in axes:
         ax.set_xlim(nfes.min() / 1.15, nfes.max() * 1.15)
     right = max(
-        plots.direct_labels(ax, lines[panel], log_x=True, log_y=True)
+        # curves over several NFEs keep half of each panel; the points of a single NFE leave the labels
+        # nine tenths of it
+        plots.direct_labels(ax, lines[panel], log_x=True, log_y=True, keep=0.5 if len(nfes) > 1 else 0.1)
         for ax, (panel, _, _) in zip(axes, panels, strict=True)
     )
     for ax in axes:  # one x range for all the panels, wide enough for every panel's labels

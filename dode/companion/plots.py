@@ -250,11 +250,17 @@ def integer_axis(ax, axis: str = "x") -> None:
     getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, nbins=6, min_n_ticks=1))
 
 
-def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
+def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False, keep: float = 0.5) -> float:
     """Label each ``(x, y, text, color, bold)`` line at its last point ``(x, y)``, right of it, in the line's
     colour, moved apart vertically so that no label overlaps another (instead of a legend). The x range is
-    widened on the right until the longest label fits inside the panel; returns the new right limit (for
-    panels that share their x range)."""
+    widened on the right until the longest label fits inside the panel, but the curves keep at least the
+    share ``keep`` of the panel's width (a longer label runs past its right edge: on a log axis, fitting it
+    could stretch the range over many decades and squeeze every curve into a sliver). Returns the new right
+    limit (for panels that share their x range)."""
+    if not 0 < keep < 1:
+        raise ValueError(
+            f"keep must lie strictly between 0 and 1 (the curves' share of the panel), got {keep}"
+        )
     if not lines:
         return ax.get_xlim()[1]
     fig = ax.figure
@@ -293,16 +299,12 @@ def direct_labels(ax, lines, log_x: bool = False, log_y: bool = False) -> float:
     axes_px = ax.get_window_extent(renderer).width
     x0, x1 = ax.get_xlim()
     right = x1
-    span = max(e[1] for e in ends) / x0 if log_x else 1 + (max(e[1] for e in ends) - x0) / (x1 - x0)
     for t, (_, x, *_rest) in zip(texts, ends, strict=True):
         # the label's width plus its offset, as a fraction of the panel; its line end must sit left of 1 - w
         w = (t.get_window_extent(renderer).width + 8 * fig.dpi / 72) / axes_px
         f = frac(x, x0, x1, log_x)
         if f + w > 0.99:
-            # curves over a range of NFEs keep at least half the panel, a longer label runs past its right
-            # edge (a cap near 1 would stretch a log axis over many decades and squeeze every curve); the
-            # points of a single NFE leave the labels nine tenths of it
-            w = min(w, 0.9 if span < 1.5 else 0.5)
+            w = min(w, 1 - keep)
             if log_x:
                 right = max(right, 10 ** (np.log10(x0) + (np.log10(x) - np.log10(x0)) / (0.99 - w)))
             else:
