@@ -2,10 +2,11 @@
 
 A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.companion.experiments.settings` fills them from
 the table below, and any value given to papermill overrides it. The ``cpu`` column is sized so that the
-whole book runs in about half an hour on two CPU cores (the embedded nets cost about 0.3 ms per sample and
-network evaluation there): the FID-against-NFE sweeps (02, 03, 04) keep 3 seeds and five NFEs from 3 to 10,
-so that each panel is a curve, at 2,000 evaluation samples per cell as the other sweeps (at one or a few
-NFEs). ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
+whole book runs in about half an hour on the slower of the project's two-core build machines, where one
+evaluation of an embedded net costs about 0.75 ms per sample on one thread (``benchmarks/throughput.py``):
+the FID-against-NFE sweeps (02, 03, 04) keep 3 seeds and five NFEs from 3 to 10, so that each panel is a
+curve, at 1,000 evaluation samples per cell as the other sweeps (at one or a few NFEs); page 00's noise
+floor at that count says how small a difference the metric resolves there. ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 #: seeds 0-2) at 1,000 samples, while 50 steps score 0.06 above 100 at 2,000; on digits-edm, Heun with 79
 #: evaluations scores 0.07-0.09 *above* EDM's usual 35 (seeds 0 and 1, both counts), more than the 35-step
 #: floor's spread of 0.05 at 1,000 samples, while 159 evaluations move it by 0.01 only. Page 00 computes
-#: these floors once (about 1.1M sample-evaluations), the sweeps read them from the cache. smoke: cheap, only to
+#: these floors once (at the sweeps' 1,000 samples, 3 seeds), the sweeps read them from the cache. smoke: cheap, only to
 #: exercise the code; paper: off, each floor costs 50k samples x the sampler's NFE x seeds per model (book/gpu.md)
 FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 100, "edm": 79}, "paper": {}}
 
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu", floor=FLOOR["smoke"])
 _SWEEP_CPU = dict(
-    seeds=[0, 1, 2], K=10, B=100, n_samples=2000, batch_size=2000, device="cpu", floor=FLOOR["cpu"]
+    seeds=[0, 1, 2], K=10, B=100, n_samples=1000, batch_size=1000, device="cpu", floor=FLOOR["cpu"]
 )
 _SWEEP_PAPER = dict(
     seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda", floor=FLOOR["paper"]
@@ -149,7 +150,7 @@ _EDM_SAMPLERS_PAPER = [
     *[f"dode:{s}:{g}:{m}" for s in _EDM_DODE for g in ("edm", "logsnr_uniform") for m in ("base", "d-ode")],
     *[f"dode:{s}:edm:d-ode-joint" for s in _EDM_DODE],
 ]
-_EDM_NFES_CPU = [3, 5, 7, 9, 13, 19]
+_EDM_NFES_CPU = [3, 5, 9, 13]
 
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
@@ -163,10 +164,10 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             NOISE_SOLVERS + LOF_SOLVERS,
             # the lower-order-final variants where their last steps differ from the full-order ones and the
             # full-order last step costs most: small NFEs (from 15 steps on the two are the same solver; at
-            # NFE 2 both are DDIM). cpu: NFE 3-7, about 175 s of the notebook (2 loaded cores)
+            # NFE 2 both are DDIM). cpu: NFE 3-5, where the full-order last step's spikes are
             {
                 "smoke": _by_solver([3, 5], [3, 5]),
-                "cpu": _by_solver(_CURVE_NFES, [3, 4, 5, 7]),
+                "cpu": _by_solver(_CURVE_NFES, [3, 4, 5]),
                 "paper": _by_solver([2, 5, 10, 15, 20, 25, 50], [5, 10]),
             },
             methods=("base", "d-ode", "d-ode-joint"),
@@ -175,14 +176,13 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
         # the joint fit (dode.joint) beside the greedy one, the four solvers (not their lower-order-final
         # variants) and all seeds, at the NFEs it is affordable at: 3-9 Levenberg-Marquardt iterations of
-        # NFE + 1 sampling runs of the fitting batch each, against one run for the greedy fit. cpu: NFE 3-5;
-        # at NFE 3-10 the 60 joint fits took 344 s (teacher included) and their sampling 137 s, the 12 at
-        # NFE 10 14-17 s each: NFE 7 and 10 were cut to pay for the lower-order-final cells. Not NFE 20,
-        # where each fit would cost about as much as all four at NFE 10. smoke: NFE 3 only, so that the
+        # NFE + 1 sampling runs of the fitting batch each, against one run for the greedy fit. cpu: NFE 3
+        # and 5 (a fit costs tens of greedy fits, and its cost grows with the square of the NFE; not NFE 20,
+        # where each fit would cost about as much as all four at NFE 10). smoke: NFE 3 only, so that the
         # smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about 70-110 runs
         # of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of the
         # 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
-        {"smoke": _by_solver([3], []), "cpu": _by_solver([3, 4, 5], []), "paper": _by_solver([2, 5, 10], [])},
+        {"smoke": _by_solver([3], []), "cpu": _by_solver([3, 5], []), "paper": _by_solver([2, 5, 10], [])},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -365,8 +365,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     },
     # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
     # (dode.companion.peers), on a noise-prediction and a data-prediction (EDM) model. cpu: one seed, 1,000
-    # samples, NFE 3 to 20 (odd on the EDM model, where Heun makes 2N - 1 evaluations), the joint fits at NFE
-    # 5 only (they cost tens of greedy fits)
+    # samples, NFE 3 to 12 or 13 (odd on the EDM model, where Heun makes 2N - 1 evaluations: from there on
+    # the samplers sit on the noise floor), the joint fits at NFE 5 only (they cost tens of greedy fits)
     "13_peers": {
         "smoke": dict(
             models=["digits-eps-mini", "digits-edm-mini"],
@@ -399,7 +399,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         "cpu": dict(
             models=["digits-eps", "digits-edm"],
             samplers={"digits-eps": _VP_SAMPLERS_CPU, "digits-edm": _EDM_SAMPLERS_CPU},
-            nfes={"digits-eps": [3, 5, 8, 10, 12, 20], "digits-edm": _EDM_NFES_CPU},
+            nfes={"digits-eps": [3, 5, 8, 12], "digits-edm": _EDM_NFES_CPU},
             joint_nfes=[5],
             seed=0,
             K=10,
@@ -450,8 +450,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             seeds=[0],
             K=10,
             B=100,
-            n_samples=2000,
-            batch_size=2000,
+            n_samples=1000,
+            batch_size=1000,
             device="cpu",
             floor=FLOOR["cpu"],
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
