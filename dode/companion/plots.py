@@ -31,6 +31,7 @@ __all__ = [
     "show_images",
     "sweep_table",
     "paired_gain",
+    "no_cells_note",
     "plot_lambdas",
     "lambdas_figure",
     "lambda_limits",
@@ -535,14 +536,25 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
-def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=()):
+def sweep_table(
+    ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=(), paper_model: str | None = None
+):
     """Rows ([model,] solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``.
 
     ``paper``: the paper's numbers, ``(solver, method) -> values at paper_nfes`` (``dode.companion.paper``),
-    shown in a last column beside ours for the rows that have them (the paper's CIFAR-10 numbers: with a
-    model dimension they sit beside every model's rows)."""
+    shown in a last column beside ours for the rows that have them, of the model ``paper_model`` only (the
+    one they were measured on, ``dode.companion.paper.SWEEP_MODEL``): no column where the file has no such
+    model, an empty cell beside another model's rows."""
     if "model" in ds.dims:
-        return _stack_models(ds, lambda part: sweep_table(part, var, digits, paper, paper_nfes))
+        import pandas as pd
+
+        parts = {
+            model: sweep_table(part, var, digits, paper if model == paper_model else None, paper_nfes)
+            for model, part in _by_model(ds)
+        }
+        return pd.concat(parts, names=["model"]).fillna("")
+    if paper_model is not None and ds.attrs.get("model") != paper_model:
+        paper = None
     import pandas as pd
 
     frames = []
@@ -561,6 +573,19 @@ def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_
         for n in out.columns
     ]
     return out
+
+
+def no_cells_note(ds, var: str, method: str) -> str | None:
+    """What a page shows instead of a table of ``method`` when the results file holds no value of it (its
+    run's ``methods`` leave it out, or it runs at none of the run's NFEs, as a joint fit outside
+    ``joint_nfes``); None when it holds some."""
+    methods = ds.coords["method"].values.tolist() if "method" in ds.coords else []
+    if method in methods and bool(ds[var].sel({"method": method}).notnull().any()):
+        return None
+    return (
+        f"This run has no results of {METHOD_WORDS.get(method, method)} (`{method}`): its `methods` leave it "
+        "out, or it runs at none of the run's NFEs."
+    )
 
 
 def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits: int = 2):
