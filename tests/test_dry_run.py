@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,6 +214,16 @@ def _book_layout(repo: Path) -> None:
     (repo / ".cache").symlink_to(REPO / ".cache")
 
 
+def _documented_dry_run() -> str:
+    """The dry run's command line as book/gpu.md gives it to a GPU box's user (the first one it shows)."""
+    text = (REPO / "book" / "gpu.md").read_text()
+    lines = [
+        ln.split("  #")[0].strip() for ln in text.splitlines() if ln.startswith("python -m dode.dry_run")
+    ]
+    assert lines, "book/gpu.md shows no `python -m dode.dry_run` command"
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_the_dry_run_runs_every_notebook_on_paper_format_checkpoints_and_builds_the_book(tmp_path):
     repo = tmp_path / "repo"
@@ -220,7 +231,8 @@ def test_the_dry_run_runs_every_notebook_on_paper_format_checkpoints_and_builds_
     _book_layout(repo)
     params = _paper_files(tmp_path / "files")
     (repo / "paper.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dry.yaml").write_text(yaml.safe_dump({**STOCK, "leave_out": LEFT_OUT}))
+    # the stock scale, with the models whose miniatures are not written left out
+    (repo / "notebooks" / "dry_run.yaml").write_text(yaml.safe_dump({**STOCK, "leave_out": LEFT_OUT}))
     # a partial file of the full run, and one of an earlier dry run of another scale: neither may block
     full = repo / "data" / "results" / "paper" / "02_noise_prediction.nc"
     earlier = repo / "data" / "results" / "paper-dry" / "02_noise_prediction.nc"
@@ -234,7 +246,8 @@ def test_the_dry_run_runs_every_notebook_on_paper_format_checkpoints_and_builds_
         "TORCH_HOME": str(tmp_path / "files" / "torch_home"),
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "dode.dry_run", "--params", "paper.yaml", "--scale", "dry.yaml"]
+    command = shlex.split(_documented_dry_run())
+    command = [sys.executable, *command[1:]]
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-4000:]}"
     assert "book: built" in done.stdout

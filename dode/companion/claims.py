@@ -818,7 +818,14 @@ def joint_verdict_table(ds, metric: str):
 
     rows = joint_verdicts(ds)
     index = [*(["model"] if "model" in ds.dims else []), "solver", "NFE"]
-    columns = [f"base {metric.upper()}", "greedy", "joint", "greedy vs base", "joint vs base", "verdict changes"]
+    columns = [
+        f"base {metric.upper()}",
+        "greedy",
+        "joint",
+        "greedy vs base",
+        "joint vs base",
+        "verdict changes",
+    ]
     table = pd.DataFrame(
         [
             {
