@@ -330,13 +330,13 @@ def ablation_reading(ds) -> str:
 
 def lookahead_reading(ds) -> str:
     """Page 09: D-DDIM against Fixed-D-DDIM and LA-DDIM, each at the best constant of its grid."""
-    from dode.companion.plots import best_constant
+    from dode.companion.plots import best_constant, present
 
     var = metric_name(ds)
     reduced, best = best_constant(ds, var)
     reduced = reduced.assign_attrs(ds.attrs)
     lines = []
-    for m in ("fixed", "lookahead"):
+    for m in present(ds, ("fixed", "lookahead")):
         for nfe in ds.coords["nfe"].values.tolist():
             value = float(best.sel({"solver": "ddim", "method": m, "nfe": nfe}))
             if not np.isfinite(value):
