@@ -505,6 +505,9 @@ def check_lookahead(results: dict) -> Verdict:
         return Verdict("lookahead", "not run", "notebook 09 has no results")
     var = metric_name(ds)
     lines, la_ok, fixed_ok = [], [], []
+    held = ds.coords["method"].values.tolist()
+    if not {"d-ode", "lookahead", "fixed"} <= set(held):
+        return Verdict("lookahead", "not run", f"notebook 09 holds the methods {held} only")
     for nfe in ds.coords["nfe"].values.tolist():
         cell = ds[var].sel({"solver": ds.coords["solver"].values[0], "nfe": nfe})
         d = cell.sel({"method": "d-ode"}).mean(["seed", "lambda_value"]).item()
