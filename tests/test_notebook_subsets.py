@@ -74,7 +74,10 @@ def _problems(executed: Path) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
-            elif out.get("name") == "stderr" and "Warning" in "".join(out.get("text", "")):
+            # tqdm's TqdmWarning is printed when a library imports tqdm.auto without ipywidgets: not a drawing
+            elif out.get("name") == "stderr" and "Warning" in "".join(out.get("text", "")).replace(
+                "TqdmWarning", ""
+            ):
                 found.append(f"cell {i}: {''.join(out['text']).strip()[:300]}")
     return found
 
