@@ -27,8 +27,10 @@ NOTEBOOK = "02_noise_prediction"
 # setting up (conda, cp, fetching files), make (its own venv), building the book, computing FID statistics;
 # torchrun: tests/test_sweep.py parses every torchrun command of the GPU page with torchrun's own parser
 # and runs the sweeps it starts in two processes; the throughput benchmark (on a GPU there) is run by
-# tests/test_benchmarks.py with the same options at a small batch on the CPU
+# tests/test_benchmarks.py with the same options at a small batch on the CPU; the dry run (every notebook and
+# the book) by tests/test_dry_run.py, as the GPU page writes it, on paper-format miniatures
 SKIPPED = (
+    "python -m dode.dry_run",
     "torchrun ",
     "python benchmarks/",
     "conda ",
@@ -128,6 +130,8 @@ def test_the_commands_are_found():
     gpu = [c for _, c in commands(REPO / "book" / "gpu.md")]
     assert any(c.startswith("papermill") and "-f ../paper.yaml" in c for c in gpu)
     assert "python -m dode.preflight --profile paper --params paper.yaml" in gpu
+    for page in ("README.md", "book/gpu.md"):
+        assert "python -m dode.dry_run --params paper.yaml" in (REPO / page).read_text(), page
     # no command passes a list or a mapping through papermill's -p, which would hand it over as a string
     for command in readme + gpu:
         args = shlex.split(command)

@@ -498,3 +498,36 @@ def test_curves_over_a_range_of_nfes_keep_at_least_half_of_each_peers_panel():
         share = (np.log10(nfes.max()) - np.log10(x0)) / (np.log10(x1) - np.log10(x0))
         assert share >= 0.49 - 1e-9, (ax.get_title(), x0, x1)  # half the panel, less its 1 % edge
     plt.close(fig)
+
+
+def test_the_papers_numbers_sit_beside_the_model_they_were_measured_on_only():
+    from dode.companion import paper
+
+    ds = sweep().assign_coords(model=["ddpm-cifar10", "adm-lsun-bedroom"])
+    table = plots.sweep_table(
+        ds, "fd", paper=paper.SWEEP_FIDS, paper_nfes=paper.NFES, paper_model=paper.SWEEP_MODEL
+    )
+    column = next(c for c in table.columns if c.startswith("paper"))
+    beside = table[column]
+    assert (beside.loc["ddpm-cifar10"] != "").sum() == len(paper.SWEEP_FIDS)
+    assert (beside.loc["adm-lsun-bedroom"] == "").all(), "the paper's CIFAR-10 numbers beside LSUN bedroom"
+    # a file without that model has no paper column at all, with or without a model dimension
+    other = ds.assign_coords(model=["digits-eps", "adm-lsun-bedroom"])
+    for part in (other, other.isel(model=0, drop=True).assign_attrs(model="digits-eps")):
+        table = plots.sweep_table(
+            part, "fd", paper=paper.SWEEP_FIDS, paper_nfes=paper.NFES, paper_model=paper.SWEEP_MODEL
+        )
+        assert not any(c.startswith("paper") for c in table.columns)
+
+
+def test_a_method_without_cells_gets_a_note_instead_of_a_table():
+    ds = sweep()
+    assert plots.no_cells_note(ds, "fd", "d-ode-joint") is None
+    without = ds.sel({"method": [m for m in ds.coords["method"].values if m != "d-ode-joint"]})
+    assert "no results of D-solver, joint fit (`d-ode-joint`)" in plots.no_cells_note(
+        without, "fd", "d-ode-joint"
+    )
+    empty = ds.copy(deep=True)
+    empty["fd"].loc[{"method": "d-ode-joint"}] = np.nan
+    assert plots.no_cells_note(empty, "fd", "d-ode-joint") is not None
+    assert plots.present(without, ["d-ode-joint", "d-ode", "base"]) == ["d-ode", "base"]

@@ -125,3 +125,17 @@ def test_ablation_reading_names_a_worse_point():
     )
     text = readings.ablation_reading(ds)
     assert "K = 5: worse" in text and "B = 50: inside the noise" in text
+
+
+def test_the_protocol_names_the_joint_fits_nfes_per_solver():
+    ds = sweep({("ddim", 5): ([10], [5])}, seeds=(0,))
+    stored = json.loads(ds.attrs.get("parameters", "{}"))
+    for joint, said in (
+        ({"ddim": [2], "ipndm_lof": []}, "joint fit at NFE DDIM 2"),
+        ([3, 5], "joint fit at NFE 3 and 5"),
+    ):
+        ds.attrs["parameters"] = json.dumps({**stored, "joint_nfes": joint})
+        text = readings.protocol_reading(ds)
+        assert said in text and "ipndm_lof" not in text, text
+    ds.attrs["parameters"] = json.dumps({**stored, "joint_nfes": {"ddim": []}})
+    assert "joint fit" not in readings.protocol_reading(ds)

@@ -45,6 +45,22 @@ def test_sweep_may_grow_but_key_must_match(tmp_path):
         ResultStore(path, DIMS, {**KEY, "K": 20})
 
 
+def test_a_longer_name_of_a_later_run_is_written_whole(tmp_path):
+    """A model or method named longer than every name of the stored file (a model of another run) keeps its
+    name: the stored strings' width does not cut it ("digits-edm-mini" written as a second "digits-edm")."""
+    path = tmp_path / "r.nc"
+    ResultStore(path, {"model": ["digits-edm"], "method": ["base"]}, {"k": 1}).put(
+        "fd", 1.0, model="digits-edm", method="base"
+    )
+    store = ResultStore(path, {"model": ["digits-edm-mini"], "method": ["d-ode-per-stage"]}, {"k": 1})
+    store.put("fd", 2.0, model="digits-edm-mini", method="d-ode-per-stage")
+    with xr.open_dataset(path) as ds:
+        assert sorted(ds.coords["model"].values.tolist()) == ["digits-edm", "digits-edm-mini"]
+        assert sorted(ds.coords["method"].values.tolist()) == ["base", "d-ode-per-stage"]
+        assert float(ds["fd"].sel({"model": "digits-edm", "method": "base"})) == 1.0
+        assert float(ds["fd"].sel({"model": "digits-edm-mini", "method": "d-ode-per-stage"})) == 2.0
+
+
 def test_values_with_their_own_dimensions(tmp_path):
     store = ResultStore(tmp_path / "r.nc", DIMS, KEY)
     lam = np.array([[0.1], [0.2], [np.nan]])

@@ -19,6 +19,7 @@ from dode.companion.paper import CLAIMS
 
 __all__ = [
     "side",
+    "joint_verdict_table",
     "RULES",
     "PAPER_SOLVERS",
     "SMALL_NFE",
@@ -504,6 +505,9 @@ def check_lookahead(results: dict) -> Verdict:
         return Verdict("lookahead", "not run", "notebook 09 has no results")
     var = metric_name(ds)
     lines, la_ok, fixed_ok = [], [], []
+    held = ds.coords["method"].values.tolist()
+    if not {"d-ode", "lookahead", "fixed"} <= set(held):
+        return Verdict("lookahead", "not run", f"notebook 09 holds the methods {held} only")
     for nfe in ds.coords["nfe"].values.tolist():
         cell = ds[var].sel({"solver": ds.coords["solver"].values[0], "nfe": nfe})
         d = cell.sel({"method": "d-ode"}).mean(["seed", "lambda_value"]).item()
@@ -801,6 +805,48 @@ def joint_verdicts(ds) -> list[dict]:
             }
         )
     return rows
+
+
+#: how page 02's table words a side of the base solver (:func:`side`)
+_SIDE_WORDS = {1: "better", -1: "worse", 0: "inside the noise"}
+
+
+def joint_verdict_table(ds, metric: str):
+    """Page 02's table of :func:`joint_verdicts`, one row per ([model,] solver, NFE) with both fits: base,
+    greedy and joint means, each fit's side of the base solver and whether the joint fit changes it. An empty
+    table (the same columns) where the file has no joint-fit cells."""
+    import pandas as pd
+
+    from dode.companion.labels import SOLVER_NAMES
+
+    rows = joint_verdicts(ds)
+    index = [*(["model"] if "model" in ds.dims else []), "solver", "NFE"]
+    columns = [
+        f"base {metric.upper()}",
+        "greedy",
+        "joint",
+        "greedy vs base",
+        "joint vs base",
+        "verdict changes",
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                **({"model": r["model"]} if "model" in r else {}),
+                "solver": SOLVER_NAMES.get(r["solver"], r["solver"]),
+                "NFE": r["nfe"],
+                columns[0]: round(r["base"], 2),
+                "greedy": round(r["greedy"], 2),
+                "joint": round(r["joint"], 2),
+                "greedy vs base": _SIDE_WORDS[r["greedy_side"]],
+                "joint vs base": _SIDE_WORDS[r["joint_side"]],
+                "verdict changes": "yes" if r["changed"] else "no",
+            }
+            for r in rows
+        ],
+        columns=[*index, *columns],
+    )
+    return table.set_index(index)
 
 
 def check_joint_verdict(results: dict) -> Verdict:

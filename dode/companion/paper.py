@@ -4,7 +4,7 @@ Tab. 3's ablation) are not invented here."""
 
 from __future__ import annotations
 
-__all__ = ["TABLE2", "TABLE4", "NFES", "SWEEP_FIDS", "CLAIMS", "CLAIM_SOURCES"]
+__all__ = ["TABLE2", "TABLE4", "NFES", "SWEEP_FIDS", "SWEEP_MODEL", "CLAIMS", "CLAIM_SOURCES"]
 
 NFES = (10, 25, 50)
 
@@ -28,6 +28,8 @@ TABLE4 = {
 #: the paper's FIDs beside a sweep's cells: (solver label, method) -> values at NFES. Only DDIM on the DDPM
 #: noise-prediction model has published numbers at fixed NFEs (Tab. 2); the curves of Fig. 3, 4, 9 are plots.
 SWEEP_FIDS = {("ddim", "base"): TABLE2["DDIM"], ("ddim", "d-ode"): TABLE2["D-DDIM"]}
+#: the model those numbers were measured on (dode.zoo name): a page shows them beside its rows only
+SWEEP_MODEL = "ddpm-cifar10"
 
 #: the paper's qualitative claims that the companion checks, keyed by a short id
 CLAIMS = {

@@ -31,6 +31,8 @@ __all__ = [
     "show_images",
     "sweep_table",
     "paired_gain",
+    "present",
+    "no_cells_note",
     "plot_lambdas",
     "lambdas_figure",
     "lambda_limits",
@@ -537,14 +539,25 @@ def show_images(ax, images, nrow: int = 8, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
-def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=()):
+def sweep_table(
+    ds, var: str, digits: int = 2, paper: dict | None = None, paper_nfes=(), paper_model: str | None = None
+):
     """Rows ([model,] solver, method) x columns NFE: ``mean ± std`` over seeds of ``var``.
 
     ``paper``: the paper's numbers, ``(solver, method) -> values at paper_nfes`` (``dode.companion.paper``),
-    shown in a last column beside ours for the rows that have them (the paper's CIFAR-10 numbers: with a
-    model dimension they sit beside every model's rows)."""
+    shown in a last column beside ours for the rows that have them, of the model ``paper_model`` only (the
+    one they were measured on, ``dode.companion.paper.SWEEP_MODEL``): no column where the file has no such
+    model, an empty cell beside another model's rows."""
     if "model" in ds.dims:
-        return _stack_models(ds, lambda part: sweep_table(part, var, digits, paper, paper_nfes))
+        import pandas as pd
+
+        parts = {
+            model: sweep_table(part, var, digits, paper if model == paper_model else None, paper_nfes)
+            for model, part in _by_model(ds)
+        }
+        return pd.concat(parts, names=["model"]).fillna("")
+    if paper_model is not None and ds.attrs.get("model") != paper_model:
+        paper = None
     import pandas as pd
 
     frames = []
@@ -563,6 +576,26 @@ def sweep_table(ds, var: str, digits: int = 2, paper: dict | None = None, paper_
         for n in out.columns
     ]
     return out
+
+
+def present(ds, methods) -> list[str]:
+    """Those of ``methods`` that the results file holds, in their order: a page draws what its run computed
+    (a run may leave methods out with ``methods``)."""
+    held = set(ds.coords["method"].values.tolist())
+    return [m for m in methods if m in held]
+
+
+def no_cells_note(ds, var: str, method: str) -> str | None:
+    """What a page shows instead of a table of ``method`` when the results file holds no value of it (its
+    run's ``methods`` leave it out, or it runs at none of the run's NFEs, as a joint fit outside
+    ``joint_nfes``); None when it holds some."""
+    methods = ds.coords["method"].values.tolist() if "method" in ds.coords else []
+    if method in methods and bool(ds[var].sel({"method": method}).notnull().any()):
+        return None
+    return (
+        f"This run has no results of {METHOD_WORDS.get(method, method)} (`{method}`): its `methods` leave it "
+        "out, or it runs at none of the run's NFEs."
+    )
 
 
 def paired_gain(ds, var: str, method: str = "d-ode", base: str = "base", digits: int = 2):
@@ -1056,7 +1089,7 @@ def paired_gains(ds, var: str, methods, base: str = "base", digits: int = 2):
     import pandas as pd
 
     frames = []
-    for method in methods:
+    for method in present(ds, methods):
         table = paired_gain(ds, var, method=method, base=base, digits=digits)
         solvers = ds.coords["solver"].values.tolist()
         table.index = pd.Index(
@@ -1071,7 +1104,8 @@ def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: i
 
     ``paper`` maps a row label to the paper's values at ``nfes`` (default :data:`dode.companion.paper.NFES`);
     ``rows`` maps the same label to the selection of our results that corresponds to it (e.g.
-    ``{"solver": "ddim", "method": "sep"}``). NFEs we did not run show "–".
+    ``{"solver": "ddim", "method": "sep"}``). NFEs we did not run, and rows whose selection the file does not
+    hold (a method the run left out), show "–".
     """
     import pandas as pd
 
@@ -1081,10 +1115,11 @@ def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: i
     ours_nfes = ds.coords["nfe"].values.tolist()
     table = {}
     for label, selection in rows.items():
-        da = ds[var].sel(selection)
+        held = all(v in ds.coords[k].values.tolist() for k, v in selection.items())
+        da = ds[var].sel(selection) if held else None
         cells = []
         for i, n in enumerate(nfes):
-            if n in ours_nfes:
+            if held and n in ours_nfes:
                 mean, std = mean_std(da.sel({"nfe": n}).expand_dims("nfe").transpose("nfe", "seed"))
                 cells.append(_cell_text(float(mean[0]), float(std[0]), digits))
             else:
@@ -1111,7 +1146,7 @@ def best_constant(ds, var: str, methods=("fixed", "lookahead")):
     mean = da.mean("seed", skipna=True)
     reduced = da.isel({"lambda_value": 0}, drop=True).copy()
     best = xr.full_like(reduced.isel({"seed": 0}, drop=True), np.nan)
-    for method in methods:
+    for method in present(ds, methods):
         m = mean.sel({"method": method})
         filled = m.fillna(np.inf)
         idx = filled.argmin("lambda_value")
@@ -1195,7 +1230,11 @@ def ablation_figure(ds, var: str, K: int, B: int, solver: str = "ddim", method: 
 
 def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookahead", "fixed"), axes=None):
     """Fig. 8b-c: ``var`` against the constant lambda of each constant-lambda method (mean ± std over seeds),
-    with the base solver and the fitted D-solver as dotted reference lines and the noise floor as a band."""
+    with the base solver and the fitted D-solver as dotted reference lines and the noise floor as a band.
+    Only the methods of ``methods`` that the file holds; None where it holds none of them."""
+    methods = present(ds, methods)
+    if not methods:
+        return None
     if axes is None:
         fig, axes = panel_grid(len(methods), panel_height=2.8)
     else:
@@ -1215,7 +1254,7 @@ def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookah
             label=method_label(solver, method),
             **METHOD_STYLE.get(method, {}),
         )
-        for ref in ("base", "d-ode"):
+        for ref in present(ds, ("base", "d-ode")):
             value = ds[var].sel({"solver": solver, "method": ref, "nfe": nfe}).mean().item()
             ax.axhline(
                 value, linestyle=":", color=METHOD_STYLE[ref]["color"], label=method_label(solver, ref)

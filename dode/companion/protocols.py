@@ -20,6 +20,11 @@ __all__ = [
     "RUN_ENVIRONMENT",
     "network_evaluations",
     "FLOOR",
+    "SCALE_KEYS",
+    "LEAVE_OUT",
+    "UNSCALED",
+    "check_scale",
+    "scale_down",
 ]
 
 NOISE_SOLVERS = ["ddim", "ipndm", "dpm_solver3", "deis3"]
@@ -566,3 +571,210 @@ def _plain_sweep(cfg: dict) -> bool:
     return all(k in cfg for k in needed) and not any(
         k in cfg for k in ("K_values", "B_values", "lambda_values")
     )
+
+
+# ---- the dry run: every notebook's protocol scaled down (python -m dode.dry_run, book/gpu.md) ----
+
+#: what a scale file (notebooks/dry_run.yaml) may set, each a cap on a notebook's parameters whatever their
+#: shape (a list of NFEs, one per solver, per model or per panel), and what it caps
+SCALE_KEYS = {
+    "n_samples": "evaluation samples per cell, images or trajectories per figure, fresh noises of page 12",
+    "B": "fitting batch sizes (B, B_values, a model's own B)",
+    "seeds": "seeds kept (the first ones)",
+    "nfes": "NFEs kept per solver, model or panel (the smallest ones); a joint fit keeps those among them",
+    "grid": "values kept of a searched grid (K_values, B_values, lambda_values)",
+    "steps": "steps of the long reference runs (page 01's run, pages 05 and 06's reference)",
+    "repeats": "repeats of page 10's paired overhead measurement",
+    "pd_steps": "the teacher's steps of progressive distillation (page 10; at least one halving is kept)",
+    "pd_iterations": "training steps per halving of progressive distillation (page 10)",
+}
+#: besides the caps: models left out of the notebooks that run several (e.g. the 256x256 ones on a small GPU)
+LEAVE_OUT = "leave_out"
+
+#: the parameters a scale caps, by notebook parameter; every size parameter of every notebook is among them
+#: or declared unscaled here (tests/test_dry_run.py checks both), so that no notebook runs its full protocol
+#: in a dry run
+_SCALED = {
+    "n_samples",
+    "batch_size",
+    "n_fresh",
+    "overhead",
+    "B",
+    "B_values",
+    "K_values",
+    "lambda_values",
+    "seeds",
+    "nfes",
+    "joint_nfes",
+    "steps",
+    "reference_steps",
+    "pd",
+    "pd_eval_steps",
+    "per_model",
+    "models",
+    "model",
+    "panels",
+    "samplers",
+}
+#: parameters that set no size of a run (or a size that does not grow its cost: one seed, the teacher's
+#: scale K, a handful of tracked pixels), kept as given
+UNSCALED = {
+    "profile",
+    "solvers",
+    "methods",
+    "schedules",
+    "K",
+    "seed",
+    "n_pixels",
+    "gmm",
+    "device",
+    "floor",
+    "threads",
+    "teacher",
+    "pd_data",
+    "model_options",
+    "fid_stats",
+    "results_dir",
+    "figures_dir",
+    "nproc",
+    "retrain",
+}
+
+
+def check_scale(scale: dict) -> dict:
+    """A scale mapping (:data:`SCALE_KEYS`, each a positive integer, and :data:`LEAVE_OUT`, a list of model
+    names), checked; raises ``ValueError`` naming the key and the allowed values."""
+    if not isinstance(scale, dict):
+        raise ValueError(f"a scale must be a mapping of {sorted(SCALE_KEYS)} to caps, got {scale!r}")
+    unknown = sorted(set(scale) - set(SCALE_KEYS) - {LEAVE_OUT})
+    if unknown:
+        raise ValueError(f"scale sets {unknown}; it may set {sorted(SCALE_KEYS)} and {LEAVE_OUT!r}")
+    missing = sorted(set(SCALE_KEYS) - set(scale))
+    if missing:
+        raise ValueError(f"scale must set every cap, {sorted(SCALE_KEYS)}; missing {missing}")
+    for key in SCALE_KEYS:
+        value = scale[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"scale {key} ({SCALE_KEYS[key]}) must be a positive integer, got {value!r}")
+    leave_out = scale.get(LEAVE_OUT) or []
+    if not isinstance(leave_out, list) or not all(isinstance(m, str) for m in leave_out):
+        raise ValueError(f"scale {LEAVE_OUT} must be a list of dode.zoo model names, got {leave_out!r}")
+    return {**scale, LEAVE_OUT: list(leave_out)}
+
+
+def _smallest(values, n: int) -> list:
+    return sorted(values)[:n]
+
+
+def _nfes_down(nfes, n: int):
+    """``nfes`` in any of the notebooks' shapes (a list; a mapping solver, model or panel -> list) with the
+    ``n`` smallest NFEs of each list."""
+    if isinstance(nfes, dict):
+        return {key: _smallest(values, n) for key, values in nfes.items()}
+    return _smallest(nfes, n)
+
+
+def _joint_down(joint_nfes, kept):
+    """The joint fits' NFEs among the NFEs kept (``kept`` in the shape of ``nfes``): where none is left the
+    run has no joint cells, which the pages draw without."""
+    everywhere = sorted({n for v in kept.values() for n in v}) if isinstance(kept, dict) else list(kept)
+    if isinstance(joint_nfes, dict):
+        return {
+            label: [n for n in values if n in (kept.get(label, []) if isinstance(kept, dict) else kept)]
+            for label, values in joint_nfes.items()
+        }
+    return [n for n in joint_nfes if n in everywhere]
+
+
+def _models_of(parameters: dict) -> list[str]:
+    if "models" in parameters:
+        return list(parameters["models"])
+    if "model" in parameters:
+        return [parameters["model"]]
+    return list(dict.fromkeys(p[0] for p in parameters.get("panels") or []))
+
+
+def scale_down(stem: str, parameters: dict, scale: dict) -> dict:
+    """Notebook ``stem``'s resolved ``parameters`` (its protocol's, with a run's configuration file over them)
+    scaled down by ``scale`` (:func:`check_scale`): every size parameter capped, whatever its shape, so that
+    a configuration file meant for the full protocol cannot start it. A parameter that neither
+    :data:`SCALE_KEYS` caps nor :data:`UNSCALED` names is an error: a new size parameter must say how a
+    dry run shrinks it. Models of ``scale["leave_out"]`` are left out where the notebook runs several; a
+    notebook left with none is an error that names it."""
+    scale = check_scale(scale)
+    unknown = sorted(set(parameters) - _SCALED - UNSCALED)
+    if unknown:
+        raise ValueError(
+            f"{stem}: parameter(s) {unknown} have no rule in dode.companion.protocols.scale_down; add one "
+            "(or name them in UNSCALED) so that a dry run cannot run them at full size"
+        )
+    out = dict(parameters)
+    leave_out = set(scale[LEAVE_OUT])
+    models = [m for m in _models_of(out) if m not in leave_out]
+    if _models_of(out) and not models:
+        raise ValueError(
+            f"{stem}: scale {LEAVE_OUT} leaves out every model of the notebook ({_models_of(parameters)}); "
+            "keep one of them"
+        )
+    if "models" in out:
+        out["models"] = models
+    if "panels" in out:
+        out["panels"] = [list(p) for p in out["panels"] if p[0] not in leave_out]
+    for name in ("samplers", "per_model"):
+        if isinstance(out.get(name), dict):
+            out[name] = {m: v for m, v in out[name].items() if m not in leave_out}
+    if isinstance(out.get("nfes"), dict) and set(out["nfes"]) & leave_out:
+        out["nfes"] = {k: v for k, v in out["nfes"].items() if k not in leave_out}
+    if out.get("nfes") is not None:
+        out["nfes"] = _nfes_down(out["nfes"], scale["nfes"])
+        if out.get("joint_nfes") is not None:
+            out["joint_nfes"] = _joint_down(out["joint_nfes"], out["nfes"])
+    if out.get("seeds") is not None:
+        out["seeds"] = list(out["seeds"])[: scale["seeds"]]
+    for name in ("n_samples", "n_fresh"):
+        if out.get(name) is not None:
+            out[name] = min(int(out[name]), scale["n_samples"])
+    if out.get("batch_size") is not None:
+        out["batch_size"] = min(int(out["batch_size"]), scale["n_samples"])
+    if out.get("B") is not None:
+        out["B"] = min(int(out["B"]), scale["B"])
+    if out.get("per_model"):
+        out["per_model"] = {m: _per_model_down(own, scale) for m, own in out["per_model"].items()}
+    if out.get("K_values"):
+        out["K_values"] = list(out["K_values"])[: scale["grid"]]
+    if out.get("B_values"):
+        capped = dict.fromkeys(min(int(b), scale["B"]) for b in out["B_values"])
+        out["B_values"] = list(capped)[: scale["grid"]]
+    if out.get("lambda_values"):
+        out["lambda_values"] = list(out["lambda_values"])[: scale["grid"]]
+    for name in ("steps", "reference_steps"):
+        if out.get(name) is not None:
+            out[name] = min(int(out[name]), scale["steps"])
+    if out.get("overhead"):
+        out["overhead"] = {
+            "n_samples": min(int(out["overhead"]["n_samples"]), scale["n_samples"]),
+            "repeats": min(int(out["overhead"]["repeats"]), scale["repeats"]),
+        }
+    if out.get("pd"):
+        out["pd"], out["pd_eval_steps"] = _pd_down(out["pd"], out.get("pd_eval_steps"), scale)
+    return out
+
+
+def _per_model_down(own: dict, scale: dict) -> dict:
+    caps = {"n_samples": scale["n_samples"], "batch_size": scale["n_samples"], "B": scale["B"]}
+    return {k: min(int(v), caps[k]) if k in caps else v for k, v in (own or {}).items()}
+
+
+def _pd_down(recipe: dict, eval_steps, scale: dict) -> tuple[dict, list[int] | None]:
+    """Progressive distillation from at most ``pd_steps`` teacher steps (but one halving at least, down to
+    the recipe's ``steps_end``), ``pd_iterations`` training steps per halving, and the scored students among those left."""
+    recipe = dict(recipe)
+    start = int(recipe["steps_start"])
+    while start > scale["pd_steps"] and start // 2 >= 2 * int(recipe["steps_end"]):
+        start //= 2
+    recipe["steps_start"] = start
+    recipe["iterations_per_halving"] = min(int(recipe["iterations_per_halving"]), scale["pd_iterations"])
+    recipe.pop("checkpoint_every", None)  # a checkpoint every N of a handful of steps: none needed
+    if eval_steps is not None:
+        eval_steps = [s for s in eval_steps if s < start] or None
+    return recipe, eval_steps

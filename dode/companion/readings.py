@@ -330,13 +330,13 @@ def ablation_reading(ds) -> str:
 
 def lookahead_reading(ds) -> str:
     """Page 09: D-DDIM against Fixed-D-DDIM and LA-DDIM, each at the best constant of its grid."""
-    from dode.companion.plots import best_constant
+    from dode.companion.plots import best_constant, present
 
     var = metric_name(ds)
     reduced, best = best_constant(ds, var)
     reduced = reduced.assign_attrs(ds.attrs)
     lines = []
-    for m in ("fixed", "lookahead"):
+    for m in present(ds, ("fixed", "lookahead")):
         for nfe in ds.coords["nfe"].values.tolist():
             value = float(best.sel({"solver": "ddim", "method": m, "nfe": nfe}))
             if not np.isfinite(value):
@@ -480,8 +480,16 @@ def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
         items.append("NFEs " + "; ".join(f"{SOLVER_NAMES.get(k, k)} {_join(v)}" for k, v in nfes.items()))
     elif nfes:
         items.append("NFE " + _join(nfes))
-    if p.get("joint_nfes"):
-        items.append("joint fit at NFE " + _join(p["joint_nfes"]))
+    joint = p.get("joint_nfes")
+    if isinstance(joint, dict):  # per solver: those with joint fits only
+        joint = {k: v for k, v in joint.items() if v}
+        if joint:
+            items.append(
+                "joint fit at NFE "
+                + "; ".join(f"{SOLVER_NAMES.get(k, k)} {_join(v)}" for k, v in joint.items())
+            )
+    elif joint:
+        items.append("joint fit at NFE " + _join(joint))
     if p.get("steps"):
         items.append(f"{p['steps']} DDIM steps")
     if p.get("reference_steps"):

@@ -185,7 +185,11 @@ class ResultStore:
             else:
                 extra = [v for v in stored.coords[name].values.tolist() if v not in self.coords[name]]
                 self.coords[name] = self.coords[name] + extra
-        self.ds = stored.reindex({name: self.coords[name] for name in stored.dims if name in self.coords})
+        # the stored variables' encodings go: they fix the file's string widths, and a longer model or method
+        # name of this run would be written cut to them ("digits-edm-mini" as a second "digits-edm")
+        self.ds = stored.drop_encoding().reindex(
+            {name: self.coords[name] for name in stored.dims if name in self.coords}
+        )
         for name, values in self.coords.items():
             if name not in self.ds.coords:
                 self.ds = self.ds.assign_coords({name: values})

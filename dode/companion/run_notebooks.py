@@ -321,16 +321,16 @@ def run_parameters(
     return parameters
 
 
-def execute(
-    notebook: BookNotebook, profile: str, results_dir: Path, progress: bool = True, params: dict | None = None
-) -> float:
-    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
-
-    ``params``: further parameters (from ``--params FILE``); the notebook gets the ones it defines, over
-    the protocol's values. The kernel draws its progress bars in ``<results_dir>/logs/<name>.log`` (shown
-    on stderr here when ``progress``), so none of them is captured into the executed notebook."""
-    import papermill
-
+def papermill_parameters(
+    notebook: BookNotebook,
+    profile: str,
+    results_dir: Path,
+    params: dict | None = None,
+    scale: dict | None = None,
+) -> dict:
+    """The parameters :func:`execute` hands to papermill: :func:`run_parameters`, the ones of ``params`` that
+    the notebook defines over them, and with a dry run's ``scale`` all of them capped
+    (:func:`dode.companion.protocols.scale_down`, whose ``ValueError`` names a notebook it cannot scale)."""
     # results_dir relative to the notebook's working directory: the injected cell shows up in the book, and
     # an absolute path would print this machine's folders there
     relative = os.path.relpath(results_dir.absolute(), notebook.source.parent)
@@ -338,6 +338,30 @@ def execute(
     declared = notebook_parameters(notebook.source)
     parameters = run_parameters(notebook.name, profile, declared, relative, figures)
     parameters.update({k: v for k, v in (params or {}).items() if k in declared})
+    if scale is None:
+        return parameters
+    from dode.companion.protocols import scale_down
+
+    return scale_down(notebook.name, parameters, scale)
+
+
+def execute(
+    notebook: BookNotebook,
+    profile: str,
+    results_dir: Path,
+    progress: bool = True,
+    params: dict | None = None,
+    scale: dict | None = None,
+) -> float:
+    """Run one notebook with papermill; returns its wall time in seconds. Raises on failure.
+
+    ``params``: further parameters (from ``--params FILE``); the notebook gets the ones it defines, over
+    the protocol's values. ``scale``: a dry run's caps (:func:`dode.companion.protocols.scale_down`), applied
+    to both. The kernel draws its progress bars in ``<results_dir>/logs/<name>.log`` (shown
+    on stderr here when ``progress``), so none of them is captured into the executed notebook."""
+    import papermill
+
+    parameters = papermill_parameters(notebook, profile, results_dir, params, scale)
     notebook.executed.parent.mkdir(parents=True, exist_ok=True)
     log = results_dir / LOGS_DIR / f"{notebook.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -436,9 +460,19 @@ def failure_message(notebook: BookNotebook, profile: str, wall: float, error: Ex
 
 def default_results_dir(repo: Path, profile: str) -> Path:
     """``data/results`` for the book's default profile (cpu), ``data/results/<profile>`` for the others, so
-    a smoke or paper run never meets (or is refused by) the cpu results of the same notebook."""
+    a smoke or paper run never meets (or is refused by) the cpu results of the same notebook; ``profile``
+    may be a dry run's :func:`run_label` (``paper-dry``), whose small results never meet the full run's."""
     base = repo / RESULTS_DIR
     return base if profile == "cpu" else base / profile
+
+
+#: what a dry run's profile is recorded as (run_times.csv, its results folder): ``<profile>-dry``
+DRY_SUFFIX = "-dry"
+
+
+def run_label(profile: str, dry: bool = False) -> str:
+    """The name a run is recorded under: its profile, or ``<profile>-dry`` for a dry run (scaled down)."""
+    return f"{profile}{DRY_SUFFIX}" if dry else profile
 
 
 def _timed(function, *args, **kwargs) -> tuple[float, Exception | None]:
@@ -575,17 +609,21 @@ def run(
     progress: bool = True,
     params: dict | None = None,
     jobs: int = 1,
+    scale: dict | None = None,
 ) -> int:
     """Execute the book's notebooks; returns a process exit status (0 when every notebook succeeded).
 
     Notebooks run in the order of :func:`schedule` (their declared needs first); ``jobs > 1`` runs that many
     at a time, each in a process of its own (its progress log named in that process's environment) and,
-    beside others, on one thread."""
+    beside others, on one thread. ``scale``: a dry run (:func:`dode.companion.protocols.scale_down` caps
+    every notebook's parameters), recorded as the profile ``<profile>-dry`` (:func:`run_label`), whose
+    results go to their own folder."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive number of notebooks run at a time, got {jobs!r}")
-    results_dir = results_dir or default_results_dir(repo, profile)
+    label = run_label(profile, dry=scale is not None)
+    results_dir = results_dir or default_results_dir(repo, label)
     notebooks = book = book_notebooks(repo)
     book_order = [nb.name for nb in notebooks]
     unused = unused_params(params, notebooks) if params else []
@@ -601,9 +639,19 @@ def run(
         notebooks = [nb for nb in notebooks if nb.name in only]
     for path in notebooks_outside_book(repo):
         print(f"note: {SOURCE_DIR}/{path.name} is not listed in _toc.yml, so it is not part of the book")
+    if scale is not None:  # a notebook the scale cannot cut down stops the dry run before anything runs
+        problems = []
+        for nb in notebooks:
+            try:
+                papermill_parameters(nb, profile, results_dir, params, scale)
+            except ValueError as error:
+                problems.append(str(error))
+        if problems:
+            raise BookLayoutError("the dry run's scale does not apply: " + "; ".join(problems))
 
     print(
-        f"running {len(notebooks)} notebook(s) with profile={profile}, results in "
+        f"running {len(notebooks)} notebook(s) with profile={profile}"
+        f"{' scaled down (dry run)' if scale is not None else ''}, results in "
         f"{os.path.relpath(results_dir, repo)}/",
         flush=True,
     )
@@ -620,7 +668,7 @@ def run(
             return keep_going
         print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        row = {"notebook": notebook.name, "profile": profile, "wall time (s)": f"{wall:.1f}"}
+        row = {"notebook": notebook.name, "profile": label, "wall time (s)": f"{wall:.1f}"}
         done.append({**row, "finished (UTC)": when, "machine": machine})
         return True
 
@@ -638,7 +686,7 @@ def run(
                 f"{os.path.relpath(results_dir, repo)}/ are used",
                 flush=True,
             )
-    expected = expected_seconds(plans, profile, repo / RESULTS_DIR / RUN_TIMES_FILE)
+    expected = expected_seconds(plans, label, repo / RESULTS_DIR / RUN_TIMES_FILE)
     index = {name: i for i, name in enumerate((nb.name for nb in notebooks), start=1)}
 
     def record(notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
@@ -649,7 +697,14 @@ def run(
 
             def submit(notebook: BookNotebook, alone: bool):
                 return _Inline.submit(
-                    _timed, execute, notebook, profile, results_dir, progress=progress, params=params
+                    _timed,
+                    execute,
+                    notebook,
+                    profile,
+                    results_dir,
+                    progress=progress,
+                    params=params,
+                    scale=scale,
                 )
 
             schedule(notebooks, plans, expected, 1, submit, record, skipped)
@@ -669,6 +724,7 @@ def run(
                         results_dir,
                         progress=progress,
                         params=params,
+                        scale=scale,
                     )
 
                 schedule(notebooks, plans, expected, jobs, submit, record, skipped)
