@@ -14,8 +14,10 @@ page's own depth.
 
 The static pages' numbers are rendered, not typed: :func:`render_generated` writes ``book/generated/``
 (git-ignored) from the results files before every build -- ``intro_findings.md`` (the verdict on every
-claim, :func:`dode.companion.readings.intro_findings`) and ``timings_summary.md`` (this build's wall times,
-:func:`dode.companion.readings.timings_summary`) -- which book/intro.md and book/timings.md include.
+claim, :func:`dode.companion.readings.intro_findings`), ``timings_summary.md`` (this build's wall times,
+:func:`dode.companion.readings.timings_summary`) and ``versions.md`` (the package versions and device each
+results file was computed with, :func:`dode.companion.readings.versions_table`) -- which book/intro.md and
+book/timings.md include.
 
 A built page that shows progress-bar output fails the build (:func:`pages_with_progress_bars`): the runner
 sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a page is a bar drawn past it.
@@ -118,6 +120,7 @@ def render_generated(repo: Path) -> Path:
     results_dir = default_results_dir(repo, built_profile(repo))
     (out / "intro_findings.md").write_text(readings.intro_findings(results_dir) + "\n")
     (out / "timings_summary.md").write_text(readings.timings_summary(repo) + "\n")
+    (out / "versions.md").write_text(readings.versions_table(results_dir) + "\n")
     return out
 
 
