@@ -10,12 +10,32 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "sha256_file", "content_sha256", "atomic_write", "git_state", "git_commit"]
+__all__ = [
+    "REPO_ROOT",
+    "asset",
+    "sha256_file",
+    "content_sha256",
+    "atomic_write",
+    "git_state",
+    "git_commit",
+]
 
-# the checkout dode runs from (git state, committed data); an installed copy has no git state there
+# the checkout dode runs from (git state, the companion's results); an installed copy has no git state there
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def asset(*parts: str) -> Path:
+    """A file or folder shipped inside the package under ``dode/assets/`` (the embedded models, the digit
+    classifier, the digits' reference statistics and split record), found with :mod:`importlib.resources`
+    so that it resolves the same in a checkout and in an installed wheel."""
+    root = resources.files(__package__) / "assets"
+    if not isinstance(root, Path):
+        # a zipped install: safetensors and numpy read real files, so the assets must be unpacked
+        raise RuntimeError(f"dode's assets must be installed as files on disk, not inside {root}")
+    return root.joinpath(*parts)
 
 
 def sha256_file(path: str | Path) -> str:

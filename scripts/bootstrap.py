@@ -4,10 +4,11 @@
 Called by every Makefile target that runs project code. It uses only the standard library, so it runs
 with any `python3` >= 3.10 before anything is installed.
 
-The install is one pip command, `pip install -c constraints.txt -e '.[all,test]'`, so that the resolver sees the
-torch/torchvision pins together with everything that depends on them and cannot swap torch for another
-build. A stamp inside the venv records a hash of pyproject.toml and constraints.txt; while the hash is
-unchanged the bootstrap costs a few milliseconds and installs nothing.
+It installs exactly the versions of requirements.lock, the environment's one lock (refreshed by
+`python scripts/lock.py`), in one pip command, `pip install --no-deps -r requirements.lock -e .`: torch and
+torchvision with everything else, and nothing resolved, since the lock is complete (tests/test_lock.py
+checks it against pyproject.toml). A stamp inside the venv records a hash of pyproject.toml and the lock;
+while the hash is unchanged the bootstrap costs a few milliseconds and installs nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 MIN_PYTHON = (3, 10)
 STAMP_NAME = ".dode-install-stamp"
-INPUTS = ("pyproject.toml", "constraints.txt")
+LOCK = "requirements.lock"
+INPUTS = ("pyproject.toml", LOCK)
 # The build machines' pip configuration names local package folders that do not all exist; pip warns
 # about each of them on every run. The warnings are harmless and drown the useful output.
 HARMLESS_PIP_LINE = re.compile(r"Location '.*' is ignored|^\s*$")
@@ -37,17 +39,19 @@ def inputs_hash(repo: Path) -> str:
 
 
 def pip_command(venv_python: Path, repo: Path) -> list[str]:
-    """One pip command for everything, so the constraints bind torch for every package that needs it."""
+    """The locked packages and the project in one command: `--no-deps`, so pip installs the lock's versions
+    and resolves nothing (a dependency missing from the lock fails tests/test_lock.py, not the install)."""
     return [
         str(venv_python),
         "-m",
         "pip",
         "install",
         "--quiet",
-        "-c",
-        str(repo / "constraints.txt"),
+        "--no-deps",
+        "-r",
+        str(repo / LOCK),
         "-e",
-        f"{repo}[all,test]",
+        str(repo),
     ]
 
 
@@ -89,7 +93,7 @@ def bootstrap(repo: Path, venv: Path) -> int:
         print(f"bootstrap: creating {venv} with {sys.executable} ({sys.version.split()[0]})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     print(
-        "bootstrap: installing dode and its dependencies into .venv (first time: several minutes, "
+        f"bootstrap: installing dode and the versions of {LOCK} into .venv (first time: several minutes, "
         "torch alone is a few GB) ...",
         flush=True,
     )

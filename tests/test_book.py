@@ -6,6 +6,7 @@ standing in for executed ones, with warnings as errors (as `make book` does).
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dode.companion import build_book, run_notebooks
+from dode.companion import api_reference, build_book, run_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,14 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
     assert 'class="math' in method, "the method page should contain typeset math"
     script = re.search(r'<script[^>]*src="([^"]*tex-mml-chtml\.js)[^"]*"', method).group(1)
     assert (html / "book" / script).resolve() == (html / build_book.MATHJAX_ENTRY).resolve()
+    # the API reference renders every public name and every signature (tests/test_api_reference.py)
+    api = html_module.unescape(re.sub(r"<[^>]+>", "", (html / "book" / "api.html").read_text()))
+    for module in api_reference.PUBLIC_MODULES:
+        for name, _ in api_reference.public_objects(module):
+            assert f"{module}.{name}" in api, f"{module}.{name} is missing from the built API reference"
+    signatures = re.findall(r"^```python\n(.*)$", api_reference.render(), flags=re.M)
+    missing = [s for s in signatures if s not in api]
+    assert not missing and len(signatures) > 60, f"signatures missing from the built page: {missing}"
     for page in html.rglob("*.html"):
         external = re.findall(r'<(?:script|link|img|iframe)[^>]*(?:src|href)="(https?:)?//', page.read_text())
         assert not external, f"{page.relative_to(html)} loads a resource from outside the site"

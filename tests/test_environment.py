@@ -1,9 +1,9 @@
 """The ways of building the environment agree with each other and with the README.
 
-- environment.yml (conda, GPU box) names every runtime dependency of pyproject.toml, with its version bound.
-- constraints.txt pins the torch/torchvision pair, and the bootstrap installs with it in one pip command.
 - The README's test command is what .ci/run runs, and the README shows exactly two commands.
-- The bootstrap installs once and is a no-op while pyproject.toml and constraints.txt are unchanged.
+- The bootstrap installs once and is a no-op while pyproject.toml and requirements.lock are unchanged.
+
+(requirements.lock against pyproject.toml, environment.yml and the running environment: tests/test_lock.py)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -24,101 +23,20 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parent.parent
-# conda-forge names that differ from the PyPI distribution they provide
-CONDA_TO_PYPI = {"pytorch": "torch", "pytorch-gpu": "torch", "pytorch-cpu": "torch"}
-EXPECTED_PINS = {"torch": "==2.14.1", "torchvision": "==0.29.1"}
 
 
 def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def conda_requirement(spec: str) -> Requirement:
-    """`name`, `name=1.2`, `name>=1`, `channel::name` (conda match specs) as a PEP 508 requirement."""
-    spec = spec.split("::")[-1].split("#")[0].strip()
-    name, version = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", spec).groups()
-    if version.startswith("=") and not version.startswith("=="):
-        version = "==" + version[1:].rstrip("*").rstrip(".") + (".*" if version.endswith("*") else "")
-    name = CONDA_TO_PYPI.get(name.lower(), name)
-    return Requirement(f"{name}{version.replace(' ', '')}")
-
-
-def environment_requirements() -> dict[str, Requirement]:
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
-    found: dict[str, Requirement] = {}
-    for dependency in env["dependencies"]:
-        if isinstance(dependency, dict):
-            for line in dependency.get("pip", []):
-                if not line.startswith("-"):  # skip options such as `-e .[test]`
-                    requirement = Requirement(line)
-                    found[canonicalize_name(requirement.name)] = requirement
-        else:
-            requirement = conda_requirement(dependency)
-            found[canonicalize_name(requirement.name)] = requirement
-    return found
-
-
-def runtime_requirements() -> list[Requirement]:
-    """The core's dependencies and those of every extra but ``test`` (the extras' references to dode
-    itself left out): what the full installation of the README and environment.yml brings."""
-    project = pyproject()["project"]
-    lines = list(project["dependencies"])
-    for extra, extra_lines in project["optional-dependencies"].items():
-        if extra != "test":
-            lines += extra_lines
-    requirements = [Requirement(line) for line in lines]
-    return [r for r in requirements if canonicalize_name(r.name) != "dode"]
-
-
 def test_the_core_depends_on_torch_and_numpy_only():
     assert sorted(pyproject()["project"]["dependencies"]) == ["numpy", "torch"]
-
-
-def test_environment_yml_names_every_runtime_dependency_with_its_bounds():
-    listed = environment_requirements()
-    missing, loosened = [], []
-    for requirement in runtime_requirements():
-        # an extra such as h5netcdf[h5py] pulls in a package of its own: conda must name it too
-        for name in [requirement.name, *requirement.extras]:
-            if canonicalize_name(name) not in listed:
-                missing.append(name)
-        env_requirement = listed.get(canonicalize_name(requirement.name))
-        if env_requirement is not None and str(requirement.specifier) != str(env_requirement.specifier):
-            loosened.append(f"{requirement} vs {env_requirement}")
-    assert not missing, f"runtime dependencies of pyproject.toml missing from environment.yml: {missing}"
-    assert not loosened, f"version bounds differ between pyproject.toml and environment.yml: {loosened}"
-
-
-def test_environment_yml_is_python_311_with_cuda_torch_and_installs_the_project():
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
-    conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "python=3.11" in conda
-    assert "pytorch-gpu" in conda, "the GPU environment needs a CUDA build of PyTorch"
-    assert "torchvision" in conda
-    assert "-e .[all,test]" in pip
-
-
-def test_the_conda_spec_parser_maps_names_and_versions():
-    assert str(conda_requirement("pytorch-gpu")) == "torch"
-    assert str(conda_requirement("conda-forge::python=3.11")) == "python==3.11"
-    assert str(conda_requirement("jupyter-book<2")) == "jupyter-book<2"
-
-
-def test_constraints_pin_the_matching_torch_and_torchvision():
-    pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            requirement = Requirement(line)
-            pins[canonicalize_name(requirement.name)] = str(requirement.specifier)
-    assert {name: pins.get(name) for name in EXPECTED_PINS} == EXPECTED_PINS
 
 
 def test_test_extra_has_the_test_tools():
     test_extra = pyproject()["project"]["optional-dependencies"]["test"]
     extra = {canonicalize_name(Requirement(line).name) for line in test_extra}
-    assert {"pytest", "ruff", "hypothesis"} <= extra
+    assert {"pytest", "ruff", "hypothesis", "build", "twine"} <= extra
 
 
 FENCED_SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell)?\n(.*?)```", re.S)
@@ -172,18 +90,10 @@ def load_bootstrap():
     return module
 
 
-def test_bootstrap_installs_in_one_pip_command_with_the_constraints():
-    bootstrap = load_bootstrap()
-    command = bootstrap.pip_command(Path("/venv/bin/python"), REPO)
-    assert command[:4] == ["/venv/bin/python", "-m", "pip", "install"]
-    assert command[command.index("-c") + 1] == str(REPO / "constraints.txt")
-    assert command[command.index("-e") + 1] == f"{REPO}[all,test]"
-
-
 @pytest.fixture
 def fake_repo(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    (tmp_path / "constraints.txt").write_text("torch==2.14.1\n")
+    (tmp_path / "requirements.lock").write_text("torch==2.14.1\n")
     venv = tmp_path / ".venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
@@ -197,8 +107,8 @@ def test_bootstrap_installs_once_and_again_only_when_its_inputs_change(fake_repo
     venv = fake_repo / ".venv"
     assert bootstrap.bootstrap(fake_repo, venv) == 0
     assert bootstrap.bootstrap(fake_repo, venv) == 0
-    assert len(installs) == 1, "an unchanged pyproject.toml/constraints.txt must not reinstall"
-    (fake_repo / "constraints.txt").write_text("torch==2.14.1\ntorchvision==0.29.1\n")
+    assert len(installs) == 1, "an unchanged pyproject.toml/requirements.lock must not reinstall"
+    (fake_repo / "requirements.lock").write_text("torch==2.14.1\ntorchvision==0.29.1\n")
     assert bootstrap.bootstrap(fake_repo, venv) == 0
     assert len(installs) == 2
 

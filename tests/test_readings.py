@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from dode.companion import readings
@@ -139,3 +140,28 @@ def test_the_protocol_names_the_joint_fits_nfes_per_solver():
         assert said in text and "ipndm_lof" not in text, text
     ds.attrs["parameters"] = json.dumps({**stored, "joint_nfes": {"ddim": []}})
     assert "joint fit" not in readings.protocol_reading(ds)
+
+
+def test_versions_table_shows_each_files_versions_and_device_earlier_ones_first(tmp_path):
+    from dode.companion.results import ResultStore, VersionsChangedWarning, package_versions
+
+    assert readings.NOT_RUN in readings.versions_table(tmp_path)
+    dims, key = {"nfe": [5]}, {"K": 10}
+    ResultStore(tmp_path / "02_noise_prediction.nc", dims, key).put("fd", 1.0, nfe=5)
+    resumed = tmp_path / "13_peers.nc"
+    ResultStore(resumed, dims, key).put("fd", 1.0, nfe=5)
+    with xr.open_dataset(resumed, engine="h5netcdf") as ds:
+        ds = ds.load()
+    ds.attrs["versions"] = json.dumps({**package_versions(), "torch": "2.0.0"})
+    ds.to_netcdf(resumed, engine="h5netcdf")
+    with pytest.warns(VersionsChangedWarning):  # and records torch 2.0.0 as earlier (tests/test_results.py)
+        ResultStore(resumed, dims, key).put("fd", 2.0, nfe=5)
+    xr.Dataset(attrs={"profile": "cpu"}).to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    now = package_versions()
+    rows = {line.split("|")[1].strip(): line for line in readings.versions_table(tmp_path).splitlines()}
+    assert rows["results file"].split("|")[2:-2] == [f" {c} " for c in now]
+    assert f"| {now['torch']} |" in rows["`02_noise_prediction.nc`"]
+    assert f"| 2.0.0 / {now['torch']} |" in rows["`13_peers.nc`"]
+    assert f"| {now['numpy']} |" in rows["`13_peers.nc`"]  # unchanged: once
+    assert rows["`02_noise_prediction.nc`"].rstrip(" |").split("| ")[-1].startswith(("cpu: ", "cuda: "))
+    assert "not recorded" in rows["`old.nc`"]

@@ -1,6 +1,8 @@
 """Resumable results files: cells written as they finish, refusal of incomparable or unreadable files."""
 
+import importlib.metadata
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,14 @@ import xarray as xr
 
 import dode
 from dode.companion import experiments as ex
-from dode.companion.results import IncompatibleResults, ResultStore, provenance
+from dode.companion.results import (
+    NUMBER_PACKAGES,
+    IncompatibleResults,
+    ResultStore,
+    VersionsChangedWarning,
+    package_versions,
+    provenance,
+)
 from dode.gmm import GaussianMixture
 
 DIMS = {"solver": ["ddim", "dpm_solver++"], "method": ["base", "d-ode"], "nfe": [5, 10], "seed": [0, 1]}
@@ -32,6 +41,55 @@ def test_cells_are_written_as_they_finish_and_resume(tmp_path):
         assert json.loads(ds.attrs["parameters"]) == {"a": 1}
         assert json.loads(ds.attrs["comparability_key"]) == KEY
         assert set(ds.attrs) >= {"dode_version", "git_commit", "device", "created", "model"}
+
+
+def test_every_results_file_records_the_package_versions_and_the_device(tmp_path):
+    versions = package_versions()
+    assert set(versions) == {"python", "torch", "numpy", "scipy", "diffusers", "pytorch-fid"}
+    assert versions["python"] == platform.python_version()
+    assert versions["torch"] == importlib.metadata.version("torch")
+    # with the notebooks' provenance, and without (the noise floors' caches)
+    for attrs in (provenance("smoke", {}), None):
+        path = tmp_path / f"{attrs is None}.nc"
+        ResultStore(path, DIMS, KEY, attrs).put("fd", 1.0, solver="ddim", method="base", nfe=5, seed=0)
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            assert json.loads(ds.attrs["versions"]) == versions
+            assert ds.attrs["device"].startswith(("cpu: ", "cuda: "))
+            assert "earlier_versions" not in ds.attrs
+
+
+def _rewrite_versions(path, **changed):
+    """The file as if written under other versions (what a results file from an older environment holds)."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        ds = ds.load()
+    ds.attrs["versions"] = json.dumps({**json.loads(ds.attrs["versions"]), **changed})
+    ds.to_netcdf(path, engine="h5netcdf")
+
+
+def test_resuming_under_other_versions_of_number_changing_packages_warns_and_is_recorded(tmp_path, recwarn):
+    path = tmp_path / "r.nc"
+    ResultStore(path, DIMS, KEY).put("fd", 3.0, solver="ddim", method="base", nfe=10, seed=1)
+    ResultStore(path, DIMS, KEY)  # the same versions: silent
+    assert not [w for w in recwarn if issubclass(w.category, VersionsChangedWarning)]
+    _rewrite_versions(path, torch="2.0.0", scipy="1.0.0")
+    with pytest.warns(VersionsChangedWarning, match=r"torch 2\.0\.0 \(now .*scipy 1\.0\.0 \(now .*mixes"):
+        store = ResultStore(path, DIMS, KEY)
+    assert store.has("fd", solver="ddim", method="base", nfe=10, seed=1)  # resumed, not refused
+    store.put("fd", 4.0, solver="ddim", method="base", nfe=5, seed=1)
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert json.loads(ds.attrs["versions"]) == package_versions()
+        (earlier,) = json.loads(ds.attrs["earlier_versions"])
+    assert (earlier["torch"], earlier["scipy"]) == ("2.0.0", "1.0.0")
+    # a change of Python alone changes no number: recorded, not warned about
+    path = tmp_path / "python.nc"
+    ResultStore(path, DIMS, KEY).put("fd", 3.0, solver="ddim", method="base", nfe=10, seed=1)
+    _rewrite_versions(path, python="3.0.0")
+    recwarn.clear()
+    ResultStore(path, DIMS, KEY).put("fd", 4.0, solver="ddim", method="base", nfe=5, seed=1)
+    assert not [w for w in recwarn if issubclass(w.category, VersionsChangedWarning)]
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert json.loads(ds.attrs["earlier_versions"])[0]["python"] == "3.0.0"
+    assert "python" not in NUMBER_PACKAGES
 
 
 def test_sweep_may_grow_but_key_must_match(tmp_path):

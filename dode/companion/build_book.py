@@ -14,8 +14,11 @@ page's own depth.
 
 The static pages' numbers are rendered, not typed: :func:`render_generated` writes ``book/generated/``
 (git-ignored) from the results files before every build -- ``intro_findings.md`` (the verdict on every
-claim, :func:`dode.companion.readings.intro_findings`) and ``timings_summary.md`` (this build's wall times,
-:func:`dode.companion.readings.timings_summary`) -- which book/intro.md and book/timings.md include.
+claim, :func:`dode.companion.readings.intro_findings`), ``timings_summary.md`` (this build's wall times,
+:func:`dode.companion.readings.timings_summary`) and ``versions.md`` (the package versions and device each
+results file was computed with, :func:`dode.companion.readings.versions_table`) -- which book/intro.md and
+book/timings.md include -- and ``api.md``, the API reference generated from the public API's docstrings
+(:func:`dode.companion.api_reference.render`), which book/api.md includes.
 
 A built page that shows progress-bar output fails the build (:func:`pages_with_progress_bars`): the runner
 sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a page is a bar drawn past it.
@@ -111,13 +114,15 @@ def built_profile(repo: Path) -> str:
 
 def render_generated(repo: Path) -> Path:
     """Write the static pages' generated includes into book/generated/ from this build's results."""
-    from dode.companion import readings
+    from dode.companion import api_reference, readings
 
     out = repo / GENERATED
     out.mkdir(parents=True, exist_ok=True)
     results_dir = default_results_dir(repo, built_profile(repo))
     (out / "intro_findings.md").write_text(readings.intro_findings(results_dir) + "\n")
     (out / "timings_summary.md").write_text(readings.timings_summary(repo) + "\n")
+    (out / "versions.md").write_text(readings.versions_table(results_dir) + "\n")
+    (out / "api.md").write_text(api_reference.render())
     return out
 
 

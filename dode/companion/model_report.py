@@ -8,7 +8,7 @@ samples per model; the figures are drawn from that file only (:func:`plot_loss_c
 Profiles:
 
 * ``smoke`` -- trains the miniature configuration for a handful of steps into a temporary folder (seconds);
-* ``cpu`` -- loads the committed models (``retrain=True`` retrains them into ``data/models``: this is what
+* ``cpu`` -- loads the committed models (``retrain=True`` retrains them into ``dode/assets/models``: this is what
   ``make models`` runs, about an hour per model on one core);
 * ``paper`` -- the real checkpoints come from the model zoo (:mod:`dode.zoo`); nothing is trained here,
   :func:`run` only describes what would be loaded.
@@ -105,7 +105,7 @@ def run(
     """Train or load ``models`` for ``profile`` and write ``<results_dir>/00_train_models.nc``.
 
     Returns the written :class:`xarray.Dataset`, or ``None`` for ``paper`` (prints what would be loaded).
-    ``models_dir`` is where the cpu profile loads from / retrains into (default ``data/models``).
+    ``models_dir`` is where the cpu profile loads from / retrains into (default ``dode/assets/models``).
     """
     import xarray as xr
 

@@ -544,6 +544,41 @@ def intro_findings(results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def versions_table(results_dir: str | Path) -> str:
+    """book/timings.md's table of the environment each results file was computed in: Python, the packages
+    that change numbers (:data:`dode.companion.results.NUMBER_PACKAGES`) and the device, from the files'
+    attributes; a file resumed under other versions lists its earlier ones too."""
+    import xarray as xr
+
+    from dode.companion.results import NUMBER_PACKAGES
+
+    paths = sorted(Path(results_dir).glob("*.nc"))
+    if not paths:
+        return f"The notebooks have {NOT_RUN}: `{results_dir}` holds no results file."
+    columns = ["python", *NUMBER_PACKAGES]
+    lines = [
+        "| results file | " + " | ".join(columns) + " | device |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for path in paths:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            attrs = dict(ds.attrs)
+        if "versions" not in attrs:
+            cells = ["not recorded"] * len(columns)
+        else:
+            now = json.loads(attrs["versions"])
+            earlier = json.loads(attrs.get("earlier_versions", "[]"))
+            # a resumed file: each earlier version its cells were computed with, before the current one
+            cells = [
+                " / ".join(dict.fromkeys([*(e.get(c, "?") for e in earlier), now.get(c, "?")]))
+                for c in columns
+            ]
+        lines.append(
+            f"| `{path.name}` | " + " | ".join(cells) + f" | {attrs.get('device', 'not recorded')} |"
+        )
+    return "\n".join(lines)
+
+
 def timings_summary(repo: str | Path) -> str:
     """book/timings.md's summary: this build's total and per-notebook wall times, profile and machine,
     read from ``data/results/run_times.csv`` (the runner's record)."""

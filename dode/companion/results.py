@@ -19,15 +19,22 @@ Two kinds of parameters are told apart:
   refused with a message that names the model and what changed; a new model is added to the sweep.
 
 Provenance (profile, full parameters as JSON, the models' identities, dode version and git commit, device,
-date) is stored in the attributes. NetCDF attributes hold no bools/None/dicts, so values are JSON.
+date, and the versions of Python and of the packages that compute the numbers, :func:`package_versions`) is
+stored in the attributes. NetCDF attributes hold no bools/None/dicts, so values are JSON. A file resumed
+under other versions of torch, numpy, scipy, diffusers or pytorch-fid than the ones it was written with is
+resumed (the cells are the same computation), but with a :class:`VersionsChangedWarning` that names them,
+and the file keeps the earlier versions in its ``earlier_versions`` attribute: its cells are then of mixed
+versions, and it says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.metadata
 import json
 import platform
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +42,41 @@ import numpy as np
 from dode.files import atomic_write, git_commit
 from dode.version import __version__
 
-__all__ = ["ResultStore", "StoreView", "IncompatibleResults", "provenance", "write_netcdf"]
+__all__ = [
+    "ResultStore",
+    "StoreView",
+    "IncompatibleResults",
+    "VersionsChangedWarning",
+    "NUMBER_PACKAGES",
+    "package_versions",
+    "provenance",
+    "write_netcdf",
+]
+
+# the distributions whose version can change a result's numbers (kernels, linear algebra, the scheduler
+# code of the diffusers peers, the Inception port of FID)
+NUMBER_PACKAGES = ("torch", "numpy", "scipy", "diffusers", "pytorch-fid")
 
 
 class IncompatibleResults(RuntimeError):
     """A results file cannot be resumed: it holds cells computed under other parameters, or it is not a
     readable dode results file (truncated, say by an interrupted copy, or another program's file)."""
+
+
+class VersionsChangedWarning(UserWarning):
+    """A results file is resumed under other versions of :data:`NUMBER_PACKAGES` than it was written with."""
+
+
+def package_versions() -> dict[str, str]:
+    """Python's version and those of :data:`NUMBER_PACKAGES` (``"absent"`` for one not installed), read
+    from the installed distributions' metadata without importing them."""
+    versions = {"python": platform.python_version()}
+    for name in NUMBER_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 def _device_description() -> str:
@@ -62,6 +98,7 @@ def provenance(profile: str, params: dict, models: dict | None = None) -> dict:
         "model": ", ".join(models or {}),
         "dode_version": __version__,
         "git_commit": git_commit(),
+        "versions": _json_attr(package_versions()),
         "device": _device_description(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -95,7 +132,8 @@ class ResultStore:
     path: the file (``data/results/<notebook-stem>.nc``).
     dims: ordered mapping ``dimension -> coordinate values`` of the sweep (may grow between runs).
     key: the comparability key: a JSON-able dict that must match the stored one exactly.
-    attrs: provenance attributes (see :func:`provenance`); refreshed on every write.
+    attrs: provenance attributes (see :func:`provenance`); refreshed on every write. The package versions
+        and the device are recorded whatever ``attrs`` holds.
     identities: model name -> JSON-able identity; each model the file already holds must match its stored
         identity (see the module doc), new ones are added.
     """
@@ -113,7 +151,11 @@ class ResultStore:
         self.path = Path(path)
         self.key = json.loads(_json_attr(key))
         self.identities = json.loads(_json_attr(identities or {}))
-        self.attrs = dict(attrs or {})
+        self.attrs = {
+            "device": _device_description(),
+            **dict(attrs or {}),
+            "versions": _json_attr(package_versions()),
+        }
         self.coords = {name: list(values) for name, values in dims.items()}
         for name, values in self.coords.items():
             if len(set(values)) != len(values):
@@ -144,7 +186,30 @@ class ResultStore:
                     "it), or pass another results_dir; to keep adding to this one, restore what changed."
                 )
             self.identities = {**stored_identities, **self.identities}
+            self._note_earlier_versions(stored.attrs)
             self._merge(stored)
+
+    def _note_earlier_versions(self, stored_attrs) -> None:
+        """Warn when the stored cells were computed under other versions of :data:`NUMBER_PACKAGES`, and
+        carry every earlier set of versions on into the file (``earlier_versions``)."""
+        earlier = json.loads(stored_attrs.get("earlier_versions", "[]"))
+        if "versions" not in stored_attrs:  # written before files recorded versions: nothing to compare
+            return
+        stored, now = json.loads(stored_attrs["versions"]), json.loads(self.attrs["versions"])
+        changed = [name for name in NUMBER_PACKAGES if stored.get(name) != now.get(name)]
+        if stored not in earlier and stored != now:
+            earlier.append(stored)
+        if earlier:
+            self.attrs["earlier_versions"] = _json_attr(earlier)
+        if changed:
+            what = ", ".join(f"{name} {stored.get(name, '<absent>')} (now {now[name]})" for name in changed)
+            warnings.warn(
+                f"{self.path} was written under {what}: its stored cells are kept and the new ones are "
+                "computed under the current versions, so the file mixes the two (recorded in its attribute "
+                "earlier_versions). Move the file away to recompute everything under one set of versions.",
+                VersionsChangedWarning,
+                stacklevel=3,
+            )
 
     def _describe_mismatch(self, stored_key) -> str:
         if not isinstance(stored_key, dict):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.files import atomic_write, content_sha256, sha256_file
-from dode.zoo.data import DATA_DIR, load_digits
+from dode.files import REPO_ROOT, asset, atomic_write, content_sha256, sha256_file
+from dode.zoo.data import load_digits
 
 __all__ = [
     "FeatureStats",
@@ -48,8 +48,11 @@ __all__ = [
     "l2_to_reference",
 ]
 
-FID_STATS_DIR = DATA_DIR / "fid_stats"
-DIGITS_REFERENCE_PATH = FID_STATS_DIR / "digits-train.npz"
+# where the paper's reference statistics are looked up without $DODE_FID_STATS: they are the user's files
+# (computed from GBs of images), so they live in the checkout, not in the package
+FID_STATS_DIR = REPO_ROOT / "data" / "fid_stats"
+# the digits' statistics ship with the package, beside the classifier they were computed with
+DIGITS_REFERENCE_PATH = asset("fid_stats", "digits-train.npz")
 
 # ----------------------------------------------------------------------------------------------------------
 # Streaming statistics and the Frechet distance
@@ -290,7 +293,7 @@ def write_digits_reference(
     classifier_path: str | Path | None = None, path: str | Path = DIGITS_REFERENCE_PATH
 ) -> Path:
     """Compute and store the FD reference statistics (the 1,500 digits of the train split in the classifier's
-    features; not the held-out split) under ``data/``."""
+    features; not the held-out split) under ``dode/assets/fid_stats/``."""
     from dode.metrics import classifier as clf
 
     classifier_path = Path(classifier_path or clf.CLASSIFIER_PATH)
@@ -319,7 +322,7 @@ class FD:
     classifier:
         a :class:`~dode.metrics.classifier.DigitClassifier`, or a path to its weights; default the committed one.
     reference:
-        :class:`FeatureStats` or a path to an ``.npz``; default ``data/fid_stats/digits-train.npz``, which
+        :class:`FeatureStats` or a path to an ``.npz``; default ``dode/assets/fid_stats/digits-train.npz``, which
         must have been computed from the same classifier weights (checked by sha256).
     device, batch_size:
         where and in what batches features are computed.

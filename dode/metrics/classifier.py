@@ -11,7 +11,7 @@ The classifier is trained by :func:`train` with a fixed seed on the *train* spli
 
     python -m dode.metrics.classifier
 
-which writes ``data/models/digits-classifier.safetensors`` and its card ``digits-classifier.json``
+which writes ``dode/assets/models/digits-classifier.safetensors`` and its card ``digits-classifier.json``
 (accuracy, steps, seed, wall time, sha256, git commit). The FD reference statistics (these features of the
 train split, :class:`dode.metrics.FD`) depend on these weights: rewrite them with
 ``python -m dode.metrics digits-reference``.
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dode.files import atomic_write, git_commit, sha256_file
-from dode.zoo.data import DATA_DIR, load_digits
+from dode.files import asset, atomic_write, git_commit, sha256_file
+from dode.zoo.data import load_digits
 
 __all__ = [
     "DigitClassifier",
@@ -43,7 +43,7 @@ __all__ = [
     "FEATURE_DIM",
 ]
 
-CLASSIFIER_PATH = DATA_DIR / "models" / "digits-classifier.safetensors"
+CLASSIFIER_PATH = asset("models", "digits-classifier.safetensors")
 FEATURE_DIM = 64
 
 

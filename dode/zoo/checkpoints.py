@@ -57,7 +57,7 @@ def _embedded(prediction: str, schedule: str) -> dict[str, Any]:
         "prediction": prediction,
         "class_conditional": False,
         "label_dim": 0,
-        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under data/models/)",
+        "source": "dode.zoo.embedded (trained here on sklearn's 8x8 digits, weights under dode/assets/models/)",
         "fid_reference": "fd",
     }
 

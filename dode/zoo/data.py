@@ -2,7 +2,7 @@
 
 It ships inside the scikit-learn wheel, so the companion can train and evaluate real diffusion models with
 no download. The train/held-out split is fixed by a seeded permutation and recorded in
-``data/digits_split.json`` (checked against the code on load, so it can never drift silently).
+``dode/assets/digits_split.json`` (checked against the code on load, so it can never drift silently).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.files import REPO_ROOT
+from dode.files import asset
 
-__all__ = ["Digits", "load_digits", "SPLIT_SEED", "N_HELD_OUT", "DATA_DIR"]
+__all__ = ["Digits", "load_digits", "SPLIT_SEED", "N_HELD_OUT", "SPLIT_RECORD"]
 
 SPLIT_SEED = 0
 N_HELD_OUT = 297  # 1,797 images: 1,500 train, 297 held out
-DATA_DIR = REPO_ROOT / "data"
+SPLIT_RECORD = asset("digits_split.json")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _split_indices() -> dict[str, list[int]]:
 
 
 def _check_recorded_split(split: dict[str, list[int]]) -> None:
-    path = DATA_DIR / "digits_split.json"
+    path = SPLIT_RECORD
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
@@ -66,8 +66,8 @@ def load_digits(split: str = "train") -> Digits:
 
 
 def write_split_record(path: Path | None = None) -> Path:
-    """Write the split to ``data/digits_split.json`` (done once; committed)."""
-    path = path or DATA_DIR / "digits_split.json"
+    """Write the split to ``dode/assets/digits_split.json`` (done once; committed)."""
+    path = path or SPLIT_RECORD
     split = _split_indices()
     record = {"seed": SPLIT_SEED, "n_held_out": N_HELD_OUT, "source": "sklearn.datasets.load_digits", **split}
     path.parent.mkdir(parents=True, exist_ok=True)

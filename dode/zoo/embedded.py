@@ -1,6 +1,6 @@
 """The embedded models: small diffusion models trained on the 8x8 digits, shipped with the companion.
 
-Each model is a pair of files in ``data/models/``: ``<id>.safetensors`` (EMA weights) and ``<id>.json``
+Each model is a pair of files in ``dode/assets/models/``: ``<id>.safetensors`` (EMA weights) and ``<id>.json``
 (the model card written by :mod:`dode.zoo.train`: architecture, schedule, training recipe, loss curve, sha256
 of the weights, quality). :func:`load_denoiser` rebuilds the network from the card, verifies the weights'
 checksum and returns a ready :class:`~dode.denoiser.Denoiser`.
@@ -43,7 +43,7 @@ def model_files(name: str, path: str | Path | None = None) -> tuple[Path, Path]:
     """``(weights, card)`` paths of model ``name``.
 
     ``path`` is either a folder holding ``<name>.safetensors`` and ``<name>.json`` (default
-    ``data/models``) or the ``.safetensors`` file itself (its card lies next to it, same stem).
+    ``dode/assets/models``) or the ``.safetensors`` file itself (its card lies next to it, same stem).
     """
     if name not in MODEL_IDS:
         raise ValueError(f"name must be one of {MODEL_IDS}, got {name!r}")

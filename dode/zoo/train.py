@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.files import atomic_write, git_state, sha256_file
+from dode.files import asset, atomic_write, git_state, sha256_file
 from dode.progress import progress_bar
 from dode.schedules import EDMSchedule, VPSchedule
-from dode.zoo.data import DATA_DIR, N_HELD_OUT, SPLIT_SEED, load_digits
+from dode.zoo.data import N_HELD_OUT, SPLIT_SEED, load_digits
 from dode.zoo.nets import EMA, EDMPrecond, UNet, UNetConfig, count_parameters
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
 
 BASE_MODELS = ("digits-eps", "digits-edm")
 MODEL_IDS = ("digits-eps", "digits-edm", "digits-eps-mini", "digits-edm-mini")
-MODELS_DIR = DATA_DIR / "models"
+MODELS_DIR = asset("models")
 CARD_FORMAT = 1
 
 # The real models: ~0.9M parameters at ~14 MFLOPs per sample-evaluation. The cpu profile of the book runs
@@ -391,7 +391,7 @@ def train(
             "name": "sklearn.datasets.load_digits",
             "split": "train",
             "n_images": len(data),
-            "split_record": "data/digits_split.json",
+            "split_record": "dode/assets/digits_split.json",
             "split_seed": SPLIT_SEED,
             "n_held_out": N_HELD_OUT,
             "scaling": "pixel / 8 - 1 (from [0, 16] to [-1, 1])",
