@@ -327,7 +327,7 @@ def metric_text(ds) -> str:
     counts = ds.coords["n_samples"].values.tolist()
     lines = [
         f"**Reference set.** FD compares the features of generated digits with those of the {n_ref:,} "
-        "*training* digits (`data/fid_stats/digits-train.npz`), the split the diffusion models were trained on, "
+        "*training* digits (`dode/assets/fid_stats/digits-train.npz`), the split the diffusion models were trained on, "
         f"as FID compares with a data set's training images. The {n_held:,} held-out digits are not part of it.",
         "",
         f"**Features.** The {ds.attrs['classifier_feature_dim']}-dimensional penultimate layer of a small digit "
