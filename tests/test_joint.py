@@ -7,6 +7,7 @@ from conftest import SCHEDULES, make_noise
 
 import dode
 from dode.distill import teacher_targets
+from dode.grids import grid_key
 from dode.solvers import make_plan
 
 RUNS = [
@@ -171,16 +172,85 @@ def test_a_trial_step_that_diverges_is_rejected_not_fatal(gmm, monkeypatch):
     den = gmm.denoiser(SCHEDULES["vp"], "eps")
     noise = make_noise(16, seed=8)
     nfe = 4
-    real_sample = joint_module.sample
+    real_run = joint_module.run
     calls = {"n": 0}
 
     def diverging_first_trial(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == nfe + 3:  # greedy, zero, the nfe Jacobian columns, then the first trial step
+        if (
+            calls["n"] == 3
+        ):  # greedy and zero in one pass, the Jacobian's columns in one, the first trial step
             raise FloatingPointError("non-finite network output")
-        return real_sample(*args, **kwargs)
+        return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(joint_module, "sample", diverging_first_trial)
+    monkeypatch.setattr(joint_module, "run", diverging_first_trial)
     lam = dode.distill(den, noise, "ddim", nfe, K=3, fit="joint", fit_options={"max_iter": 2})
-    assert calls["n"] > nfe + 3
+    assert calls["n"] > 3 and lam.info["joint_sampling_passes"] == calls["n"] - 1
     assert lam.info["objective_joint"] <= min(lam.info["objective_greedy"], lam.info["objective_base"])
+
+
+@pytest.mark.parametrize(
+    "schedule_name,prediction,solver,nfe,options,variant,landing_weight",
+    [
+        ("vp", "eps", "ipndm", 5, {}, "d-ode", 0.0),
+        ("vp", "eps", "dpm_solver", 6, {"order": 3}, "sep", 0.0),
+        ("edm", "x0", "edm", 5, {}, "d-ode", 0.5),
+    ],
+)
+def test_batched_finite_differences_equal_the_unbatched_runs(
+    gmm, schedule_name, prediction, solver, nfe, options, variant, landing_weight
+):
+    """All perturbed runs of an iteration in one pass (default), in passes of two runs, and one run per pass
+    (``max_batch`` = the fitting batch: the unbatched fit) give the same lambdas and the same work."""
+    den = gmm.denoiser(SCHEDULES[schedule_name], prediction)
+    n = 12
+    noise = make_noise(n, seed=9)
+    plan = make_plan(den.schedule, solver, nfe, None, options)
+    teacher_run = teacher_targets(den, noise, plan, 3)
+    fits = {
+        max_batch: dode.distill(
+            den,
+            noise,
+            solver,
+            nfe,
+            K=3,
+            variant=variant,
+            fit="joint",
+            teacher_run=teacher_run,
+            fit_options={"max_iter": 3, "landing_weight": landing_weight, "max_batch": max_batch},
+            **options,
+        )
+        for max_batch in (None, 2 * n + n // 2, n)
+    }
+    batched, unbatched = fits[None], fits[n]
+    params = int(np.sum(~np.isnan(batched.values)))
+    assert params > 1 and batched.info["joint_iterations"] >= 1
+    for lam in fits.values():
+        np.testing.assert_allclose(lam.values, unbatched.values, rtol=1e-9, atol=1e-12)
+        assert lam.info["objective_joint"] == pytest.approx(unbatched.info["objective_joint"], rel=1e-9)
+        for key in ("joint_sampling_runs", "joint_network_evaluations", "joint_iterations"):
+            assert lam.info[key] == unbatched.info[key], key
+    runs, iterations = unbatched.info["joint_sampling_runs"], unbatched.info["joint_iterations"]
+    trials = runs - 2 - iterations * params
+    assert unbatched.info["joint_sampling_passes"] == runs
+    # one pass for greedy and zero, one per Jacobian, one per trial step
+    assert batched.info["joint_sampling_passes"] == 1 + iterations + trials
+    assert batched.info["joint_network_calls"] == batched.info["joint_sampling_passes"] * nfe
+    assert fits[2 * n + n // 2].info["joint_sampling_passes"] == 1 + iterations * -(-params // 2) + trials
+
+
+def test_lambda_sets_sample_each_setting_as_its_own_run(gmm):
+    from dode.sampling import LambdaSets, run
+
+    den = gmm.denoiser(SCHEDULES["vp"], "eps")
+    noise = make_noise(10, seed=12)
+    plan = make_plan(den.schedule, "deis", 5, None, {"order": 3})
+    settings = [np.linspace(-0.3, 0.4, 5)[:, None], np.full((5, 1), 0.2), np.zeros((5, 1))]
+    together = run(den, noise.repeat(3, 1), plan, lambdas=LambdaSets(settings, per_set=10))
+    for c, values in enumerate(settings):
+        lam = dode.Lambdas(values, solver="deis", nfe=5, grid=grid_key(None), options=plan.options)
+        alone = dode.sample(den, noise, "deis", 5, lambdas=lam, order=3)
+        torch.testing.assert_close(together.x[c * 10 : (c + 1) * 10], alone, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal([row[c] for row in together.fitted], values)
+    with pytest.raises(ValueError, match="3 sets x 10 samples"):
+        run(den, noise, plan, lambdas=LambdaSets(settings, per_set=10))
