@@ -15,11 +15,12 @@ batch the result is never farther from the teacher than either start.
 
 The Jacobian with respect to the parameters is taken by forward finite differences, re-running the one
 sampling loop (:func:`dode.sampling.run`) with one parameter perturbed at a time: every solver, schedule,
-prediction type and variant gets the joint fit through the same loop, at the cost of ``P`` sampling runs
-of the fitting batch per iteration (``P`` free parameters), plus one per trial step. The ``P`` perturbed
-runs of an iteration go through the loop as one batch of ``P B`` samples
-(:class:`dode.sampling.LambdaSets`; ``max_batch`` caps it), so an iteration makes ``nfe`` network calls
-for its Jacobian instead of ``P nfe``: the same network evaluations per sample, in fewer, larger calls.
+prediction type and variant gets the joint fit through the same loop, at the cost of ``P + 1`` sampling
+runs of the fitting batch per iteration (the current point and ``P`` perturbations, ``P`` free
+parameters), plus one per trial step. The ``P + 1`` runs of an iteration go through the loop as one batch
+of ``(P + 1) B`` samples (:class:`dode.sampling.LambdaSets`; ``max_batch`` caps it), so an iteration makes
+``nfe`` network calls for its Jacobian instead of ``(P + 1) nfe``: the same network evaluations per sample,
+in fewer, larger calls (``benchmarks/joint_fit.py`` measures what that saves).
 
 The fit stops once an accepted step lowers ``F`` by less than ``tol`` = 0.1 %. Measured on digits (B = 100,
 four solvers at NFE 5 and 10): the first two or three steps give most of the decrease, and stopping at 0.1 %
@@ -117,19 +118,18 @@ def joint_fit(
         return Lambdas(values, **start.metadata(), landing_times=start.landing_times)
 
     def residuals(thetas: list[np.ndarray]) -> list[torch.Tensor]:
-        """The residual of each parameter vector: as many of them in one pass of the sampling loop as
-        ``max_batch`` allows (:class:`dode.sampling.LambdaSets`)."""
+        """Each parameter vector's residual, float64, scaled so that its squared norm is F: as many vectors
+        in one pass of the sampling loop as ``max_batch`` allows (:class:`dode.sampling.LambdaSets`)."""
         nonlocal runs, passes
         out = []
         per_pass = len(thetas) if max_batch is None else max(1, max_batch // n_batch)
         for first in range(0, len(thetas), per_pass):
             group = thetas[first : first + per_pass]
-            sets = LambdaSets([lambdas_of(theta).values for theta in group], per_set=n_batch)
             result = run(
                 denoiser,
                 noise.repeat(len(group), *([1] * (noise.ndim - 1))),
                 plan,
-                lambdas=sets,
+                lambdas=LambdaSets([lambdas_of(theta).values for theta in group], per_set=n_batch),
                 variant=start.variant,
                 space=start.space,
                 stages=start.stages,
@@ -144,17 +144,17 @@ def joint_fit(
                 parts = [(x[c] - final_target) * w_final]
                 if landing_weight > 0:
                     parts.append((states[:, c] - landing_targets) * w_landing)
-                out.append(torch.cat([p.reshape(-1) for p in parts]))
+                out.append(torch.cat([p.reshape(-1) for p in parts]).to(torch.float64))
         return out
 
     def objective(r: torch.Tensor) -> float:
-        return float((r.to(torch.float64) ** 2).sum())
+        return float((r**2).sum()) if torch.isfinite(r).all() else np.inf
 
     greedy = start.values[free].astype(np.float64)
     zero = np.zeros_like(greedy)
     r_greedy, r_zero = residuals([greedy, zero])
     f_greedy, f_zero = objective(r_greedy), objective(r_zero)
-    theta, r, f = (greedy, r_greedy, f_greedy) if f_greedy <= f_zero else (zero, r_zero, f_zero)
+    theta, f = (greedy, f_greedy) if f_greedy <= f_zero else (zero, f_zero)
 
     # forward differences: the step balances truncation against the rounding of the network's dtype
     h_rel = float(np.sqrt(torch.finfo(denoiser.dtype).eps))
@@ -162,28 +162,28 @@ def joint_fit(
     while iterations < max_iter:
         iterations += 1
         h = h_rel * np.maximum(1.0, np.abs(theta))
-        # every perturbed run of the iteration in one batched pass (as few passes as max_batch allows)
-        shifted = []
+        # the current point and every perturbed run of the iteration in one batched pass (as few passes as
+        # max_batch allows): the differences then come from network calls on batches of one size, whose
+        # rounding (float32 networks) can depend on that size
+        sets = [theta]
         for i in range(theta.size):
-            shifted.append(theta.copy())
-            shifted[-1][i] += h[i]
-        columns = [(r_i - r).to(torch.float64) / h[i] for i, r_i in enumerate(residuals(shifted))]
-        J = torch.stack(columns, dim=1)
+            sets.append(theta.copy())
+            sets[-1][i] += h[i]
+        r, *shifted = residuals(sets)
+        J = torch.stack([(r_i - r) / h[i] for i, r_i in enumerate(shifted)], dim=1)
         JtJ = (J.T @ J).cpu().numpy()
-        g = (J.T @ r.to(torch.float64)).cpu().numpy()
+        g = (J.T @ r).cpu().numpy()
         improved = False
         while mu < 1e12:  # Levenberg-Marquardt: damp towards gradient descent until a step lowers F
             A = JtJ + mu * np.diag(np.maximum(np.diag(JtJ), 1e-12))
-            step = -np.linalg.lstsq(A, g, rcond=None)[0]
-            trial = theta + step
+            trial = theta - np.linalg.lstsq(A, g, rcond=None)[0]
             try:
-                (r_trial,) = residuals([trial])
+                f_trial = objective(residuals([trial])[0])
             except FloatingPointError:  # a step so long that the network diverged: reject it like any other
-                r_trial = torch.full_like(r, np.inf)
-            f_trial = objective(r_trial) if torch.isfinite(r_trial).all() else np.inf
+                f_trial = np.inf
             if f_trial < f:
                 decrease = (f - f_trial) / max(f, 1e-300)
-                theta, r, f = trial, r_trial, f_trial
+                theta, f = trial, f_trial
                 mu, improved, accepted = max(mu / 3.0, 1e-9), True, accepted + 1
                 trace.append(f)
                 break
@@ -203,8 +203,8 @@ def joint_fit(
         "joint_objectives": trace,
         "joint_sampling_runs": runs,
         "joint_sampling_passes": passes,
-        "joint_network_calls": passes * start.nfe,
-        "joint_network_evaluations": runs * start.nfe * n_batch,
+        "joint_network_calls": passes * plan.nfe,
+        "joint_network_evaluations": runs * plan.nfe * n_batch,
         "joint_seconds": time.perf_counter() - t0,
     }
     meta = {**start.metadata(), "fit": "joint"}

@@ -231,12 +231,13 @@ def test_batched_finite_differences_equal_the_unbatched_runs(
         for key in ("joint_sampling_runs", "joint_network_evaluations", "joint_iterations"):
             assert lam.info[key] == unbatched.info[key], key
     runs, iterations = unbatched.info["joint_sampling_runs"], unbatched.info["joint_iterations"]
-    trials = runs - 2 - iterations * params
-    assert unbatched.info["joint_sampling_passes"] == runs
+    trials = runs - 2 - iterations * (params + 1)  # each Jacobian: the current point and P perturbations
+    assert trials >= iterations and unbatched.info["joint_sampling_passes"] == runs
     # one pass for greedy and zero, one per Jacobian, one per trial step
     assert batched.info["joint_sampling_passes"] == 1 + iterations + trials
     assert batched.info["joint_network_calls"] == batched.info["joint_sampling_passes"] * nfe
-    assert fits[2 * n + n // 2].info["joint_sampling_passes"] == 1 + iterations * -(-params // 2) + trials
+    two_per_pass = fits[2 * n + n // 2].info["joint_sampling_passes"]
+    assert two_per_pass == 1 + iterations * -(-(params + 1) // 2) + trials
 
 
 def test_lambda_sets_sample_each_setting_as_its_own_run(gmm):
