@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import SCHEDULES, make_noise
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dode
 from dode.distill import teacher_targets
+from dode.gmm import GaussianMixture
 from dode.grids import grid_key
 from dode.solvers import make_plan
 
@@ -255,3 +258,95 @@ def test_lambda_sets_sample_each_setting_as_its_own_run(gmm):
         np.testing.assert_array_equal([row[c] for row in together.fitted], values)
     with pytest.raises(ValueError, match="3 sets x 10 samples"):
         run(den, noise, plan, lambdas=LambdaSets(settings, per_set=10))
+
+
+# The promise over randomly drawn exact mixtures, dimensions, schedules, solvers and NFEs (the paper's
+# teachers: iPNDM and DEIS teach themselves). What the fit guarantees is checked as such; out of sample it
+# guarantees nothing, and the test checks the weaker statement the measurements support (docstring).
+_PROMISE_SCHEDULES = {"vp": (dode.VPSchedule.linear(), "eps"), "edm": (dode.EDMSchedule(), "x0")}
+#: how much farther from the exact solution than the base solver a joint D-solver may land on fresh noise:
+#: the worst case measured (the mixture of the next test) lands 7 % farther, one run to convergence 9 %
+OUT_OF_SAMPLE_SLACK = 1.1
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    n_components=st.integers(2, 6),
+    dim=st.sampled_from([2, 4, 8]),
+    mixture_seed=st.integers(0, 10_000),
+    schedule_name=st.sampled_from(sorted(_PROMISE_SCHEDULES)),
+    label=st.sampled_from(["ddim", "ipndm", "deis3", "dpm_solver++", "dpm_solver3"]),
+    nfe=st.sampled_from([4, 6]),
+)
+def test_the_joint_fits_promise_over_random_mixtures(
+    n_components, dim, mixture_seed, schedule_name, label, nfe
+):
+    """On the fitting batch, against its teacher: never farther than the greedy fit or the base solver
+    (guaranteed by the fit). On fresh noise, against the exact ODE solution: no farther than
+    ``OUT_OF_SAMPLE_SLACK`` times the base solver's distance -- not "never worse": the fit can overfit its
+    batch (:func:`test_the_joint_fit_can_lose_to_the_base_solver_out_of_sample`)."""
+    from dode.companion.experiments import solver_spec, teacher_of
+
+    schedule, prediction = _PROMISE_SCHEDULES[schedule_name]
+    solver, options = solver_spec(label)
+    teacher = teacher_of(label, "paper") or "ddim"
+    mixture = GaussianMixture.random(n_components=n_components, dim=dim, seed=mixture_seed)
+    den = mixture.denoiser(schedule, prediction)
+    fit_noise, fresh = make_noise(32, dim, seed=mixture_seed), make_noise(64, dim, seed=mixture_seed + 1)
+    plan = make_plan(schedule, solver, nfe, None, options)
+    teacher_run = teacher_targets(den, fit_noise, plan, 4, teacher=teacher)
+    fits = {
+        "base": None,
+        **{
+            name: dode.distill(
+                den, fit_noise, solver, nfe, 4, teacher=teacher, teacher_run=teacher_run, fit=fit, **options
+            )
+            for name, fit in (("greedy", "ls"), ("joint", "joint"))
+        },
+    }
+    in_sample = {
+        name: _distance(
+            dode.sample(den, fit_noise, solver, nfe, lambdas=lam, **options),
+            teacher_run[1][plan.landing_times[-1]],
+        )
+        for name, lam in fits.items()
+    }
+    assert in_sample["joint"] <= min(in_sample["greedy"], in_sample["base"]) * (1 + 1e-12), in_sample
+    exact = mixture.reference(fresh, schedule, plan.start.t, plan.landing_times[-1], rtol=1e-9)
+    out = {
+        name: float((dode.sample(den, fresh, solver, nfe, lambdas=lam, **options) - exact).norm(dim=1).mean())
+        for name, lam in fits.items()
+    }
+    assert out["joint"] <= OUT_OF_SAMPLE_SLACK * out["base"], out
+
+
+def test_the_joint_fit_can_lose_to_the_base_solver_out_of_sample():
+    """Issue 22's failure, reproduced on another mixture: self-taught D-iPNDM at NFE 10 (K = 10, B = 100) on
+    an exact mixture that is not the test bed's. The joint fit lowers the distance on its fitting batch by a
+    third and lands farther from the exact solution than base iPNDM on fresh noise. The cause is neither
+    the teacher's targets nor a too-early stop: fitted against the *exact* solution instead of the aligned
+    teacher, it fails the same way (and running to convergence does no better: the method chapter, the
+    joint fit). It overfits its batch: 10 lambdas, some along near-zero columns growing large."""
+    sched = SCHEDULES["vp"]
+    mixture = GaussianMixture.random(n_components=4, dim=8, seed=3)
+    den = mixture.denoiser(sched, "eps")
+    g = torch.Generator().manual_seed(0)
+    fit_noise = torch.randn(100, 8, generator=g, dtype=torch.float64)
+    fresh = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    plan = make_plan(sched, "ipndm", 10)
+    t, end = plan.start.t, plan.landing_times[-1]
+    exact_fit, exact_fresh = (mixture.reference(z, sched, t, end) for z in (fit_noise, fresh))
+    _, targets = teacher_targets(den, fit_noise, plan, 10, teacher="ipndm")
+    greedy = dode.distill(den, fit_noise, "ipndm", 10, 10, teacher="ipndm")
+    joint = {
+        "aligned teacher": dode.joint.joint_fit(den, fit_noise, greedy, targets),
+        "exact solution": dode.joint.joint_fit(den, fit_noise, greedy, {**targets, end: exact_fit}),
+    }
+
+    def distance(noise, exact, lam):
+        return float((dode.sample(den, noise, "ipndm", 10, lambdas=lam) - exact).norm(dim=1).mean())
+
+    base_fit, base_fresh = distance(fit_noise, exact_fit, None), distance(fresh, exact_fresh, None)
+    for target, lam in joint.items():
+        assert distance(fit_noise, exact_fit, lam) < 0.75 * base_fit, target
+        assert base_fresh < distance(fresh, exact_fresh, lam) <= OUT_OF_SAMPLE_SLACK * base_fresh, target
