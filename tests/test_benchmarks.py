@@ -113,7 +113,7 @@ def test_joint_fit_benchmark_runs_and_reports_every_ratio():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=True,
     ).stdout
     rows = {line.split()[0]: line.split()[3:] for line in out.splitlines() if line.split()[1:2] == ["ipndm"]}
