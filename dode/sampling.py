@@ -33,7 +33,7 @@ from dode.grids import grid_key
 from dode.lambdas import STAGES, Lambdas
 from dode.solvers import Plan, Point, get_solver, make_plan
 
-__all__ = ["sample", "run", "Run", "Trajectory", "transform_columns", "lambda_evaluations"]
+__all__ = ["sample", "run", "Run", "Trajectory", "LambdaSets", "transform_columns", "lambda_evaluations"]
 
 
 def lambda_evaluations(plan: Plan, stages: str = "per_time") -> list[bool]:
@@ -83,7 +83,7 @@ class Run:
     """What :func:`run` returns: the final state and what the run fitted and recorded.
 
     ``fitted[k]`` holds the parameters evaluation ``k`` applied (fitted, or taken from the given lambdas;
-    empty where it carries none); ``recorded`` the states at the asked model times (the last state landing
+    empty where it carries none; one row per set for :class:`LambdaSets`); ``recorded`` the states at the asked model times (the last state landing
     at a time wins: Heun's corrector); ``trajectory`` is set when asked for.
     """
 
@@ -143,18 +143,60 @@ class Transform:
 Fitter = Callable[[int, Point, torch.Tensor, list], np.ndarray]
 
 
-def parameters(k, lands, base, columns, land, *, fitter: Fitter | None, lambdas: Lambdas | None):
-    """Evaluation ``k``'s D-ODE parameters as Python floats: fitted in closed form on the states ``land``
-    reaches (distillation), taken from ``lambdas``, or none."""
+class LambdaSets:
+    """Several settings of one run's D-ODE parameters, sampled side by side in one batch.
+
+    The run's batch is ``len(values)`` copies of one noise batch of ``per_set`` samples, copy after copy;
+    copy ``c`` applies ``values[c]`` (an array of :class:`~dode.Lambdas` rows, ``(nfe, width)``, NaN where
+    an evaluation has no parameter). Every sample's path depends only on its own noise and parameters, so
+    this is ``len(values)`` runs in one network call per evaluation instead of ``len(values)``: the joint
+    fit's finite differences (:mod:`dode.joint`).
+    """
+
+    def __init__(self, values, per_set: int):
+        self.values = np.asarray(values, dtype=np.float64)
+        if self.values.ndim != 3:
+            raise ValueError(f"values must have shape (sets, nfe, width), got {self.values.shape}")
+        self.per_set = int(per_set)
+
+    def params(self, k: int, n_columns: int) -> np.ndarray:
+        """Evaluation ``k``'s parameters, one row per set: shape ``(sets, n_columns)``."""
+        rows = self.values[:, k]
+        used, rest = rows[:, :n_columns], rows[:, n_columns:]
+        if np.any(np.isnan(used)) or np.any(~np.isnan(rest)):
+            raise ValueError(
+                f"these lambda sets do not hold {n_columns} parameter(s) for evaluation {k} in every set"
+            )
+        return used
+
+
+def parameters(k, lands, base, columns, land, *, fitter: Fitter | None, lambdas) -> np.ndarray:
+    """Evaluation ``k``'s D-ODE parameters, float64: fitted in closed form on the states ``land`` reaches
+    (distillation), taken from ``lambdas`` (a :class:`~dode.Lambdas`: shape ``(n_columns,)``; a
+    :class:`LambdaSets`: ``(sets, n_columns)``), or none."""
     if not columns:
-        return []
+        return np.zeros(0)
     if fitter is not None:
         x_base = land(base)
         jac = [land(base + v) - x_base for v in columns]
-        return [float(p) for p in np.asarray(fitter(k, lands, x_base, jac), dtype=np.float64)]
+        return np.asarray(fitter(k, lands, x_base, jac), dtype=np.float64)
     if lambdas is not None:
-        return [float(p) for p in lambdas.params(k, len(columns))]
-    return []
+        return np.asarray(lambdas.params(k, len(columns)), dtype=np.float64)
+    return np.zeros(0)
+
+
+def corrected_estimate(base: torch.Tensor, columns: list[torch.Tensor], params: np.ndarray) -> torch.Tensor:
+    """``base + sum_m p_m columns[m]``; a 2-D ``params`` (:class:`LambdaSets`) has one row per copy of the
+    batch, applied to that copy's samples."""
+    out = base
+    if params.ndim == 1:
+        for p, v in zip(params, columns):
+            out = out + float(p) * v
+        return out
+    per_sample = torch.from_numpy(params).to(base.device).repeat_interleave(base.shape[0] // len(params), 0)
+    for m, v in enumerate(columns):
+        out = out + per_sample[:, m].reshape(-1, *([1] * (v.ndim - 1))) * v
+    return out
 
 
 class FiniteCheck:
@@ -255,10 +297,8 @@ class Evaluate:
         if self.fitter is not None and columns:
             self.finite.raise_if_any()  # fitting syncs anyway; never fit on a non-finite output
         params = parameters(k, lands, base, columns, land, fitter=self.fitter, lambdas=self.lambdas)
-        self.fitted.append(np.asarray(params, dtype=np.float64))
-        corrected = base
-        for p, v in zip(params, columns):
-            corrected = corrected + p * v
+        self.fitted.append(params)
+        corrected = corrected_estimate(base, columns, params)
         d_solver = to(corrected, space, self.solver_space)
         x_next = update(d_solver)
 
@@ -275,7 +315,7 @@ def run(
     noise: torch.Tensor,
     plan: Plan,
     *,
-    lambdas: Lambdas | None = None,
+    lambdas: Lambdas | LambdaSets | None = None,
     variant: str = "d-ode",
     space: str = "native",
     stages: str = "per_time",
@@ -287,7 +327,14 @@ def run(
     """The sampling loop: start from ``x_T`` and let the solver take each planned step through the hook.
 
     ``space`` is the prediction type the D-ODE transform acts in (``native``: the model's own).
+    ``lambdas``: a :class:`LambdaSets` runs several parameter settings at once on ``noise``, which must then
+    be its sets' copies of one batch (``noise.repeat``).
     """
+    if isinstance(lambdas, LambdaSets) and noise.shape[0] != len(lambdas.values) * lambdas.per_set:
+        raise ValueError(
+            f"noise of a LambdaSets run must hold {len(lambdas.values)} sets x {lambdas.per_set} samples, "
+            f"got {noise.shape[0]}"
+        )
     solver = get_solver(plan.solver)
     noise = noise.to(torch.float64)
     space = denoiser.prediction if space == "native" else space

@@ -100,3 +100,28 @@ _HALF_UNIT = {"h": 180.0, "min": 3.0}  # seconds: half of the 0.1 h or 0.1 min t
 
 def _seconds(value: str, unit: str) -> float:
     return float(value.replace(",", "")) * {"h": 3600, "min": 60}[unit]
+
+
+def test_joint_fit_benchmark_runs_and_reports_every_ratio():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/joint_fit.py",
+            *("--settings", "digits-eps-mini", "testbed"),
+            *("--solvers", "ipndm", "--nfes", "3", "--B", "4", "--K", "2"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split()[3:] for line in out.splitlines() if line.split()[1:2] == ["ipndm"]}
+    assert sorted(rows) == ["digits-eps-mini", "testbed"], out
+    for name, cells in rows.items():
+        values = [float(v) for v in cells]
+        assert len(values) == 13 and all(v > 0 for v in values[:11]), out
+        greedy_evals, joint_evals, greedy_calls, joint_calls, unbatched_calls = values[6:11]
+        assert joint_evals > greedy_evals and unbatched_calls > joint_calls > greedy_calls, out
+        if name == "testbed":  # float64: batching changes nothing but the number of calls
+            assert values[12] < 1e-9, out
