@@ -100,3 +100,23 @@ _HALF_UNIT = {"h": 180.0, "min": 3.0}  # seconds: half of the 0.1 h or 0.1 min t
 
 def _seconds(value: str, unit: str) -> float:
     return float(value.replace(",", "")) * {"h": 3600, "min": 60}[unit]
+
+
+def test_frechet_benchmark_times_both_and_agrees_with_pytorch_fid():
+    # small statistics: the 2048-d run (tens of seconds for sqrtm) is measured by hand, see the script
+    out = subprocess.run(
+        [sys.executable, "benchmarks/frechet.py", "--dim", "64", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert sorted(rows) == ["full-rank", "singular"], out
+    for ours, theirs, ratio, difference in rows.values():
+        assert float(ours) > 0 and float(theirs) > 0
+        assert float(ratio) == pytest.approx(
+            float(theirs) / float(ours), rel=0.02
+        )  # three significant figures each
+        assert float(difference) < 1e-6, out
