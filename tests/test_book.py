@@ -59,13 +59,16 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
 
 
 def test_gpu_page_counts_are_the_ones_network_evaluations_gives():
-    from dode.companion.protocols import network_evaluations
+    """The run-time table's network evaluations and FID cells (Frechet distances) are the counts of
+    protocols, which tests/test_experiments.py checks against the calls of a real sweep."""
+    from dode.companion.protocols import metric_work, network_evaluations
 
     text = (REPO / "book" / "gpu.md").read_text()
-    rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \|", text, flags=re.M)
+    rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \| ([\d,]+) \|", text, flags=re.M)
     assert len(rows) >= 4
-    for stem, count in rows:
+    for stem, count, cells in rows:
         assert int(count.replace(",", "")) == network_evaluations(stem, "paper"), stem
+        assert int(cells.replace(",", "")) == metric_work(stem, "paper")["distances"], stem
 
 
 def _tracked_text_files():
