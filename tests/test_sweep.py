@@ -293,7 +293,7 @@ def _as_smoke(words: list[str], nproc: int, port: int) -> list[str]:
         elif word.startswith("--master_port="):
             word = f"--master_port={port}"
         out.append(word)
-    return ["smoke" if prev == "--profile" else w for prev, w in zip([""] + out, out, strict=True)]
+    return ["smoke" if prev == "--profile" else w for prev, w in zip(["", *out[:-1]], out, strict=True)]
 
 
 @pytest.mark.slow
