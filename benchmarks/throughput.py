@@ -5,11 +5,15 @@ Times DDIM sampling runs (``dode.sample``, the sweeps' own loop) of ``--batch`` 
 one warm-up run). Then, for every sweep notebook of the ``paper`` profile, it prints the estimated wall time
 at that rate from :func:`dode.companion.protocols.network_evaluations`, on one GPU and on ``--gpus`` GPUs.
 
-The estimate on N GPUs divides the time by N: the sharded sweep (``python -m dode.sweep`` under torchrun)
-splits every sampling run over the ranks, while the fits, about 1 % of the evaluations, run on rank 0 alone.
-Inception features for FID (one Inception evaluation per sample) are not counted. The rate is the measured
-model's; a notebook whose paper model is another network (its name is printed beside it) runs at that
-network's rate instead.
+The estimates include FID (:func:`dode.companion.protocols.metric_work` counts its work): the Frechet
+distance of every cell, timed here on 2048-d statistics on ``--device`` (:func:`dode.metrics.frechet_distance`
+there), and Inception's features of every sample, timed here at ``--batch`` images of the model's resolution
+when pytorch-fid's Inception weights are in the torch hub cache (else left out, and said so).
+
+The estimate on N GPUs divides the sampling and the features by N: the sharded sweep (``python -m dode.sweep``
+under torchrun) splits every sampling run over the ranks, while the fits, about 1 % of the evaluations, and
+the Frechet distances run on rank 0 alone (counted undivided). The rate is the measured model's; a notebook
+whose paper model is another network (its name is printed beside it) runs at that network's rate instead.
 
 ``--random-weights`` builds the model's real architecture with random weights instead of loading the
 checkpoint (``ddpm-cifar10``: the UNet2DModel of google/ddpm-cifar10-32, 35.7M parameters), so the rate can
@@ -29,11 +33,12 @@ import time
 from pathlib import Path
 
 import torch
+from frechet import statistics  # benchmarks/frechet.py: the same statistics its comparison times
 
 import dode
-from dode import zoo
+from dode import metrics, zoo
 from dode.companion.experiments import DTYPES, load_model
-from dode.companion.protocols import PROTOCOLS, network_evaluations
+from dode.companion.protocols import PROTOCOLS, metric_work, network_evaluations
 from dode.companion.sweep import SWEEPS
 
 #: the UNet of google/ddpm-cifar10-32 (its hub config.json), for --random-weights
@@ -100,6 +105,40 @@ def evaluations_per_second(den: dode.Denoiser, batch: int, nfe: int, repeats: in
     return batch * nfe / best
 
 
+def frechet_seconds(device: str, repeats: int) -> float:
+    """Wall time of one FID's Frechet distance (2048-d statistics) on ``device``, the best of ``repeats``."""
+    a, b = (
+        statistics(metrics.FID.DIM, metrics.FID.DIM, seed=0),
+        statistics(metrics.FID.DIM, metrics.FID.DIM, 1),
+    )
+    cuda = torch.device(device).type == "cuda"
+    best = float("inf")
+    for i in range(repeats + cuda):  # on a GPU the first run warms up (cuSOLVER's initialisation)
+        t0 = time.perf_counter()
+        metrics.frechet_distance(a, b, device=device)
+        if cuda:
+            torch.cuda.synchronize()
+        if i or not cuda:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def inception_images_per_second(den: dode.Denoiser, batch: int, repeats: int, device: str) -> float | None:
+    """Images per second of FID's Inception features at the model's resolution; None without its weights."""
+    if not metrics.inception_weights_path().is_file():
+        return None
+    fid = metrics.FID(device=device, batch_size=batch)
+    shape = (int(den.info["channels"]), int(den.info["resolution"]), int(den.info["resolution"]))
+    images = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    best = float("inf")
+    for i in range(repeats + 1):  # the first run warms up
+        t0 = time.perf_counter()
+        fid.features(images)  # returns on the CPU: synchronised
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:10.1f} h" if seconds >= 360 else f"{seconds / 60:10.1f} min"
 
@@ -137,19 +176,35 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.model} ({weights}, {parameters / 1e6:.2f}M parameters) on {args.device}, batch {args.batch}, "
         f"DDIM NFE {args.nfe}, {torch.get_num_threads()} CPU threads: {shown} network evaluations/s"
     )
-    print(f"\nestimated wall time of the paper profile at {shown} evaluations/s per device")
+    frechet = frechet_seconds(args.device, args.repeats)
+    inception = inception_images_per_second(den, args.batch, args.repeats, args.device)
+    print(f"FID: {frechet:.3g} s per Frechet distance of 2048-d statistics on {args.device}")
+    if inception is None:
+        print(
+            f"FID: Inception's features not timed, no weights at {metrics.inception_weights_path()}: left out"
+        )
+    else:
+        print(f"FID: {_significant(inception)} Inception images/s at batch {args.batch}")
+    print(f"\nestimated wall time of the paper profile at {shown} evaluations/s per device, FID included")
     one, many = "1 device", f"{args.gpus} devices"
-    print(f"{'notebook':22s} {'paper models':24s} {'evaluations':>14s} {one:>13s} {many:>13s}")
+    print(
+        f"{'notebook':22s} {'paper models':24s} {'evaluations':>14s} {'FID cells':>9s} {one:>13s} {many:>13s}"
+    )
     for stem in SWEEPS:
         table = PROTOCOLS[stem]["paper"]
         models = table.get("models") or [table["model"]]
         model = models[0] + (f"+{len(models) - 1}" if len(models) > 1 else "")  # the first, and how many more
         try:
-            n = network_evaluations(stem, "paper")
+            n, work = network_evaluations(stem, "paper"), metric_work(stem, "paper")
         except ValueError:  # a sweep over K, B or a constant lambda: not counted there
             print(f"{stem:22s} {model:24s} {'(not counted)':>14s}")
             continue
-        print(f"{stem:22s} {model:24s} {n:14,d} {_hours(n / rate)} {_hours(n / rate / args.gpus)}")
+        shared = n / rate + (work["images"] / inception if inception else 0.0)  # split over the devices
+        alone = work["distances"] * frechet  # rank 0's
+        print(
+            f"{stem:22s} {model:24s} {n:14,d} {work['distances']:9,d} {_hours(shared + alone)} "
+            f"{_hours(shared / args.gpus + alone)}"
+        )
 
 
 def _significant(rate: float) -> str:

@@ -69,13 +69,18 @@ def _throughput(*args: str) -> str:
     ],
     ids=["digits-eps", "ddpm-cifar10-random", "digits-eps-bfloat16-channels-last"],
 )
-def test_throughput_benchmark_reports_a_rate_and_an_estimate_per_sweep(args):
-    from dode.companion.protocols import network_evaluations
+def test_throughput_benchmark_reports_a_rate_and_an_estimate_per_sweep(args, monkeypatch, tmp_path):
+    from dode.companion.protocols import metric_work, network_evaluations
     from dode.companion.sweep import SWEEPS
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no Inception weights: its features are left out
     out = _throughput(*args, "--gpus", "4")
     rate = float(re.search(r": ([\d,.]+) network evaluations/s", out).group(1).replace(",", ""))
     assert rate > 0, out
+    frechet = float(
+        re.search(r"FID: ([\d.e+-]+) s per Frechet distance of 2048-d statistics on cpu", out).group(1)
+    )
+    assert frechet > 0 and "Inception's features not timed" in out
     rows = {
         line.split()[0]: line.split()
         for line in out.splitlines()
@@ -85,14 +90,20 @@ def test_throughput_benchmark_reports_a_rate_and_an_estimate_per_sweep(args):
     counted = {stem: row for stem, row in rows.items() if row[2] != "(not"}
     assert "02_noise_prediction" in counted and "03_data_prediction" in counted
     for stem, row in counted.items():
-        n = network_evaluations(stem, "paper")
-        assert int(row[2].replace(",", "")) == n
-        one, four = _seconds(row[3], row[4]), _seconds(row[5], row[6])
+        n, distances = network_evaluations(stem, "paper"), metric_work(stem, "paper")["distances"]
+        assert int(row[2].replace(",", "")) == n and int(row[3].replace(",", "")) == distances
+        one, four = _seconds(row[4], row[5]), _seconds(row[6], row[7])
         # printed to 0.1 h or 0.1 min: each value is off by at most half of that from what it rounds; the
-        # printed rate keeps three significant figures (relative error at most 0.5 / 100)
-        assert abs(one - n / rate) <= _HALF_UNIT[row[4]] + n / rate * 0.005 / 0.995, (row, n / rate)
-        # four GPUs: a quarter of the time, each side rounded
-        assert abs(four * 4 - one) <= 4 * _HALF_UNIT[row[6]] + _HALF_UNIT[row[4]], row
+        # printed rate and Frechet time keep three significant figures (relative error at most 0.5 / 100)
+        sampling, fid = n / rate, distances * frechet
+        slack = 0.005 / 0.995
+        assert abs(one - sampling - fid) <= _HALF_UNIT[row[5]] + (sampling + fid) * slack, (
+            row,
+            sampling,
+            fid,
+        )
+        # four GPUs: a quarter of the sampling, the Frechet distances on rank 0 alone
+        assert abs(four - sampling / 4 - fid) <= _HALF_UNIT[row[7]] + (sampling / 4 + fid) * slack, row
 
 
 _HALF_UNIT = {"h": 180.0, "min": 3.0}  # seconds: half of the 0.1 h or 0.1 min the script prints to
@@ -125,3 +136,23 @@ def test_joint_fit_benchmark_runs_and_reports_every_ratio():
         assert joint_evals > greedy_evals and unbatched_calls > joint_calls > greedy_calls, out
         if name == "testbed":  # float64: batching changes nothing but the number of calls
             assert values[12] < 1e-9, out
+
+
+def test_frechet_benchmark_times_both_and_agrees_with_pytorch_fid():
+    # small statistics: the 2048-d run (tens of seconds for sqrtm) is measured by hand, see the script
+    out = subprocess.run(
+        [sys.executable, "benchmarks/frechet.py", "--dim", "64", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert sorted(rows) == ["full-rank", "singular"], out
+    for ours, theirs, ratio, difference in rows.values():
+        assert float(ours) > 0 and float(theirs) > 0
+        assert float(ratio) == pytest.approx(
+            float(theirs) / float(ours), rel=0.02
+        )  # three significant figures each
+        assert float(difference) < 1e-6, out

@@ -68,13 +68,16 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
 
 
 def test_gpu_page_counts_are_the_ones_network_evaluations_gives():
-    from dode.companion.protocols import network_evaluations
+    """The run-time table's network evaluations and FID cells (Frechet distances) are the counts of
+    protocols, which tests/test_experiments.py checks against the calls of a real sweep."""
+    from dode.companion.protocols import metric_work, network_evaluations
 
     text = (REPO / "book" / "gpu.md").read_text()
-    rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \|", text, flags=re.M)
+    rows = re.findall(r"^\| (\d\d_[a-z_]+)[^|]*\| ([\d,]+) \| ([\d,]+) \|", text, flags=re.M)
     assert len(rows) >= 4
-    for stem, count in rows:
+    for stem, count, cells in rows:
         assert int(count.replace(",", "")) == network_evaluations(stem, "paper"), stem
+        assert int(cells.replace(",", "")) == metric_work(stem, "paper")["distances"], stem
 
 
 def _tracked_text_files():
@@ -119,3 +122,64 @@ def test_every_ref_label_in_the_pages_is_defined():
         if name.endswith((".md", ".ipynb")):
             for label in re.findall(r"\{ref\}`[^`<]*<([\w-]+)>`", text):
                 assert label in labels, f"{name} links to an undefined label {label!r}"
+
+
+def _executed_book(root: Path, outputs: dict[str, list[list[dict]]]) -> Path:
+    """A book of executed notebooks: ``outputs`` maps a notebook's name to its code cells' outputs."""
+    import nbformat
+
+    toc = {
+        "format": "jb-book",
+        "root": "intro",
+        "chapters": [{"file": f"book/executed/{n}"} for n in outputs],
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "_toc.yml").write_text(json.dumps(toc))  # JSON is YAML
+    for folder in ("notebooks", "book/executed"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, cells in outputs.items():
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a page")])
+        for count, cell_outputs in enumerate(cells, start=1):
+            cell = nbformat.v4.new_code_cell("x = 1", execution_count=count)
+            cell.outputs = [nbformat.from_dict(o) for o in cell_outputs]
+            notebook.cells.append(cell)
+        nbformat.write(notebook, root / "notebooks" / f"{name}.ipynb")
+        nbformat.write(notebook, root / "book" / "executed" / f"{name}.ipynb")
+    return root
+
+
+def test_the_book_refuses_a_notebook_that_holds_an_error_or_a_traceback(tmp_path):
+    """An error output (papermill's KeyError in a drawing cell), and a traceback printed to stderr by a caught
+    exception, stop the build before jupyter-book runs, naming the notebook and the cell."""
+    printed = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: no\n'
+    clean = [{"output_type": "stream", "name": "stdout", "text": "fine\n"}]
+    root = _executed_book(
+        tmp_path,
+        {
+            "01_clean": [clean, []],
+            "02_raises": [
+                clean,
+                [
+                    {
+                        "output_type": "error",
+                        "ename": "KeyError",
+                        "evalue": "not all values found",
+                        "traceback": [],
+                    }
+                ],
+            ],
+            "03_prints": [[], [], [{"output_type": "stream", "name": "stderr", "text": printed}]],
+        },
+    )
+    with pytest.raises(run_notebooks.BookLayoutError) as err:
+        build_book.build(root)
+    message = str(err.value)
+    assert "02_raises.ipynb: cell 3 (execution count 2): KeyError: not all values found" in message
+    assert "03_prints.ipynb: cell 4 (execution count 3): a traceback printed to stderr" in message
+    assert "01_clean" not in message
+    assert build_book.main(["--repo", str(root)]) == 2
+    # without the errors the build goes past this check (to the next missing file: the summary figure)
+    root = _executed_book(tmp_path / "fixed", {"01_clean": [clean, []]})
+    assert build_book.cells_with_errors(root / "book" / "executed" / "01_clean.ipynb") == []
+    with pytest.raises(run_notebooks.BookLayoutError, match="summary.png"):
+        build_book.build(root)

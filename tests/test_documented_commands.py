@@ -179,3 +179,16 @@ def test_the_runner_gives_each_notebook_the_parameters_it_defines(tmp_path, caps
     assert "model_options" not in injected["02_not"] and "nrpoc" not in injected["01_takes"]
     params.write_text("profile: paper\n")
     assert run_notebooks.main(["--profile", "smoke", "--params", str(params), "--repo", str(tmp_path)]) == 2
+
+
+def test_the_paper_runs_configuration_file_is_not_committed():
+    """README and book/gpu.md tell the user to copy the example to paper.yaml in the repository root: a file
+    of this machine's paths, which git must not pick up (the example stays tracked)."""
+
+    def ignored(path: str) -> bool:
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True)
+        assert done.returncode in (0, 1), done.stderr  # 128: not a git checkout
+        return done.returncode == 0
+
+    assert ignored("paper.yaml")
+    assert not ignored("notebooks/paper.example.yaml")

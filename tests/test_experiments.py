@@ -134,11 +134,25 @@ def test_quality_sweep_rejects_unknown_methods(tmp_path, digit_shaped_model):
 
 
 def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypatch):
-    """The count that the GPU chapter's run-time estimates rest on is the number of calls a sweep makes."""
-    from dode.companion.protocols import PROTOCOLS, network_evaluations
+    """The counts that the GPU chapter's run-time estimates rest on are the numbers of calls a sweep makes: of
+    the network, of the metric's network (per image) and of the Frechet distance."""
+    from dode import metrics
+    from dode.companion.protocols import PROTOCOLS, metric_work, network_evaluations
 
-    calls = {"n": 0}
+    calls = {"n": 0, "images": 0, "distances": 0}
     real_load = ex.load_model
+    real_features, real_distance = metrics.FD.features, metrics.frechet_distance
+
+    def counting_features(self, images):
+        calls["images"] += images.shape[0]
+        return real_features(self, images)
+
+    def counting_distance(*args, **kwargs):
+        calls["distances"] += 1
+        return real_distance(*args, **kwargs)
+
+    monkeypatch.setattr(metrics.FD, "features", counting_features)
+    monkeypatch.setattr(metrics, "frechet_distance", counting_distance)
 
     def counting_load(name, device="cpu", **options):
         den = real_load(name, device=device, **options)
@@ -155,14 +169,17 @@ def test_network_evaluation_count_matches_a_real_smoke_sweep(tmp_path, monkeypat
     # one D-variant; four sharing one teacher run; Heun (one teacher time per step) and the per-stage method
     # (computed for Heun only)
     for stem in ("04_dpm_solver_pp", "07_formulations", "03_data_prediction"):
-        calls["n"] = 0
+        calls.update(n=0, images=0, distances=0)
         # a results folder each: the noise floor of a model another sweep computed would be read from its cache
         ex.run_sweep(stem, ex.settings(PROTOCOLS[stem], "smoke"), tmp_path / stem, progress=False)
         assert calls["n"] == network_evaluations(stem, "smoke"), stem
+        assert {k: calls[k] for k in ("images", "distances")} == metric_work(stem, "smoke"), stem
     with pytest.raises(ValueError, match="stem must be one of"):
         network_evaluations("99_nothing", "cpu")
     with pytest.raises(ValueError, match="not a plain sweep"):
         network_evaluations("08_ablation_K_B", "cpu")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        metric_work("99_nothing", "cpu")
 
 
 # ---- extra sweep dimensions: K and B (Tab. 3), constant lambdas (Tab. 4) ----

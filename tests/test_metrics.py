@@ -102,10 +102,19 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
         M.frechet_distance((mu1, np.diag(v1)), (np.zeros(2), np.eye(2)))
 
 
+#: where frechet_distance can compute: numpy on the CPU, torch on the CPU, and torch on a GPU when there is one
+PLACES = ["numpy", "torch-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
+
+
+def _moments_of(x: np.ndarray):
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+@pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("n", [400, 40], ids=["full-rank", "singular"])
-def test_frechet_distance_equals_pytorch_fid(n):
+def test_frechet_distance_equals_pytorch_fid(n, place):
     """Same value as pytorch-fid's sqrtm-based formula, on full-rank covariances and on singular ones (fewer
-    samples than features, where sqrtm warns)."""
+    samples than features, where sqrtm warns), from numpy moments and from torch tensors where they are."""
     import warnings
 
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -114,11 +123,55 @@ def test_frechet_distance_equals_pytorch_fid(n):
     d = 96
     a = rng.standard_normal((n, d)) @ (rng.standard_normal((d, d)) / np.sqrt(d))
     b = 1.1 * rng.standard_normal((n, d)) + 0.1
-    (mu_a, s_a), (mu_b, s_b) = ((x.mean(0), np.cov(x, rowvar=False)) for x in (a, b))
+    (mu_a, s_a), (mu_b, s_b) = _moments_of(a), _moments_of(b)
+    assert (np.linalg.matrix_rank(s_a) < d) == (n < d)  # the case the id names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = calculate_frechet_distance(mu_a, s_a, mu_b, s_b)
-    assert M.frechet_distance((mu_a, s_a), (mu_b, s_b)) == pytest.approx(expected, rel=1e-6)
+    moments = [mu_a, s_a, mu_b, s_b]
+    if place != "numpy":
+        moments = [torch.from_numpy(x).to(place.removeprefix("torch-")) for x in moments]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no LinAlgWarning or any other: nothing to silence downstream
+        got = M.frechet_distance(tuple(moments[:2]), tuple(moments[2:]))
+    assert isinstance(got, float)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_no_distance_goes_through_pytorch_fids_sqrtm():
+    """pytorch-fid's calculate_frechet_distance (scipy's sqrtm: tens of CPU seconds on 2048-d statistics, and
+    a LinAlgWarning "Matrix is singular" on fewer samples than features) is called nowhere in dode."""
+    from pathlib import Path
+
+    sources = Path(M.__file__).resolve().parents[1].rglob("*.py")
+    offenders = [
+        str(path)
+        for path in sources
+        if any(s in path.read_text() for s in ("fid_score", "sqrtm(", "calculate_frechet_distance"))
+    ]
+    assert offenders == []
+
+
+def test_frechet_distance_computes_on_the_device_it_is_given(monkeypatch):
+    """numpy moments (FeatureStats) stay with numpy on the CPU, and are computed with torch's
+    eigendecompositions in float64 on a GPU given as ``device``; tensors are computed where they are. The
+    same value everywhere."""
+    rng = np.random.default_rng(7)
+    a = M.FeatureStats().update(rng.standard_normal((30, 12)))
+    b = M.FeatureStats().update(rng.standard_normal((50, 12)) + 0.5)
+    numpy_value = M.frechet_distance(a, b)
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda x: calls.append((x.device.type, x.dtype)) or eigh(x))
+    assert M.frechet_distance(a, b, device="cpu") == numpy_value and calls == []
+    if torch.cuda.is_available():
+        assert M.frechet_distance(a, b, device="cuda") == pytest.approx(numpy_value, rel=1e-12)
+        assert calls == [("cuda", torch.float64)]
+        calls.clear()
+    tensors = [torch.as_tensor(x, dtype=torch.float32) for x in (a.mu, a.sigma, b.mu, b.sigma)]
+    value = M.frechet_distance(tuple(tensors[:2]), tuple(tensors[2:]))
+    assert calls == [("cpu", torch.float64)]
+    assert value == pytest.approx(numpy_value, rel=1e-5)  # the moments were rounded to float32
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,7 +396,12 @@ def test_fid_loads_its_weights_from_the_hub_cache(standin_torch_home, monkeypatc
     import torch.hub
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
-    fid = M.FID(batch_size=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pytorch-fid's network builds and runs without a warning on a page
+        fid = M.FID(batch_size=2)
+        fid.features(torch.zeros(2, 3, 8, 8))
     saved = torch.load(M.inception_weights_path(), weights_only=True)
     loaded = fid.model.blocks[0][0].conv.weight
     torch.testing.assert_close(loaded, saved["Conv2d_1a_3x3.conv.weight"], rtol=0, atol=0)
@@ -417,10 +475,13 @@ def test_fid_maps_images_and_streams(standin_torch_home, monkeypatch, tmp_path):
     # the 2048-d matrix square root takes minutes on a shared CPU, so the distance itself is checked on small
     # dimensions (test_frechet_distance_*); here: the right statistics reach it
     compared = []
-    monkeypatch.setattr(M, "frechet_distance", lambda a, b: compared.append((a, b)) or 42.0)
+    monkeypatch.setattr(M, "frechet_distance", lambda a, b, device: compared.append((a, b, device)) or 42.0)
     assert fid(many[:10], reference=ref) == 42.0
     np.testing.assert_allclose(compared[0][0].mu, fid.stats(many[:10]).mu, rtol=1e-12)
     assert compared[0][1] is ref
+    assert (
+        compared[0][2] == fid.device
+    )  # the distance is computed where the features are (a GPU's run: there)
     path = ref.save(tmp_path / "ref.npz")
     assert fid(ref, reference=path) == 42.0
     np.testing.assert_allclose(compared[1][1].sigma, ref.sigma, rtol=1e-12)

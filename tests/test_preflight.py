@@ -4,6 +4,7 @@ with what fetches it, before any sampling."""
 from __future__ import annotations
 
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,3 +110,58 @@ def test_an_incomplete_configuration_lists_everything_missing_with_its_fetch_com
     assert "python -m pytorch_fid --save-stats" in out and "ffhq-64x64.npz" in out
     assert "wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" in out
     assert "6 problem(s)" in out
+
+
+def _edm_clone_with_pickles(tmp_path: Path, options: dict, monkeypatch) -> Path:
+    """A clone whose ``torch_utils`` holds the pickled network's class (as EDM's pickles need EDM's code), and
+    the three EDM pickles rewritten to need it: only a model whose loader puts the clone on sys.path loads."""
+    clone = tmp_path / "edm-clone"
+    (clone / "torch_utils").mkdir(parents=True)
+    (clone / "torch_utils" / "__init__.py").write_text("")
+    shutil.copy(Path(edm_like_net.__file__), clone / "torch_utils" / "tiny_edm.py")
+    for key in [k for k in sys.modules if k == "torch_utils" or k.startswith("torch_utils.")]:
+        monkeypatch.delitem(sys.modules, key)  # another test's clone
+    monkeypatch.syspath_prepend(str(clone))
+    import torch_utils.tiny_edm
+
+    for name, (resolution, label_dim) in EDM.items():
+        net = torch_utils.tiny_edm.TinyEDMNet(img_resolution=resolution, label_dim=label_dim)
+        with open(options[name]["path"], "wb") as f:
+            pickle.dump({"ema": net}, f)
+    monkeypatch.undo()  # the clone off sys.path again (and the other monkeypatches: set again by the caller)
+    for key in [k for k in sys.modules if k == "torch_utils" or k.startswith("torch_utils.")]:
+        del sys.modules[key]
+    return clone
+
+
+def test_each_model_is_checked_alone_and_a_missing_clone_is_fixed_by_cloning(
+    paper_files, capsys, monkeypatch
+):
+    """An earlier EDM model's clone does not make a later one without ``edm_repo`` pass (the notebook loading
+    it alone would fail), and a wrong ``edm_repo`` is fixed by cloning EDM, not by downloading the pickle."""
+    import pytorch_fid.inception
+
+    tmp_path, params = paper_files
+    options = params["model_options"]
+    clone = _edm_clone_with_pickles(tmp_path, options, monkeypatch)
+    monkeypatch.setattr(pytorch_fid.inception, "InceptionV3", _StandinInception)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    options["edm-cifar10-uncond-vp"]["edm_repo"] = str(clone)  # loads, and puts the clone on sys.path
+    del options["edm-ffhq-64"]["edm_repo"]  # would load only thanks to the model before it
+    (tmp_path / "not-edm").mkdir()
+    options["edm-imagenet-64"]["edm_repo"] = str(tmp_path / "not-edm")  # a folder without torch_utils
+    path_before = list(sys.path)
+    status = preflight.main(
+        ["--profile", "paper", "--params", str(_write(tmp_path, params)), "--only", "03_data_prediction"]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert sys.path == path_before and "torch_utils" not in sys.modules
+    lines = out.splitlines()
+    assert any(line.split() == ["ok", "model", "edm-cifar10-uncond-vp:", *line.split()[3:]] for line in lines)
+    for name in ("edm-ffhq-64", "edm-imagenet-64"):
+        at = next(i for i, line in enumerate(lines) if line.split()[:3] == ["MISSING", "model", f"{name}:"])
+        fix = lines[at + 1]
+        assert f"git clone https://github.com/NVlabs/edm`, passed as model_options.{name}.edm_repo" in fix
+        assert "wget" not in fix, fix  # the pickle is there: downloading it again fixes nothing
+    assert "2 problem(s)" in out

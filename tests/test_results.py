@@ -242,3 +242,64 @@ def test_a_notebook_store_refuses_results_of_another_profile_or_model(tmp_path, 
         store(**other)
     # the refused run leaves the stored cell as it was
     assert store().get("fd", method="base", nfe=5) == 12.5
+
+
+def test_a_file_holds_the_models_of_its_run_and_keeps_the_others_aside_until_they_return(tmp_path):
+    """A run with more models adds them; a run that leaves out a model the file holds moves that model's cells
+    to <stem>.aside.nc (the pages draw the run's models only, nothing computed is lost), and a later run with
+    the model brings them back, unless its identity changed."""
+    from dode.companion.results import aside_path
+
+    dims = {"method": ["base"], "nfe": [5]}
+    path = tmp_path / "02_noise_prediction.nc"
+
+    def store(*models, seed=0):
+        identities = {m: ex.identity(_named_denoiser(m)) for m in models}
+        if seed:  # another checkpoint under the same name
+            identities[models[0]]["checkpoint_sha256"] = f"other-{seed}"
+        params = {"profile": "smoke", "K": 10}
+        dims_ = {"model": list(models), **dims}
+        return ex.open_store(tmp_path, "02_noise_prediction", dims_, {"K": 10}, params, identities)
+
+    def models(file):
+        with xr.open_dataset(file, engine="h5netcdf") as ds:
+            return ds["model"].values.tolist(), json.loads(ds.attrs["identities"])
+
+    store("digits-eps").put("fd", 1.0, model="digits-eps", method="base", nfe=5)
+    grown = store("digits-eps", "digits-edm")
+    grown.put("fd", 2.0, model="digits-edm", method="base", nfe=5)
+    assert grown.get("fd", model="digits-eps", method="base", nfe=5) == 1.0  # the earlier cell is kept
+    assert not aside_path(path).exists()
+
+    shrunk = store("digits-edm")
+    assert shrunk.dataset()["model"].values.tolist() == ["digits-edm"]
+    on_disk, identities = models(path)
+    assert on_disk == ["digits-edm"] and set(identities) == {"digits-edm"}  # written at once
+    aside, kept = models(aside_path(path))
+    assert aside == ["digits-eps"] and set(kept) == {"digits-eps"}
+
+    back = store("digits-eps", "digits-edm")  # the model returns: its cell comes back, not recomputed
+    assert back.has("fd", model="digits-eps", method="base", nfe=5)
+    assert back.get("fd", model="digits-eps", method="base", nfe=5) == 1.0
+    assert models(path)[0] == ["digits-eps", "digits-edm"] and not aside_path(path).exists()
+
+    store("digits-edm")  # aside again; then the model returns with another checkpoint: computed afresh
+    changed = store("digits-eps", "digits-edm", seed=1)
+    assert not changed.has("fd", model="digits-eps", method="base", nfe=5)
+    assert models(aside_path(path))[0] == ["digits-eps"]  # the old checkpoint's cells stay aside
+    # an aside file of other parameters is never overwritten: a fresh file of K = 11 cannot set a model aside
+    path.rename(tmp_path / "moved-away.nc")
+
+    def store_k11(*models):
+        identities = {m: ex.identity(_named_denoiser(m)) for m in models}
+        dims_ = {"model": list(models), **dims}
+        return ex.open_store(
+            tmp_path, "02_noise_prediction", dims_, {"K": 11}, {"profile": "smoke"}, identities
+        )
+
+    store_k11("digits-eps", "digits-edm").put("fd", 3.0, model="digits-eps", method="base", nfe=5)
+    with pytest.raises(
+        IncompatibleResults, match=r"02_noise_prediction.aside.nc, which holds cells computed"
+    ):
+        store_k11("digits-edm")
+    assert models(aside_path(path))[0] == ["digits-eps"] and models(path)[0] == ["digits-eps", "digits-edm"]

@@ -271,6 +271,73 @@ def test_every_sweep_command_of_the_gpu_page_parses():
         assert sweep.parameters(None, parsed.set) is not None
 
 
+def test_every_paper_sweep_of_the_gpu_page_names_its_checkpoints():
+    """A paper sweep without the run's configuration file finds no checkpoint: every command passes
+    ``--params paper.yaml`` (or sets ``model_options`` itself)."""
+    for words in _documented_commands():
+        given = dict(zip(words, words[1:], strict=False))
+        assert given.get("--params") == "paper.yaml" or any(w.startswith("model_options=") for w in words), (
+            " ".join(words)
+        )
+
+
+def _as_smoke(words: list[str], nproc: int, port: int) -> list[str]:
+    """A torchrun line of the GPU page on this machine: this interpreter's torchrun, ``nproc`` processes per
+    node, the rendezvous on this host, the smoke profile. Nothing else is changed."""
+    out = [*TORCHRUN] if words[0] == "torchrun" else [*words[:1]]
+    for word in words[1:]:
+        if word.startswith("--nproc_per_node="):
+            word = f"--nproc_per_node={nproc}"
+        elif word.startswith("--master_addr="):
+            word = "--master_addr=127.0.0.1"
+        elif word.startswith("--master_port="):
+            word = f"--master_port={port}"
+        out.append(word)
+    return ["smoke" if prev == "--profile" else w for prev, w in zip(["", *out[:-1]], out, strict=True)]
+
+
+@pytest.mark.slow
+def test_the_gpu_pages_torchrun_commands_run_as_written(tmp_path):
+    """Each torchrun line of book/gpu.md, in order, from a folder holding the run's ``paper.yaml`` (the
+    example file, on the CPU): two processes (gloo) where it starts eight; the two-node lines together, one
+    process each. The first computes the sweep, the others find it done: none recomputes a cell."""
+    import yaml
+
+    example = yaml.safe_load((ROOT / "notebooks" / "paper.example.yaml").read_text())
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump({**example, "device": "cpu"}))
+    lines = [w for w in _documented_commands() if w[0] == "torchrun"]
+    assert len(lines) == 4
+    nodes = [w for w in lines if "--nnodes=2" in w]
+    results, port = None, _free_port()
+    for words in [w for w in lines if w not in nodes] + [None]:
+        # the standalone lines need no port; the two nodes share one
+        commands = [_as_smoke(words, 2, 0)] if words else [_as_smoke(w, 1, port) for w in nodes]
+        procs = [
+            subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            for command in commands
+        ]
+        try:
+            outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        assert [proc.returncode for proc in procs] == [0] * len(procs), (commands, outputs)
+        ds = _load(tmp_path / "data" / "results" / "paper" / "02_noise_prediction.nc")
+        assert ds.attrs["profile"] == "smoke" and np.isfinite(ds["fd"].values).any()
+        if results is None:
+            results = _finished(ds)
+        assert _finished(ds) == results  # the later commands resumed a finished file
+
+
 def test_model_options_take_a_dtype_by_name_and_channels_last(monkeypatch):
     import torch
 

@@ -22,12 +22,17 @@ book/timings.md include -- and ``api.md``, the API reference generated from the 
 
 A built page that shows progress-bar output fails the build (:func:`pages_with_progress_bars`): the runner
 sends the bars to the terminal (:mod:`dode.progress`), and one that reaches a page is a bar drawn past it.
+
+The book never publishes an error: an executed notebook holding an error output, or a traceback printed to
+a stream (a caught exception's ``traceback.print_exc()``, a warning turned into a failure), is refused
+before anything is built (:func:`cells_with_errors`), naming the notebook and the cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -51,6 +56,8 @@ GENERATED = "book/generated"  # includes rendered from the results files (render
 SUMMARY_FIGURE = "book/executed/summary.png"  # drawn by notebook 11; book/intro.md opens with it
 #: a tqdm bar as it lands in a page: "runs:  42%|████▏     | 5/12 [00:03<00:04, ...]"
 PROGRESS_BAR = re.compile(r"\d{1,3}%\|[^|\n]{0,200}\|\s*\d+/\d+\s*\[")
+#: how Python starts a printed traceback, in a stream output of a cell
+TRACEBACK = "Traceback (most recent call last)"
 
 
 def ensure_mathjax(repo: Path) -> Path:
@@ -135,6 +142,41 @@ def pages_with_progress_bars(html: Path) -> list[str]:
     )
 
 
+def cells_with_errors(notebook: Path) -> list[str]:
+    """The cells of an executed notebook that show an error: ``"cell N (execution count C): what"`` for each
+    code cell (N counted from 1 over all cells) with an ``error`` output, or a stream output that prints a
+    traceback. papermill stops at the first error, but a notebook executed elsewhere (or with errors
+    allowed) may hold several, and a caught exception's printed traceback is a stream, not an error."""
+    cells = json.loads(notebook.read_text())["cells"]
+    found = []
+    for number, cell in enumerate(cells, start=1):
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if output.get("output_type") == "error":
+                what = f"{output.get('ename', 'error')}: {output.get('evalue', '')}".strip()
+            elif output.get("output_type") == "stream" and TRACEBACK in "".join(output.get("text", "")):
+                what = f"a traceback printed to {output.get('name', 'a stream')}"
+            else:
+                continue
+            found.append(f"cell {number} (execution count {cell.get('execution_count')}): {what[:200]}")
+            break
+    return found
+
+
+def refuse_errors(notebooks) -> None:
+    """Raise :class:`BookLayoutError` naming every executed notebook and cell that shows an error."""
+    problems = [
+        f"{nb.executed}: {cell}"
+        for nb in notebooks
+        if nb.executed.is_file()
+        for cell in cells_with_errors(nb.executed)
+    ]
+    if problems:
+        raise BookLayoutError(
+            "the book would publish an error; fix the notebook(s) and run them again "
+            "(`python -m dode.companion.run_notebooks --only NAME`):\n  " + "\n  ".join(problems)
+        )
+
+
 def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None) -> int:
     """Build the book of `repo` into `<path_output>/_build/html` (default: book/_build/html)."""
     missing = [nb for nb in book_notebooks(repo) if not nb.executed.is_file()]
@@ -143,6 +185,7 @@ def build(repo: Path, rebuild_all: bool = False, path_output: Path | None = None
         raise BookLayoutError(
             f"not executed yet: {names}; run `python -m dode.companion.run_notebooks` (or make book)"
         )
+    refuse_errors(book_notebooks(repo))
     if not (repo / SUMMARY_FIGURE).is_file():
         raise BookLayoutError(
             f"{SUMMARY_FIGURE} (the introduction's figure) is missing; notebook 11_reproduction draws it: "

@@ -7,7 +7,11 @@ the run configuration file (``--params``, the file ``python -m dode.run_notebook
 take), it collects the models the notebook loads and checks, in this order:
 
 * every model: its checkpoint and the clone of its authors' code are there, and the model loads (on the
-  CPU; the checkpoint's content hash is computed here once, as the notebooks will);
+  CPU; the checkpoint's content hash is computed here once, as the notebooks will). Each model is loaded in
+  isolation (:func:`isolated_imports`): a clone that an earlier model's options put on ``sys.path`` is gone
+  again, so a model whose own options lack the clone is reported, as the notebook that loads it alone
+  would fail. The fix named is the missing item's: the fetch command of a missing checkpoint, the
+  ``git clone`` of missing or wrong authors' code;
 * every model scored by FID: its reference statistics are there, hold 2048-d Inception moments, and are of
   the model's resolution; pytorch-fid's Inception weights are in the torch hub cache and load;
 * every model scored by FD (the embedded digits): the digit classifier and its reference statistics load;
@@ -21,6 +25,8 @@ the exit status is 0 when nothing is missing, 1 otherwise. Nothing is downloaded
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,20 +86,46 @@ def _relative_paths(params: dict) -> list[Check]:
     return checks
 
 
+@contextlib.contextmanager
+def isolated_imports():
+    """Leave ``sys.path`` as it was, and forget the modules imported from the folders put on it meanwhile
+    (the clones of authors' code a model loader adds): the next model's check cannot lean on them."""
+    before = list(sys.path)
+    try:
+        yield
+    finally:
+        added = [Path(p).resolve() for p in sys.path if p not in before and p]
+        sys.path[:] = before
+        for key, module in list(sys.modules.items()):
+            where = getattr(module, "__file__", None) or next(
+                iter(getattr(module, "__path__", None) or []), None
+            )
+            if where and any(root in Path(where).resolve().parents for root in added):
+                del sys.modules[key]
+        importlib.invalidate_caches()
+
+
 def _check_model(name: str, options: dict):
-    """``(Check, Denoiser or None)`` for loading ``name`` with its options."""
+    """``(Check, Denoiser or None)`` for loading ``name`` with its options, in isolation, with the fix of
+    what is missing: the checkpoint (its fetch command) or the clone of the authors' code (``git clone``)."""
     from dode import zoo
 
     meta = zoo.MODELS.get(name)
     if meta is None:
         return Check(f"model {name}", False, "not a dode.zoo model", f"one of {sorted(zoo.MODELS)}"), None
-    fix = f"`{meta['fetch']}`, passed as model_options.{name}.path" if "fetch" in meta else ""
     clone = zoo.CLONES.get(meta["family"])
-    if clone and not options.get(clone["option"]):
-        fix += f"; `git clone {clone['url']}`, passed as model_options.{name}.{clone['option']}"
+    get_clone = (
+        f"`git clone {clone['url']}`, passed as model_options.{name}.{clone['option']}" if clone else ""
+    )
     try:
-        den = zoo.load(name, device="cpu", **options)
-    except Exception as err:  # any reason it does not load is what the check reports
+        with isolated_imports():
+            den = zoo.load(name, device="cpu", **options)
+    except (zoo.CloneMissing, zoo.EDMPickleImportError) as err:
+        return Check(f"model {name}", False, f"{type(err).__name__}: {err}", get_clone), None
+    except Exception as err:  # any other reason it does not load: its checkpoint is missing or not the one
+        fix = f"`{meta['fetch']}`, passed as model_options.{name}.path" if "fetch" in meta else ""
+        if clone and not options.get(clone["option"]):  # the clone will be needed next
+            fix += f"; {get_clone}"
         return Check(f"model {name}", False, f"{type(err).__name__}: {err}", fix), None
     sha = den.info.get("checkpoint_sha256") or ""
     where = den.info.get("checkpoint") or den.info.get("source", "")

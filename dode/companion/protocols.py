@@ -19,6 +19,7 @@ __all__ = [
     "DATA_MODELS",
     "RUN_ENVIRONMENT",
     "network_evaluations",
+    "metric_work",
     "FLOOR",
     "SCALE_KEYS",
     "LEAVE_OUT",
@@ -517,35 +518,67 @@ def network_evaluations(stem: str, profile: str) -> int:
     bound (its ``tol`` usually stops it after 3-9 iterations, book/method.md). Where the sweep's ``floor`` is
     on, the noise floor's reference sampler samples ``n_samples`` of every seed once more (an upper bound too:
     a floor another notebook computed is read from its cache). What a GPU box's run time scales with."""
+    from dode.companion.experiments import JOINT_METHODS, solver_spec
+    from dode.joint import JOINT_DEFAULTS
+    from dode.schedules import EDMSchedule
+    from dode.solvers import make_plan
+
+    cells = list(_sweep_cells(stem, profile))  # first: it checks the stem
+    cfg = PROTOCOLS[stem][profile]
+    total = 0
+    for own, floor_steps, label, nfe, methods in cells:
+        if label is None:  # the noise floor's reference run of every seed
+            total += floor_steps * own["n_samples"] * len(cfg["seeds"])
+            continue
+        fitted = sum(m != "base" for m in methods)
+        solver, options = solver_spec(label)
+        # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
+        landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
+        sampling = len(methods) * own["n_samples"] * nfe
+        fitting = (own["B"] * own["K"] * landing + fitted * own["B"] * nfe) if fitted else 0
+        joint_runs = JOINT_DEFAULTS["max_iter"] * (nfe + 1) + 2
+        fitting += sum(m in JOINT_METHODS for m in methods) * joint_runs * own["B"] * nfe
+        total += (sampling + fitting) * len(cfg["seeds"])
+    return total
+
+
+def metric_work(stem: str, profile: str) -> dict[str, int]:
+    """What the metric of one sweep notebook costs under ``profile``, beside :func:`network_evaluations`:
+    ``images``, the samples whose features (Inception's, for FID) are computed, ``n_samples`` per model,
+    (solver, NFE, seed, method) and noise-floor seed; and ``distances``, the Frechet distances computed, one
+    per such cell (on rank 0, :func:`dode.metrics.frechet_distance`)."""
+    cells = list(_sweep_cells(stem, profile))  # first: it checks the stem
+    cfg = PROTOCOLS[stem][profile]
+    images = distances = 0
+    for own, _, _, _, methods in cells:
+        cells = len(methods or [None]) * len(cfg["seeds"])  # a floor's run (methods None): one per seed
+        images += cells * own["n_samples"]
+        distances += cells
+    return {"images": images, "distances": distances}
+
+
+def _sweep_cells(stem: str, profile: str):
+    """``(model settings, floor steps, solver, nfe, methods)`` for every (model, solver, NFE) of a plain
+    sweep, with the methods computed there; a model's noise floor, where on, as ``(settings, steps, None,
+    None, None)``."""
     if stem not in PROTOCOLS:
         raise ValueError(f"stem must be one of {sorted(PROTOCOLS)}, got {stem!r}")
     cfg = PROTOCOLS[stem][profile]
     if not _plain_sweep(cfg):
         raise ValueError(
-            f"{stem} is not a plain sweep over solvers and NFEs; network_evaluations counts those only "
+            f"{stem} is not a plain sweep over solvers and NFEs; the costs are counted for those only "
             f"({', '.join(s for s, p in PROTOCOLS.items() if _plain_sweep(p[profile]))})"
         )
     from dode import zoo
-    from dode.companion.experiments import (
-        JOINT_METHODS,
-        check_floor,
-        method_nfes,
-        model_settings,
-        same_as_per_time,
-        solver_spec,
-    )
-    from dode.joint import JOINT_DEFAULTS
-    from dode.schedules import EDMSchedule
-    from dode.solvers import make_plan
+    from dode.companion.experiments import check_floor, method_nfes, model_settings, same_as_per_time
 
     nfes = cfg["nfes"]
     floor = check_floor(cfg.get("floor"))
-    total = 0
     for model in cfg["models"] if "models" in cfg else [cfg["model"]]:
         own = model_settings(cfg, model)
         if floor:
             reference = "edm" if zoo.available()[model]["schedule"].startswith("edm") else "ddim"
-            total += floor[reference] * own["n_samples"] * len(cfg["seeds"])
+            yield own, floor[reference], None, None, None
         for label in cfg["solvers"]:
             for nfe in nfes[label] if isinstance(nfes, dict) else nfes:
                 methods = [
@@ -554,16 +587,7 @@ def network_evaluations(stem: str, profile: str) -> int:
                     if not same_as_per_time(m, label, nfe)
                     and nfe in method_nfes(m, label, nfes, cfg.get("joint_nfes"))
                 ]
-                fitted = sum(m != "base" for m in methods)
-                solver, options = solver_spec(label)
-                # the teacher refines each distinct landing time K-fold (Heun's two stages share one)
-                landing = len(set(make_plan(EDMSchedule(), solver, nfe, None, options).landing_times))
-                sampling = len(methods) * own["n_samples"] * nfe
-                fitting = (own["B"] * own["K"] * landing + fitted * own["B"] * nfe) if fitted else 0
-                joint_runs = JOINT_DEFAULTS["max_iter"] * (nfe + 1) + 2
-                fitting += sum(m in JOINT_METHODS for m in methods) * joint_runs * own["B"] * nfe
-                total += (sampling + fitting) * len(cfg["seeds"])
-    return total
+                yield own, None, label, nfe, methods
 
 
 def _plain_sweep(cfg: dict) -> bool:

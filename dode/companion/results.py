@@ -16,7 +16,11 @@ Two kinds of parameters are told apart:
   depend on besides the sweep -- the checkpoint's content hash, its schedule, and the metric's own
   identity (the FID reference statistics' and the Inception weights' hashes, or the FD classifier's and
   reference's). A model already in the file must come back with the same identity, else the file is
-  refused with a message that names the model and what changed; a new model is added to the sweep.
+  refused with a message that names the model and what changed; a new model is added to the sweep;
+* the *models* of a file with a ``model`` dimension are those of the current run's protocol, so that its
+  pages never draw a panel of a model of an earlier run: the cells of a model the run leaves out are kept
+  aside, moved to ``<stem>.aside.nc`` beside the file (:func:`aside_path`), and a later run with that model
+  (the same identity, the same comparability key) brings them back instead of computing them again.
 
 Provenance (profile, full parameters as JSON, the models' identities, dode version and git commit, device,
 date, and the versions of Python and of the packages that compute the numbers, :func:`package_versions`) is
@@ -51,6 +55,7 @@ __all__ = [
     "package_versions",
     "provenance",
     "write_netcdf",
+    "aside_path",
 ]
 
 # the distributions whose version can change a result's numbers (kernels, linear algebra, the scheduler
@@ -102,6 +107,12 @@ def provenance(profile: str, params: dict, models: dict | None = None) -> dict:
         "device": _device_description(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def aside_path(path: str | Path) -> Path:
+    """Where a results file keeps the cells of the models a later run left out: ``<stem>.aside.nc``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.aside.nc")
 
 
 def write_netcdf(ds, path: str | Path) -> Path:
@@ -161,7 +172,7 @@ class ResultStore:
             if len(set(values)) != len(values):
                 raise ValueError(f"dimension {name!r} has repeated values {values}")
         self.ds = xr.Dataset(coords=self.coords)
-        self._deferred, self._unwritten = 0, False
+        self._deferred, self._unwritten, self._moved = 0, False, False
         if self.path.exists():
             try:
                 with xr.open_dataset(self.path, engine="h5netcdf") as stored:
@@ -185,9 +196,14 @@ class ResultStore:
                     f"comparable and are never mixed: to start a fresh file, move {self.path} away (or delete "
                     "it), or pass another results_dir; to keep adding to this one, restore what changed."
                 )
+            if "model" in self.coords and "model" in stored.coords:
+                stored, stored_identities = self._restore_aside(stored, stored_identities)
+                stored, stored_identities = self._set_aside(stored, stored_identities)
             self.identities = {**stored_identities, **self.identities}
             self._note_earlier_versions(stored.attrs)
             self._merge(stored)
+            if self._moved:
+                self.flush()  # the file holds this run's models only from now on
 
     def _note_earlier_versions(self, stored_attrs) -> None:
         """Warn when the stored cells were computed under other versions of :data:`NUMBER_PACKAGES`, and
@@ -241,6 +257,79 @@ class ResultStore:
                 )
                 out.append(f"model {name!r} with another {diffs}")
         return out
+
+    def _read_aside(self, adding: bool = False):
+        """The kept-aside cells; ``None`` when there are none, or when they were computed under another key
+        (which no run of this file can bring back: refused when ``adding`` to them, rather than lost)."""
+        import xarray as xr
+
+        path = aside_path(self.path)
+        if not path.exists():
+            return None
+        with xr.open_dataset(path, engine="h5netcdf") as aside:
+            aside = aside.load()
+        if json.loads(aside.attrs.get("comparability_key", "null")) == self.key:
+            return aside
+        if adding:
+            raise IncompatibleResults(
+                f"{self.path} holds models this run leaves out, to be kept aside in {path}, which holds cells "
+                "computed with other parameters: move one of the two files away, or pass another results_dir"
+            )
+        return None
+
+    def _restore_aside(self, stored, identities: dict):
+        """Bring back the kept-aside cells of this run's models that the file lacks, where the model's
+        identity is the same; the aside file keeps the others (or goes, when none is left)."""
+        aside = self._read_aside()
+        if aside is None:
+            return stored, identities
+        kept = json.loads(aside.attrs.get("identities", "{}"))
+        back = [
+            m
+            for m in aside.coords["model"].values.tolist()
+            if m in self.coords["model"]
+            and m not in stored.coords["model"].values.tolist()
+            and kept.get(m) == self.identities.get(m)
+        ]
+        if not back:
+            return stored, identities
+        stored = stored.combine_first(aside.sel({"model": back}))
+        identities = {**identities, **{m: kept[m] for m in back}}
+        self._moved = True
+        self._write_aside(aside.drop_sel({"model": back}), {m: v for m, v in kept.items() if m not in back})
+        return stored, identities
+
+    def _set_aside(self, stored, identities: dict):
+        """Move the cells of the models this run leaves out to the aside file (joining the models already
+        there; the newer cells of a model win)."""
+        extra = [m for m in stored.coords["model"].values.tolist() if m not in self.coords["model"]]
+        if not extra:
+            return stored, identities
+        moved = stored.sel({"model": extra})
+        aside, kept = self._read_aside(adding=True), {}
+        if aside is not None:
+            kept = json.loads(aside.attrs.get("identities", "{}"))
+            stale = [m for m in extra if m in aside.coords["model"].values.tolist()]
+            moved = moved.combine_first(aside.drop_sel({"model": stale}))
+        kept = {**kept, **{m: identities[m] for m in extra if m in identities}}
+        self._write_aside(moved, kept)
+        self._moved = True
+        return stored.drop_sel({"model": extra}), {m: v for m, v in identities.items() if m not in extra}
+
+    def _write_aside(self, aside, identities: dict) -> None:
+        path = aside_path(self.path)
+        if aside.sizes.get("model", 0) == 0:
+            path.unlink(missing_ok=True)
+            return
+        aside.attrs.update(
+            {
+                "comparability_key": _json_attr(self.key),
+                "identities": _json_attr(identities),
+                "model": ", ".join(aside.coords["model"].values.tolist()),
+                "description": f"cells of models kept aside from {self.path.name} (book/results_schema.md)",
+            }
+        )
+        write_netcdf(aside, path)
 
     def _merge(self, stored) -> None:
         """Grow the sweep to the union of the stored and the asked coordinates, keeping stored cells."""

@@ -235,31 +235,65 @@ def _module_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def frechet_distance(stats_a, stats_b) -> float:
+def frechet_distance(stats_a, stats_b, device: str | torch.device | None = None) -> float:
     """Frechet distance between two Gaussians given as :class:`FeatureStats` or ``(mu, sigma)`` pairs.
 
     ``||mu_a - mu_b||^2 + Tr(Sigma_a) + Tr(Sigma_b) - 2 Tr((Sigma_a Sigma_b)^(1/2))``, pytorch-fid's quantity.
     The trace of the matrix square root is taken from two symmetric eigendecompositions instead of
-    pytorch-fid's ``scipy.linalg.sqrtm`` of the non-symmetric product: ``Sigma_a Sigma_b`` is similar to the
-    symmetric positive semi-definite ``R Sigma_b R`` with ``R = Sigma_a^(1/2)``, so both have the same
-    eigenvalues, and the trace of the square root is the sum of their square roots. This is exact for singular
-    covariances too (fewer samples than features), where ``sqrtm`` warns and may need pytorch-fid's
+    pytorch-fid's ``scipy.linalg.sqrtm`` of the non-symmetric product. With ``Sigma_a = V W V^T`` and
+    ``B = V W^(1/2)``, ``Sigma_a Sigma_b`` is similar to the symmetric positive semi-definite ``B^T Sigma_b B``
+    (both are similar to ``Sigma_a^(1/2) Sigma_b Sigma_a^(1/2)``), so they have the same eigenvalues, and the
+    trace of the square root is the sum of their square roots. This is exact for singular covariances too
+    (fewer samples than features), where ``sqrtm`` warns ("Matrix is singular") and may need pytorch-fid's
     diagonal offset, and it is several times faster on 2048-d Inception statistics
-    (tests/test_metrics.py compares both).
+    (``benchmarks/frechet.py`` measures both; tests/test_metrics.py compares the values).
+
+    Where it computes: on ``device`` when one is given (a CUDA device: torch's eigendecompositions there, a
+    fraction of a second for 2048-d statistics, so rank 0 of a sweep does not keep the other GPUs waiting;
+    ``FID`` passes its own); else on the device of the moments when they are torch tensors; else with numpy
+    on the CPU. Always in float64.
     """
-    mu_a, sigma_a = _moments(stats_a)
-    mu_b, sigma_b = _moments(stats_b)
+    mu_a, sigma_a = _moments_as_given(stats_a)
+    mu_b, sigma_b = _moments_as_given(stats_b)
     if mu_a.shape != mu_b.shape:
         raise ValueError(
             f"the statistics have different feature dimensions: {mu_a.shape[0]} and {mu_b.shape[0]}"
         )
-    w, v = np.linalg.eigh(sigma_a)
-    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # Sigma_a^(1/2); rounding can make tiny w negative
-    inner = root_a @ sigma_b @ root_a
-    eigenvalues = np.linalg.eigvalsh(0.5 * (inner + inner.T))
-    trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    moments = (mu_a, sigma_a, mu_b, sigma_b)
+    tensors = [x for x in moments if torch.is_tensor(x)]
+    if device is None and tensors:
+        device = tensors[0].device
+    if not tensors and (device is None or torch.device(device).type == "cpu"):
+        return _frechet(*(np.asarray(x, np.float64) for x in moments), linalg=np.linalg, clip=_clip_numpy)
+    moments = [torch.as_tensor(x).to(device, torch.float64) for x in moments]
+    return _frechet(*moments, linalg=torch.linalg, clip=_clip_torch)
+
+
+def _moments_as_given(stats) -> tuple:
+    """``(mu, sigma)`` as numpy arrays or torch tensors, wherever they are (no copy to the CPU)."""
+    if isinstance(stats, tuple | list) and len(stats) == 2 and any(torch.is_tensor(x) for x in stats):
+        return tuple(torch.as_tensor(x) for x in stats)
+    return _moments(stats)
+
+
+def _clip_numpy(x):
+    return np.clip(x, 0.0, None)
+
+
+def _clip_torch(x):
+    return x.clamp(min=0.0)
+
+
+def _frechet(mu_a, sigma_a, mu_b, sigma_b, linalg, clip) -> float:
+    """The distance of :func:`frechet_distance`, with numpy's or torch's ``linalg`` (same calls in both)."""
+    w, v = linalg.eigh(sigma_a)
+    half = v * clip(w) ** 0.5  # B = V W^(1/2); rounding can make tiny eigenvalues negative
+    inner = half.T @ sigma_b @ half
+    eigenvalues = linalg.eigvalsh(0.5 * (inner + inner.T))  # symmetric up to rounding: made exactly so
+    trace_sqrt = (clip(eigenvalues) ** 0.5).sum()
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * trace_sqrt)
+    value = diff @ diff + sigma_a.trace() + sigma_b.trace() - 2.0 * trace_sqrt
+    return float(value)
 
 
 def _batches(samples, batch_size: int) -> Iterable[torch.Tensor]:
@@ -563,7 +597,7 @@ class FID:
         elif not isinstance(reference, FeatureStats):
             reference = FeatureStats.load(reference)
         stats = samples if isinstance(samples, FeatureStats) else self.stats(samples)
-        return frechet_distance(stats, reference)
+        return frechet_distance(stats, reference, device=self.device)
 
 
 # Reference Inception statistics of the paper's data sets: file name under data/fid_stats/ (or

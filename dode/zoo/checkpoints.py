@@ -15,6 +15,7 @@ from torch import nn
 __all__ = [
     "MODELS",
     "CLONES",
+    "CloneMissing",
     "CheckpointMissing",
     "available",
     "default_checkpoint",
@@ -45,6 +46,10 @@ CLONES: dict[str, dict[str, str]] = {
 
 class CheckpointMissing(FileNotFoundError):
     """A model's checkpoint is not on this machine (and the zoo downloads nothing unless asked)."""
+
+
+class CloneMissing(FileNotFoundError):
+    """The clone of a model's authors' code (:data:`CLONES`) is not given, or the folder given is not one."""
 
 
 def _embedded(prediction: str, schedule: str) -> dict[str, Any]:
@@ -207,13 +212,13 @@ def clone_root(family: str, root, name: str) -> Path:
     spec = CLONES[family]
     option, module = spec["option"], spec["module"]
     if root is None:
-        raise FileNotFoundError(
+        raise CloneMissing(
             f"{name!r} needs its authors' code to load: clone {spec['url']} (`git clone {spec['url']}`) and "
             f"pass its folder as {option}= (in a paper run: model_options.{name}.{option})"
         )
     root = Path(root).resolve()
     if not ((root / module).is_dir() or (root / f"{module}.py").is_file()):
-        raise FileNotFoundError(
+        raise CloneMissing(
             f"{option}={root} has no {module}/ folder; pass a clone of {spec['url']} "
             f"(`git clone {spec['url']}`)"
         )
