@@ -165,11 +165,11 @@ def make_grid(schedule: Schedule, grid, steps: int) -> torch.Tensor:
 
 
 def grid_key(grid) -> str:
-    """A string that identifies a grid spec (the name, or the explicit times) for lambdas metadata."""
+    """A string that identifies a grid spec (the name, or the explicit or fitted times) for lambdas metadata."""
     if grid is None or isinstance(grid, str):
         return str(grid)
-    if isinstance(grid, FittedGrid):
-        return f"{grid.name}:" + json.dumps([float(v) for v in grid.times])
+    if isinstance(grid, FittedGrid):  # the times it stands for: lambdas fitted on it run on the same times
+        grid = grid.times
     return json.dumps([float(v) for v in torch.as_tensor(grid, dtype=torch.float64).reshape(-1)])
 
 
