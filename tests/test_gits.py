@@ -119,3 +119,14 @@ def test_fitted_grid_errors(gmm):
         fit_grid(den, make_noise(8), 4, K=0)
     with pytest.raises(ValueError, match="solver must be one of"):
         fit_grid(den, make_noise(8), 4, "nope")
+
+
+def test_the_peers_page_names_the_fitted_grid(gmm):
+    """``dode:<label>:gits:<method>`` samplers run wherever the solver's default grid does; the page calls the
+    grid by its name."""
+    from dode.companion import peers
+
+    den = gmm.denoiser(SCHEDULES["vp"], "eps")
+    p = peers.parse_sampler("dode:unipc_bh2:gits:d-ode")
+    assert peers._runs(den, p, 4) and not peers._runs(den, peers.parse_sampler("dode:edm:gits:base"), 4)
+    assert peers.sampler_label("dode:deis2_lof:gits:d-ode") == "D-DEIS-2-LOF, GITS grid"
