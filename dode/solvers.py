@@ -473,7 +473,8 @@ class UniPC(Solver):
     ``lower_order_final`` (default True, diffusers' default): the last steps have order at most the steps
     left, at any number of steps (diffusers' UniPC has no 15-step bound, unlike :func:`history_lengths`'s
     default). A step into sigma = 0 (EDM schedules) is first order: ``h`` is infinite there (diffusers
-    returns NaN for ``bh1``, whose ``B(h) = -h``, and for any order above 1).
+    returns NaN for ``bh1``, whose ``B(h) = -h``, and inf or a singular system for any order above 1, where
+    ``r = 0``).
     """
 
     name = "unipc"
