@@ -1,7 +1,8 @@
 """dode: distilled ODE solvers of diffusion models (D-ODE solvers).
 
 The core, importable with only torch and numpy: noise schedules and time grids, the denoiser wrapper, the
-base ODE solvers in one sampling loop, the D-ODE transform and its closed-form distillation::
+base ODE solvers in one sampling loop, the D-ODE transform and its closed-form distillation, and time grids
+fitted to the model (GITS's, :func:`dode.gits.fit_grid`)::
 
     import dode
     den = dode.Denoiser(my_eps_net, dode.VPSchedule.linear(), prediction="eps")
@@ -21,7 +22,8 @@ Beside the core, imported on first use only:
 
 from dode.denoiser import Denoiser
 from dode.distill import distill
-from dode.grids import GRIDS, make_grid
+from dode.gits import fit_grid
+from dode.grids import FITTED_GRIDS, GRIDS, FittedGrid, make_grid
 from dode.lambdas import VARIANTS, Lambdas
 from dode.sampling import Trajectory, sample
 from dode.schedules import EDMSchedule, Schedule, VPSchedule
@@ -32,6 +34,9 @@ __all__ = [
     "Denoiser",
     "distill",
     "GRIDS",
+    "FITTED_GRIDS",
+    "FittedGrid",
+    "fit_grid",
     "make_grid",
     "VARIANTS",
     "Lambdas",

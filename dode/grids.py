@@ -14,7 +14,8 @@ name                uniform in                                  reference
 
 On a schedule that ``ends_at_zero`` (EDM) the ``N`` named points run from ``sigma_max`` to ``sigma_min``
 and a final ``t_N = 0`` is appended, exactly as EDM's sampler does. An explicit grid is any decreasing 1-D
-tensor of model times.
+tensor of model times. A :class:`FittedGrid` is an explicit grid fitted to a model's own trajectories
+(``gits``: :func:`dode.gits.fit_grid`), which carries what it was fitted for and what the fit cost.
 
 The same variable drives the teacher's grid in distillation (book/method.md, distillation): each student
 interval is cut into ``K`` pieces uniformly in ``u`` (:func:`refine`), so the teacher's grid *refines* the student's one.
@@ -23,15 +24,60 @@ interval is cut into ``K`` pieces uniformly in ``u`` (:func:`refine`), so the te
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import torch
 
 from dode.schedules import EDMSchedule, Schedule
 
-__all__ = ["GRIDS", "make_grid", "refine", "grid_key", "default_grid"]
+__all__ = ["GRIDS", "FITTED_GRIDS", "FittedGrid", "make_grid", "refine", "grid_key", "default_grid"]
 
 GRIDS = ("time_uniform", "logsnr_uniform", "quadratic", "edm")
+#: grids fitted to a model (:class:`FittedGrid`): name -> the function that fits them
+FITTED_GRIDS = {"gits": "dode.gits.fit_grid"}
 _EDM_RHO = 7.0
+_GRID_ERROR = (
+    f"grid must be one of {GRIDS}, a FittedGrid (fitted: {sorted(FITTED_GRIDS)}, e.g. dode.gits.fit_grid) "
+    "or a 1-D tensor of model times"
+)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: its times are a tensor
+class FittedGrid:
+    """A time grid fitted to a model (``name``: one of :data:`FITTED_GRIDS`), usable as ``grid=`` by every
+    solver and by :func:`dode.distill` wherever the solver's plan has as many intervals.
+
+    ``times`` are the decreasing model times; ``schedule`` the schedule's :meth:`~dode.Schedule.describe`
+    and ``model`` the denoiser's name it was fitted on; ``info`` what the fit did and cost (JSON-able:
+    ``seconds``, ``network_evaluations``, ``samples``, ...).
+    """
+
+    name: str
+    times: torch.Tensor
+    schedule: dict
+    model: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in FITTED_GRIDS:
+            raise ValueError(f"a fitted grid's name must be one of {sorted(FITTED_GRIDS)}, got {self.name!r}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.times) - 1
+
+    def check(self, schedule: Schedule, steps: int) -> torch.Tensor:
+        """The times, checked to belong to ``schedule`` and to have ``steps`` intervals."""
+        if self.schedule != schedule.describe():
+            raise ValueError(
+                f"the {self.name!r} grid was fitted on schedule {self.schedule}, not {schedule.describe()}"
+            )
+        if self.steps != steps:
+            raise ValueError(
+                f"the {self.name!r} grid has {self.steps} intervals but this solver/NFE needs {steps}: "
+                "fit it for this solver and NFE"
+            )
+        return _check_explicit(schedule, self.times)
 
 
 def default_grid(schedule: Schedule) -> str:
@@ -52,7 +98,7 @@ def _to_u(schedule: Schedule, name: str, t: torch.Tensor) -> torch.Tensor:
         return schedule.half_logsnr(t)
     if name == "edm":
         return schedule.sigma_hat(t) ** (1.0 / _rho(schedule))
-    raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor of model times, got {name!r}")
+    raise ValueError(f"{_GRID_ERROR}, got {name!r}")
 
 
 def _from_u(schedule: Schedule, name: str, u: torch.Tensor) -> torch.Tensor:
@@ -64,7 +110,7 @@ def _from_u(schedule: Schedule, name: str, u: torch.Tensor) -> torch.Tensor:
         return schedule.t_from_half_logsnr(u)
     if name == "edm":
         return schedule.t_from_sigma_hat(u ** _rho(schedule))
-    raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor of model times, got {name!r}")
+    raise ValueError(f"{_GRID_ERROR}, got {name!r}")
 
 
 def _check_explicit(schedule: Schedule, times) -> torch.Tensor:
@@ -85,6 +131,8 @@ def make_grid(schedule: Schedule, grid, steps: int) -> torch.Tensor:
     """``steps + 1`` decreasing model times for a named grid, or the explicit grid checked to have them."""
     if grid is None:
         grid = default_grid(schedule)
+    if isinstance(grid, FittedGrid):
+        return grid.check(schedule, steps).clone()
     if not isinstance(grid, str):
         times = _check_explicit(schedule, grid)
         if len(times) != steps + 1:
@@ -92,8 +140,12 @@ def make_grid(schedule: Schedule, grid, steps: int) -> torch.Tensor:
                 f"the explicit grid has {len(times)} times but this solver/NFE needs {steps + 1}"
             )
         return times
+    if grid in FITTED_GRIDS:
+        raise ValueError(
+            f"grid {grid!r} is fitted to a model: pass the FittedGrid that {FITTED_GRIDS[grid]} returns"
+        )
     if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor of model times, got {grid!r}")
+        raise ValueError(f"{_GRID_ERROR}, got {grid!r}")
     if steps < 1:
         raise ValueError(f"a grid needs at least one step, got {steps}")
     n_points = steps if schedule.ends_at_zero else steps + 1
@@ -113,9 +165,11 @@ def make_grid(schedule: Schedule, grid, steps: int) -> torch.Tensor:
 
 
 def grid_key(grid) -> str:
-    """A string that identifies a grid spec (the name, or the explicit times) for lambdas metadata."""
+    """A string that identifies a grid spec (the name, or the explicit or fitted times) for lambdas metadata."""
     if grid is None or isinstance(grid, str):
         return str(grid)
+    if isinstance(grid, FittedGrid):  # the times it stands for: lambdas fitted on it run on the same times
+        grid = grid.times
     return json.dumps([float(v) for v in torch.as_tensor(grid, dtype=torch.float64).reshape(-1)])
 
 
@@ -123,7 +177,7 @@ def refine(schedule: Schedule, grid, times: torch.Tensor, K: int) -> torch.Tenso
     """Cut every interval of the decreasing ``times`` into ``K`` pieces uniformly in the grid's variable.
 
     The result contains every entry of ``times`` exactly, so a teacher run on it passes through each of the
-    student's landing times. Explicit grids, and the logSNR grid on an interval that ends at sigma = 0 (where
+    student's landing times. Explicit and fitted grids, and the logSNR grid on an interval that ends at sigma = 0 (where
     the half-logSNR is infinite), are refined in EDM's ``sigma_hat^(1/rho)``, which is finite and smooth there.
     """
     if K < 1:

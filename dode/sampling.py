@@ -386,7 +386,8 @@ def sample(
     ----------
     denoiser: a :class:`~dode.Denoiser`.
     noise: standard normal tensor ``(batch, ...)``; the solver scales it to ``x_T``.
-    solver: ``ddim``, ``ipndm``, ``deis``, ``dpm_solver``, ``dpm_solver++`` or ``edm`` (Heun; odd NFE).
+    solver: ``ddim``, ``ipndm``, ``deis``, ``dpm_solver``, ``dpm_solver++``, ``unipc`` or ``edm`` (Heun; odd
+        NFE).
     nfe: number of network evaluations.
     grid: ``time_uniform``, ``logsnr_uniform``, ``quadratic``, ``edm`` or an explicit tensor of model times
         (default: ``time_uniform`` on VP, ``edm`` on EDM schedules).
@@ -394,8 +395,9 @@ def sample(
         their variant, transform space and ``stages`` (which evaluations have a lambda).
     trajectory: return a :class:`Trajectory` with every state and denoising output instead of the samples.
     progress: show a tqdm bar (stderr) over the network evaluations.
-    options: solver options, e.g. ``order`` for ``deis`` and ``dpm_solver``, ``stage_times`` for ``dpm_solver``,
-        ``lower_order_final`` for ``ipndm``, ``deis`` and ``dpm_solver++`` (book/method.md, first and last steps).
+    options: solver options, e.g. ``order`` for ``deis``, ``dpm_solver`` and ``unipc``, ``stage_times`` for
+        ``dpm_solver``, ``solver_type`` (``bh1``, ``bh2``) for ``unipc``, ``lower_order_final`` for ``ipndm``,
+        ``deis``, ``dpm_solver++`` and ``unipc`` (book/method.md, first and last steps).
 
     Returns float64 samples (or a Trajectory).
     """

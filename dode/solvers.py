@@ -85,6 +85,10 @@ class Step:
     order: int
     stages: tuple[Point, ...]
     weights: tuple[float, ...] = ()
+    # UniPC's corrector (:class:`UniPC`): its weights over the outputs, newest first (empty: no corrector),
+    # and the grid point its re-solved step starts from
+    corrector: tuple[float, ...] = ()
+    before: Point | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,12 @@ def ddim_update(x: torch.Tensor, s: Point, t: Point, eps: torch.Tensor) -> torch
     return (t.alpha / s.alpha) * x + t.alpha * (t.sigma_hat - s.sigma_hat) * eps
 
 
+def data_update(x: torch.Tensor, s: Point, t: Point, x0: torch.Tensor) -> torch.Tensor:
+    """The exponential integrator's first-order step in data prediction (DPM-Solver++'s, Lu et al. 2022b):
+    ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) x0``; at ``sigma_t = 0`` it is ``alpha_t x0``."""
+    return (t.sigma / s.sigma) * x - t.alpha * math.expm1(-(t.half_logsnr - s.half_logsnr)) * x0
+
+
 def _phi(s: Point, t: Point) -> float:
     """``sigma_t (e^h - 1)`` for finite ``h``."""
     return t.sigma * math.expm1(t.half_logsnr - s.half_logsnr)
@@ -145,18 +155,21 @@ def _weighted(weights, outputs) -> torch.Tensor:
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def history_lengths(n_steps: int, full: int, lower_order_final: bool) -> list[int]:
+def history_lengths(
+    n_steps: int, full: int, lower_order_final: bool, below: int | None = LOWER_ORDER_FINAL_BELOW
+) -> list[int]:
     """How many outputs each step of a multistep solver combines (book/method.md, first and last steps).
 
     Step ``i`` of ``n_steps`` takes ``min(full, i + 1)``: fewer while the history is short (the warm start).
-    With ``lower_order_final`` and fewer than 15 steps it also takes at most ``n_steps - i``: the last step
-    one output (DDIM's update), the one before at most two, ... -- the warm start mirrored, as diffusers'
-    multistep schedulers lower their final steps (``lower_order_final``: UniPC's ``min(order, steps left)``,
-    which DEIS's and DPM-Solver's multistep schedulers spell out for order <= 3). A full-order last step
-    extrapolates the polynomial through the last outputs over the last interval, which on a time-uniform
-    grid spans most of the noise-level change near t = 0 (notebook 02 measures what that costs).
+    With ``lower_order_final`` and fewer than ``below`` steps (None: any number) it also takes at most
+    ``n_steps - i``: the last step one output (DDIM's update), the one before at most two, ... -- the warm
+    start mirrored, as diffusers' multistep schedulers lower their final steps (``lower_order_final``:
+    UniPC's ``min(order, steps left)`` at any number of steps, which DEIS's and DPM-Solver's multistep
+    schedulers spell out for order <= 3 below 15 steps). A full-order last step extrapolates the polynomial
+    through the last outputs over the last interval, which on a time-uniform grid spans most of the
+    noise-level change near t = 0 (notebook 02 measures what that costs).
     """
-    lower = lower_order_final and n_steps < LOWER_ORDER_FINAL_BELOW
+    lower = lower_order_final and (below is None or n_steps < below)
     return [min(full, i + 1, n_steps - i) if lower else min(full, i + 1) for i in range(n_steps)]
 
 
@@ -378,11 +391,143 @@ class DPMSolverPP(Solver):
         def combine(x0):  # raw data predictions x0_s, x0_prev
             return _weighted(st.weights, _push(history, x0, keep=2))
 
-        def update(x0):
-            ratio = t.sigma / s.sigma
-            return ratio * x - t.alpha * math.expm1(-(t.half_logsnr - s.half_logsnr)) * x0
+        x_next, _ = evaluate(x, s, t, partial(data_update, x, s, t), combine)
+        return x_next
 
-        x_next, _ = evaluate(x, s, t, update, combine)
+
+#: UniPC's choices of ``B(h)`` (Zhao et al. 2023, Sec. 3.3), in data prediction (``hh = -h``): ``bh1`` is
+#: ``hh``, ``bh2`` is ``e^hh - 1``
+UNIPC_TYPES = ("bh1", "bh2")
+
+
+def _unipc_rhs(hh: float, b_h: float, n: int) -> np.ndarray:
+    """UniPC's ``b_k = k! phi_(k+1)(hh) / B(h)``, k = 1..n, by the recursion ``phi_(k+1) = (phi_k - 1/k!) / hh``
+    of the exponential integrator's phi functions (Zhao et al. 2023, Alg. 2 and 3)."""
+    phi, factorial, out = math.expm1(hh) / hh - 1, 1, []
+    for k in range(1, n + 1):
+        out.append(phi * factorial / b_h)
+        factorial *= k + 1
+        phi = phi / hh - 1 / factorial
+    return np.array(out)
+
+
+def _unipc_weights(
+    solver_type: str, s: Point, t: Point, older: list[Point], corrector: bool
+) -> tuple[float, ...]:
+    """The weights of UniPC's combined data prediction ``D`` in ``data_update(x_s, s, t, D)``.
+
+    UniP (``corrector`` False) extrapolates from the output at ``s`` and those at the ``older`` points
+    (newest first): weights over ``(m_s, m_older...)``. UniC (``corrector`` True) re-solves the step from
+    ``s`` to ``t`` with the output at ``t`` added: weights over ``(m_t, m_s, m_older...)``. Each update is
+    ``(sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) m_s - alpha_t B(h) sum_k rho_k (m_k - m_s) / r_k``
+    (Zhao et al. 2023, Alg. 2-3, data prediction), ``r_k = (ell_k - ell_s) / h``, with diffusers' choices:
+    ``rho = 1/2`` for UniP-2 and UniC-1, the linear systems otherwise. Divided by ``e^-h - 1`` it is one
+    weighted sum whose weights add up to 1.
+    """
+    h = t.half_logsnr - s.half_logsnr
+    if math.isinf(h) or (not older and not corrector):
+        return (1.0,)
+    hh = -h
+    b_h = hh if solver_type == "bh1" else math.expm1(hh)
+    gain = b_h / math.expm1(hh)
+    r = np.array([(p.half_logsnr - s.half_logsnr) / h for p in older])
+    n = len(older) + 1
+    if corrector:
+        nodes = np.append(r, 1.0)
+        rho = (
+            np.array([0.5])
+            if n == 1
+            else np.linalg.solve(np.vander(nodes, n, True).T, _unipc_rhs(hh, b_h, n))
+        )
+        w_older = gain * rho[:-1] / r
+        w_new = gain * rho[-1]
+        return (float(w_new), float(1 - w_new - w_older.sum()), *map(float, w_older))
+    rho = (
+        np.array([0.5])
+        if n == 2
+        else np.linalg.solve(np.vander(r, n - 1, True).T, _unipc_rhs(hh, b_h, n - 1))
+    )
+    w_older = gain * rho / r
+    return (float(1 - w_older.sum()), *map(float, w_older))
+
+
+class UniPC(Solver):
+    """UniPC (Zhao et al. 2023), as diffusers' ``UniPCMultistepScheduler`` runs it: data prediction, B(h)
+    of type ``bh1`` or ``bh2`` (``solver_type``), predictor UniP of ``order`` 1-3 (default 2) and the
+    corrector UniC after every step but the last, one network evaluation per step.
+
+    Step ``i`` evaluates the network at the state ``x_i`` UniP landed on. UniC then re-solves the previous
+    step from its corrected start ``x^c_(i-1)`` with that output ``m_i`` added, giving ``x^c_i``; UniP goes
+    from ``x^c_i`` to ``x_(i+1)`` by extrapolating ``m_i`` and the earlier outputs. Both are
+    :func:`data_update` with a combination of the outputs whose weights the plan fixes (``Step.corrector``,
+    ``Step.weights``: :func:`_unipc_weights`), so the step's whole map from ``m_i`` to ``x_(i+1)`` is affine
+    in ``m_i``. UniC of step ``i`` has UniP's order of step ``i - 1`` (the outputs it had, plus ``m_i``).
+
+    The D-ODE transform acts on ``m_i``, the network output at the corrector's point (paper Eq. 10, in the
+    model's native prediction type): it is the only new information of the step, both the corrector and the
+    predictor read it, and the state that depends on it through the affine map is the next one the network
+    sees, so the closed-form fit matches ``x_(i+1)`` to the teacher as for every other solver. The history
+    keeps the raw outputs (as iPNDM's, DEIS's and DPM-Solver++'s do): ``lambda_i`` acts on step ``i``'s
+    corrector and predictor, and the next corrector re-solves from the corrected start it produced.
+
+    ``lower_order_final`` (default True, diffusers' default): the last steps have order at most the steps
+    left, at any number of steps (diffusers' UniPC has no 15-step bound, unlike :func:`history_lengths`'s
+    default). A step into sigma = 0 (EDM schedules) is first order: ``h`` is infinite there (diffusers
+    returns NaN for ``bh1``, whose ``B(h) = -h``, and inf or a singular system for any order above 1, where
+    ``r = 0``).
+    """
+
+    name = "unipc"
+    space = "x0"
+    defaults = {"order": 2, "solver_type": "bh2", "lower_order_final": True}
+
+    def check_options(self, options):
+        options = super().check_options(options)
+        if options["order"] not in (1, 2, 3):
+            raise ValueError(f"order must be one of 1, 2, 3 for solver 'unipc', got {options['order']!r}")
+        if options["solver_type"] not in UNIPC_TYPES:
+            raise ValueError(
+                f"solver_type must be one of {UNIPC_TYPES} for solver 'unipc', got {options['solver_type']!r}"
+            )
+        return options
+
+    def build_steps(self, schedule, times, orders, options):
+        steps = super().build_steps(schedule, times, orders, options)
+        lengths = history_lengths(len(steps), options["order"], options["lower_order_final"], below=None)
+        lengths = [1 if st.t.sigma == 0 else n for st, n in zip(steps, lengths, strict=True)]
+        kind = options["solver_type"]
+        out = []
+        for st, n in zip(steps, lengths, strict=True):
+            weights = _unipc_weights(kind, st.s, st.t, [steps[st.index - k].s for k in range(1, n)], False)
+            corrector, before = (), None
+            if st.index > 0:
+                prev = steps[st.index - 1]
+                older = [steps[prev.index - k].s for k in range(1, lengths[prev.index])]
+                corrector, before = _unipc_weights(kind, prev.s, prev.t, older, True), prev.s
+            out.append(Step(st.index, st.s, st.t, st.order, st.stages, weights, corrector, before))
+        return out
+
+    def step(self, evaluate, x, st, history):
+        # history: (corrected state, raw data prediction) at the earlier grid points, newest first
+        outputs = [m for _, m in history]
+
+        def start(m):  # UniC: the state at s, the previous step re-solved with the output m at s
+            if not st.corrector:
+                return x
+            return data_update(history[0][0], st.before, st.s, _weighted(st.corrector, [m, *outputs]))
+
+        def update(m):  # UniP from the corrected start
+            return data_update(start(m), st.s, st.t, _weighted(st.weights, [m, *outputs]))
+
+        raw = []
+
+        def keep_raw(m):  # the estimate is the output itself; the history keeps it uncorrected
+            raw.append(m)
+            return m
+
+        x_next, corrected = evaluate(x, st.s, st.t, update, keep_raw)
+        # the next step's corrector needs as many outputs as this step's predictor combined
+        _push(history, (start(corrected), raw[0]), keep=len(st.weights))
         return x_next
 
 
@@ -551,7 +696,9 @@ class EDMHeun(Solver):
         return x_next
 
 
-SOLVERS: dict[str, Solver] = {cls.name: cls() for cls in (DDIM, IPNDM, DEIS, DPMSolver, DPMSolverPP, EDMHeun)}
+SOLVERS: dict[str, Solver] = {
+    cls.name: cls() for cls in (DDIM, IPNDM, DEIS, DPMSolver, DPMSolverPP, UniPC, EDMHeun)
+}
 
 
 def get_solver(name: str) -> Solver:

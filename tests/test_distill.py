@@ -16,6 +16,9 @@ RUNS = [
     ("dpm_solver", 10, {"order": 3}),
     ("dpm_solver", 8, {"order": 2}),
     ("dpm_solver++", 10, {}),
+    ("unipc", 10, {}),
+    ("unipc", 6, {"order": 3, "solver_type": "bh1"}),
+    ("deis", 6, {"order": 1, "lower_order_final": True}),
     ("edm", 9, {}),
 ]
 

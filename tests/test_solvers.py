@@ -28,6 +28,9 @@ CONVERGENCE = {
         ("dpm_solver", {"order": 1}, [20, 40, 80], 1.0, 0.2),
         ("ipndm", {}, [80, 160, 320], 2.0, None),
         ("dpm_solver++", {}, [20, 40, 80], 2.0, 0.25),
+        ("unipc", {"order": 1}, [20, 40, 80], 2.0, 0.25),
+        ("unipc", {"order": 2}, [20, 40, 80], 3.0, None),
+        ("unipc", {"order": 2, "solver_type": "bh1"}, [20, 40, 80], 3.0, None),
     ],
     "edm": [
         ("ddim", {}, [20, 40, 80], 1.0, 0.2),
@@ -41,6 +44,9 @@ CONVERGENCE = {
         ("dpm_solver", {"order": 1}, [20, 40, 80], 1.0, 0.2),
         ("ipndm", {}, [80, 160, 320], 2.0, None),
         ("dpm_solver++", {}, [20, 40, 80], 2.0, 0.25),
+        ("unipc", {"order": 1}, [20, 40, 80], 2.0, 0.25),
+        ("unipc", {"order": 2}, [20, 40, 80], 3.0, None),
+        ("unipc", {"order": 2, "solver_type": "bh1"}, [20, 40, 80], 3.0, None),
     ],
 }
 GRID = {"vp": "logsnr_uniform", "edm": "edm"}  # smooth grids, so the asymptotic order shows at moderate NFE
@@ -60,9 +66,9 @@ def references(gmm):
 def test_convergence_orders(gmm, references, schedule_name, prediction):
     """Each solver converges to the exact ODE solution at its order (log-log slope of the max error).
 
-    Exact orders (DDIM 1, DPM-Solver-1 1, DEIS-1 2, Heun 2, DPM-Solver-2 2, DPM-Solver++(2M) 2) are checked
-    to +-tolerance; the multistep and third-order solvers are checked from below: DEIS-2, DEIS-3 and
-    DPM-Solver-3 show order >= 2.7 in this range (DEIS-2 measured 2.73-3.06 at NFE 40-160); iPNDM's fixed Adams-Bashforth weights on non-uniform steps make it ~2 (measured 1.9-2.0;
+    Exact orders (DDIM 1, DPM-Solver-1 1, DEIS-1 2, Heun 2, DPM-Solver-2 2, DPM-Solver++(2M) 2, UniPC-1 2:
+    its corrector adds one order) are checked to +-tolerance; the multistep and third-order solvers are
+    checked from below: DEIS-2, DEIS-3, DPM-Solver-3 and UniPC-2 (bh1 and bh2) show order >= 2.7 in this range (DEIS-2 measured 2.73-3.06 at NFE 40-160); iPNDM's fixed Adams-Bashforth weights on non-uniform steps make it ~2 (measured 1.9-2.0;
     on steps uniform in sigma_hat it is ~4, see the next test).
     """
     noise, refs = references
@@ -117,6 +123,9 @@ ALL_RUNS = [
     ("dpm_solver", 7, {"order": 3}),
     ("dpm_solver", 6, {"order": 2}),
     ("dpm_solver++", 6, {}),
+    ("unipc", 6, {}),
+    ("unipc", 5, {"order": 3, "solver_type": "bh1", "lower_order_final": False}),
+    ("deis", 5, {"order": 2, "lower_order_final": True}),
     ("edm", 7, {}),
 ]
 
@@ -163,7 +172,7 @@ def test_bit_identical_repeats(gmm, solver, nfe, options):
 
 
 def test_solvers_registry_is_complete():
-    assert set(SOLVERS) == {"ddim", "ipndm", "deis", "dpm_solver", "dpm_solver++", "edm"}
+    assert set(SOLVERS) == {"ddim", "ipndm", "deis", "dpm_solver", "dpm_solver++", "unipc", "edm"}
 
 
 @pytest.mark.parametrize("nfe", range(1, 13))

@@ -89,6 +89,19 @@ SOLVER_LABELS: dict[str, tuple[str, dict]] = {
     # from one that improves on the base solver in both forms (notebook 02)
     "ipndm_lof": ("ipndm", {"lower_order_final": True}),
     "deis3_lof": ("deis", {"order": 3, "lower_order_final": True}),
+    # DEIS of every order, with and without the lowered last steps (issue 22: DEIS-2 and DEIS-1 beat DEIS-3 at
+    # small NFE on digits)
+    "deis1": ("deis", {"order": 1}),
+    "deis1_lof": ("deis", {"order": 1, "lower_order_final": True}),
+    "deis2_lof": ("deis", {"order": 2, "lower_order_final": True}),
+    # UniPC as diffusers' UniPCMultistepScheduler runs it (order 2 and lowered last steps by default), bh1 and
+    # bh2, order 2 and 3; "_full": the full-order last steps (lower_order_final=False)
+    "unipc_bh1": ("unipc", {"solver_type": "bh1"}),
+    "unipc_bh2": ("unipc", {"solver_type": "bh2"}),
+    "unipc3_bh1": ("unipc", {"order": 3, "solver_type": "bh1"}),
+    "unipc3_bh2": ("unipc", {"order": 3, "solver_type": "bh2"}),
+    "unipc_bh2_full": ("unipc", {"solver_type": "bh2", "lower_order_final": False}),
+    "unipc3_bh2_full": ("unipc", {"order": 3, "solver_type": "bh2", "lower_order_final": False}),
     "dpm_solver3": ("dpm_solver", {"order": 3}),
     "dpm_solver2": ("dpm_solver", {"order": 2}),
     "dpm_solver++": ("dpm_solver++", {}),

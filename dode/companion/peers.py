@@ -26,7 +26,8 @@ Samplers are named by one string each (the results file's ``sampler`` coordinate
 
 * ``diffusers:<peer>`` -- a scheduler of :data:`PEERS`, diffusers' defaults except where noted there;
 * ``dode:<solver label>:<grid>:<method>`` -- a dode solver on a named grid (``time_uniform``: the paper's on
-  VP models; ``logsnr_uniform``; ``edm``: EDM's rho = 7, the paper's on EDM models), ``method`` ``base``,
+  VP models; ``logsnr_uniform``; ``edm``: EDM's rho = 7, the paper's on EDM models; ``gits``: GITS's grid
+  fitted to the model on the fitting noise, :func:`dode.gits.fit_grid`, its cost in ``fit_seconds``), ``method`` ``base``,
   ``d-ode`` (the paper's greedy fit) or ``d-ode-joint`` (:mod:`dode.joint`), fitted with the paper's teachers.
 """
 
@@ -44,6 +45,8 @@ from dode.companion import experiments as ex
 from dode.companion.labels import method_label
 from dode.denoiser import Denoiser, convert
 from dode.distill import distill
+from dode.gits import fit_grid
+from dode.grids import FITTED_GRIDS
 from dode.sampling import sample
 from dode.schedules import EDMSchedule, VPSchedule
 
@@ -286,9 +289,12 @@ def sampler_label(name: str) -> str:
     p = parse_sampler(name)
     if p["family"] == "diffusers":
         return f"diffusers {PEERS[p['peer']].label}"
-    grid = {"time_uniform": "", "logsnr_uniform": ", logSNR grid", "edm": ", EDM grid"}.get(
-        p["grid"], p["grid"]
-    )
+    grid = {
+        "time_uniform": "",
+        "logsnr_uniform": ", logSNR grid",
+        "edm": ", EDM grid",
+        "gits": ", GITS grid",
+    }.get(p["grid"], p["grid"])
     return method_label(p["solver"], p["method"]) + grid
 
 
@@ -328,8 +334,9 @@ def _runs(den: Denoiser, p: dict, nfe: int) -> bool:
     from dode.solvers import make_plan
 
     solver, options = ex.solver_spec(p["solver"])
+    grid = None if p["grid"] in FITTED_GRIDS else p["grid"]  # a fitted grid has the default one's intervals
     try:
-        make_plan(den.schedule, solver, nfe, p["grid"], options)
+        make_plan(den.schedule, solver, nfe, grid, options)
     except ValueError:
         return False
     return True
@@ -407,19 +414,22 @@ def _run_cell(store, cell, den, metric, metric_name, p, cfg) -> None:
 
     else:
         solver, options = ex.solver_spec(p["solver"])
-        lam = None
+        lam, grid = None, p["grid"]
+        fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
+        if grid in FITTED_GRIDS:  # fitted on the fitting noise, never on the evaluation noise
+            grid = fit_grid(den, fit_noise, nfe, solver, seed=cfg["seed"], **options)
+            fit_seconds = grid.info["seconds"]
         if p["method"] != "base":
             t0 = time.perf_counter()
-            fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
             fit = "joint" if p["method"] == "d-ode-joint" else "ls"
             teacher = ex.teacher_of(p["solver"], "paper")
             lam = distill(
-                den, fit_noise, solver, nfe, cfg["K"], grid=p["grid"], teacher=teacher, fit=fit, **options
+                den, fit_noise, solver, nfe, cfg["K"], grid=grid, teacher=teacher, fit=fit, **options
             )
-            fit_seconds = time.perf_counter() - t0
+            fit_seconds += time.perf_counter() - t0
 
         def draw(z):
-            return sample(den, z, solver, nfe, grid=p["grid"], lambdas=lam, **options), nfe
+            return sample(den, z, solver, nfe, grid=grid, lambdas=lam, **options), nfe
 
     stats, seconds, evaluations = FeatureStats(), 0.0, set()
     for start in range(0, cfg["n_samples"], cfg["batch_size"]):
