@@ -223,20 +223,29 @@ def explain_last_step(ds, schedule, grid=None) -> str:
             schedule, sorted({r["solver"] for r in rows}), sorted({r["nfe"] for r in rows}), grid
         )
     }
-    lines = [
+    # two tables, each narrow enough for the page: the plans' last steps, then this run's values beside them
+    plan_lines = [
         "| solver | NFE | outputs per step | last step's weights | Σ\\|w\\| | σ fall in last step "
-        f"| logSNR rise in last step | base {var} | base, lower-order last step | D-solver "
+        "| logSNR rise in last step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    value_lines = [
+        f"| solver | NFE | base {var} | base, lower-order last step | D-solver "
         "| D-solver, lower-order last step | finding |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = plans[r["solver"], r["nfe"]]
-        lines.append(
+        plan_lines.append(
             f"| {_name(r['solver'])} | {r['nfe']} | {' '.join(map(str, p['pattern']))} "
             f"| {_fmt_weights(p['weights'])} | {p['amplification']:.1f} | {_pct(p['sigma_share'])} "
-            f"| {_pct(p['logsnr_share'])} | {r['base']:.2f} | {r['base_lof']:.2f} | {r['d']:.2f} "
+            f"| {_pct(p['logsnr_share'])} |"
+        )
+        value_lines.append(
+            f"| {_name(r['solver'])} | {r['nfe']} | {r['base']:.2f} | {r['base_lof']:.2f} | {r['d']:.2f} "
             f"| {r['d_lof']:.2f} | {r['finding']} |"
         )
+    lines = [*plan_lines, "", *value_lines]
     seeds = min(r["seeds"] for r in rows)
     rule = (
         "one seed: sides are signs, not significant"
