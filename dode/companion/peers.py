@@ -550,9 +550,12 @@ def peers_figure(ds, metric: str, title: str | None = None):
         plots.direct_labels(ax, lines[panel], log_x=True, log_y=True, keep=0.5 if len(nfes) > 1 else 0.1)
         for ax, (panel, _, _) in zip(axes, panels, strict=True)
     )
-    for ax in axes:  # one x range for all the panels, wide enough for every panel's labels
+    for i, ax in enumerate(axes):  # one x range for all the panels, wide enough for every panel's labels
         ax.set_xlim(nfes.min() / 1.15, right)
         plots.nfe_axis(ax, nfes, log=True)
+        # a label longer than its share of the panel runs on into the gap and the next panel's margin: the
+        # panels on the left are drawn last, so that the next panel's background does not cover its end
+        ax.set_zorder(len(axes) - i)
     if title:
         fig.suptitle(title)
         fig.tight_layout()

@@ -161,7 +161,12 @@ def floor_band(ax, ds, var: str, model=None):
     ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
     what, n = (_attr_of(da.attrs.get(key, ""), model) for key in ("description", "n_samples"))
     return (
-        f"Grey band: noise floor of {var.upper()}, {mean:.2f} ± {std:.2f} over {count(values.size, 'seed')}"
+        f"Grey band: noise floor of {var.upper()}, "
+        + (
+            f"{mean:.2f} ± {std:.2f} over {count(values.size, 'seed')}"
+            if values.size > 1
+            else f"{mean:.2f} (one seed: the band is its line; the sweeps' pages give its spread over seeds)"
+        )
         + (f" ({what}" + (f", {n} samples" if n != "" else "") + ")" if what else "")
         + "."
     )
