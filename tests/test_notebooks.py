@@ -606,3 +606,20 @@ def test_command_line_lists_validates_stops_at_a_failure_or_keeps_going(tmp_path
     assert (executed / "02_plain.ipynb").is_file()
     assert "FAILED notebook(s): 01_broken" in capsys.readouterr().out
     assert [row["notebook"] for row in read_run_times(repo / "data" / "results")] == ["02_plain"]
+
+
+def test_no_executed_page_prints_a_warning_or_a_log_to_stderr(smoke_book):
+    """A page shows results, not logs: no cell of an executed notebook has a stderr stream (the cpu book's
+    page 13 once showed tqdm's 'IProgress not found' warning, raised when diffusers imported tqdm.auto)."""
+    noisy = {}
+    for path in sorted((smoke_book.repo / "book" / "executed").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        hits = [
+            i
+            for i, cell in enumerate(cells)
+            for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+        ]
+        if hits:
+            noisy[path.name] = hits
+    assert not noisy, f"cells with stderr output: {noisy}"
