@@ -138,15 +138,16 @@ def test_changing_the_fd_classifier_is_refused_and_a_new_model_is_added(tmp_path
     changed = metrics.FD(classifier=other)
     with pytest.raises(IncompatibleResults, match="another metric.classifier_sha256"):
         ex.open_store(tmp_path, "02_test", dims, {}, params, {den.name: ex.identity(den, changed)})
-    # a model the file does not hold yet joins it; the stored one keeps its cells and identity
+    # a model the file does not hold yet joins it, in a run that names both; the stored one keeps its cells
+    # and identity (a run that leaves a model out keeps it aside instead: tests/test_results.py)
     second = ex.load_model("digits-eps")
     grown = ex.open_store(
         tmp_path,
         "02_test",
-        {"model": ["digits-eps"], "seed": [0]},
+        {"model": ["digits-eps-mini", "digits-eps"], "seed": [0]},
         {},
         params,
-        {second.name: ex.identity(second, fd)},
+        {den.name: ex.identity(den, fd), second.name: ex.identity(second, fd)},
     )
     assert grown.has("fd", model="digits-eps-mini", seed=0) and not grown.has(
         "fd", model="digits-eps", seed=0

@@ -791,13 +791,16 @@ def _per_model_down(own: dict, scale: dict) -> dict:
 
 def _pd_down(recipe: dict, eval_steps, scale: dict) -> tuple[dict, list[int] | None]:
     """Progressive distillation from at most ``pd_steps`` teacher steps (but one halving at least, down to
-    the recipe's ``steps_end``), ``pd_iterations`` training steps per halving, and the scored students among those left."""
+    the recipe's ``steps_end``), ``pd_iterations`` training steps per halving on batches of at most ``B``, and the scored students among
+    those left."""
     recipe = dict(recipe)
     start = int(recipe["steps_start"])
     while start > scale["pd_steps"] and start // 2 >= 2 * int(recipe["steps_end"]):
         start //= 2
     recipe["steps_start"] = start
     recipe["iterations_per_halving"] = min(int(recipe["iterations_per_halving"]), scale["pd_iterations"])
+    # its training batch is a fitting batch too: a user's pd_data of a few images must hold one
+    recipe["batch_size"] = min(int(recipe["batch_size"]), scale["B"])
     recipe.pop("checkpoint_every", None)  # a checkpoint every N of a handful of steps: none needed
     if eval_steps is not None:
         eval_steps = [s for s in eval_steps if s < start] or None
