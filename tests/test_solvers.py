@@ -248,7 +248,7 @@ def _den(gmm, name="vp", pred="eps"):
 def test_unknown_solver_and_grid(gmm):
     with pytest.raises(
         ValueError,
-        match=r"solver must be one of \['ddim', 'deis', 'dpm_solver', 'dpm_solver\+\+', 'edm', 'ipndm'\]",
+        match=r"solver must be one of \['ddim', 'deis', 'dpm_solver', 'dpm_solver\+\+', 'edm', 'ipndm', 'unipc'\]",
     ):
         dode.sample(_den(gmm), make_noise(2), "euler", 10)
     with pytest.raises(ValueError, match="grid must be one of"):

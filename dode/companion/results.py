@@ -398,6 +398,8 @@ class ResultStore:
             shape = [len(self.coords[d]) for d in cell] + [len(v) for v in extra_dims.values()]
             coords = {d: self.coords[d] for d in cell} | extra_dims
             self.ds[var] = xr.DataArray(np.full(shape, np.nan), dims=dims, coords=coords)
+        if not self.ds[var].values.flags.writeable:  # a view left by a selection (a model kept aside)
+            self.ds[var] = self.ds[var].copy(deep=True)
         arr = self.ds[var]
         for name, values in extra_dims.items():
             current = arr.coords[name].values.tolist()
