@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -133,23 +135,48 @@ def test_ablation_checks_follow_K_and_B():
     assert claims.check_ablation_B(bad).verdict == "not reproduced"
 
 
-def test_lookahead_check_compares_the_best_constant_with_the_fit():
+def _lookahead(fixed, lookahead, tuning_fixed=(1.2, 0.98), tuning_lookahead=(2.0, 1.5)):
+    """Page 09's results: D-DDIM 1.0 (+-0.01 over the seeds 0-2), base 3.0; ``fixed``/``lookahead`` the
+    values at each evaluation seed (rows) and lambda (columns); seed 3 is the tuning seed."""
     coords = {
         "solver": ["ddim"],
         "nfe": [10],
-        "seed": [0, 1],
+        "seed": [0, 1, 2, 3],
         "method": ["base", "d-ode", "fixed", "lookahead"],
         "lambda_value": [0.3, 0.6],
     }
-    values = np.full((1, 1, 2, 4, 2), np.nan)
+    values = np.full((1, 1, 4, 4, 2), np.nan)
     values[..., 0, :] = 3.0
-    values[..., 1, :] = 1.0  # D-DDIM
-    values[..., 2, :] = [[1.2, 0.98]]  # Fixed: the grid search matches it
-    values[..., 3, :] = [[2.0, 1.5]]  # LA: worse
-    results = {"09_lookahead_fixed": xr.Dataset({"fd": (tuple(coords), values)}, coords=coords)}
-    assert claims.check_lookahead(results).verdict == "reproduced"
-    results["09_lookahead_fixed"]["fd"][..., 3, :] = 0.5  # LA beats D-DDIM at NFE 10
-    assert claims.check_lookahead(results).verdict == "partly"
+    values[0, 0, :, 1, :] = np.array([1.0, 1.01, 0.99, 1.0])[:, None]  # D-DDIM
+    values[0, 0, :3, 2, :] = fixed
+    values[0, 0, :3, 3, :] = lookahead
+    values[0, 0, 3, 2, :] = tuning_fixed
+    values[0, 0, 3, 3, :] = tuning_lookahead
+    ds = xr.Dataset({"fd": (tuple(coords), values)}, coords=coords)
+    return {
+        "09_lookahead_fixed": ds.assign_attrs(
+            parameters=json.dumps({"seeds": [0, 1, 2], "tuning_seeds": [3]})
+        )
+    }
+
+
+def test_lookahead_check_grades_the_constants_chosen_on_the_tuning_seed():
+    # the tuning seed chooses lambda 0.6 for both; at 0.6 Fixed matches D-DDIM, LA is worse in every seed
+    fixed = [[9.0, 0.99], [9.0, 1.0], [9.0, 1.02]]
+    lookahead = [[0.5, 1.5], [0.5, 1.6], [0.5, 1.4]]  # lambda 0.3 would beat D-DDIM: not chosen
+    verdict = claims.check_lookahead(_lookahead(fixed, lookahead))
+    assert verdict.verdict == "reproduced"  # both cells hold (LA by more than its spread, Fixed within it)...
+    assert "λ = 0.6" in verdict.evidence and "λ = 0.3" not in verdict.evidence
+    # ...but the tuning seed choosing lambda 0.3 for LA (where it beats D-DDIM) fails LA's cell
+    verdict = claims.check_lookahead(_lookahead(fixed, lookahead, tuning_lookahead=(1.0, 2.0)))
+    assert verdict.verdict == "partly" and "fails at LA-DDIM NFE 10" in verdict.evidence
+
+
+def test_lookahead_check_refuses_a_file_without_tuning_seeds():
+    results = _lookahead([[1.0, 1.0]] * 3, [[2.0, 2.0]] * 3)
+    results["09_lookahead_fixed"].attrs["parameters"] = json.dumps({"seeds": [0, 1, 2, 3]})
+    with pytest.raises(ValueError, match="tuning_seeds"):
+        claims.check_lookahead(results)
 
 
 def test_a_page_states_the_verdicts_of_its_own_results_file(tmp_path):

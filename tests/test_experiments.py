@@ -322,27 +322,34 @@ def test_constant_lambda_methods_follow_lambda_value_and_variants_share_one_teac
         )
 
 
-def test_best_constant_picks_the_grid_point_with_the_lowest_seed_mean():
+def test_best_constant_picks_the_grid_point_with_the_lowest_mean_over_the_tuning_seeds():
+    import json
+
     import xarray as xr
 
     from dode.companion import plots
 
-    fd = np.full((1, 3, 1, 2, 3), np.nan)  # solver, method, nfe, seed, lambda_value
+    fd = np.full((1, 3, 1, 4, 3), np.nan)  # solver, method, nfe, seed, lambda_value
     fd[0, 0] = 5.0  # base: the same at every lambda
-    fd[0, 1, 0] = [[4.0, 2.0, 3.0], [4.5, 3.5, 1.0]]  # fixed: means 4.25, 2.75, 2.0 -> lambda 0.9
-    fd[0, 2, 0] = [[1.0, 2.0, 6.0], [1.5, 1.0, 6.0]]  # lookahead: means 1.25, 1.5, 6.0 -> lambda 0.3
-    coords = {"solver": ["ddim"], "method": ["base", "fixed", "lookahead"], "nfe": [10], "seed": [0, 1]}
+    # evaluation seeds 0 and 1, then the tuning seeds 2 and 3 (the evaluation seeds would choose otherwise)
+    fd[0, 1, 0] = [[4.0, 2.0, 3.0], [4.5, 3.5, 1.0], [0.1, 9, 9], [0.1, 9, 9]]  # fixed: tuning -> 0.3
+    fd[0, 2, 0] = [[1.0, 2.0, 6.0], [1.5, 1.0, 6.0], [9, 9, 0.1], [9, 9, 0.2]]  # lookahead: tuning -> 0.9
+    coords = {"solver": ["ddim"], "method": ["base", "fixed", "lookahead"], "nfe": [10], "seed": [0, 1, 2, 3]}
     ds = xr.Dataset(
         {"fd": (tuple(coords) + ("lambda_value",), fd)}, coords=coords | {"lambda_value": [0.3, 0.6, 0.9]}
     )
+    with pytest.raises(ValueError, match="tuning_seeds"):  # no tuning seeds recorded: refused
+        plots.best_constant(ds, "fd")
+    ds.attrs["parameters"] = json.dumps({"seeds": [0, 1], "tuning_seeds": [2, 3]})
     reduced, best = plots.best_constant(ds, "fd")
-    assert best.sel({"solver": "ddim", "nfe": 10, "method": "fixed"}).item() == 0.9
-    assert best.sel({"solver": "ddim", "nfe": 10, "method": "lookahead"}).item() == 0.3
-    np.testing.assert_array_equal(reduced["fd"].sel({"method": "fixed"}).values.ravel(), [3.0, 1.0])
-    np.testing.assert_array_equal(reduced["fd"].sel({"method": "lookahead"}).values.ravel(), [1.0, 1.5])
+    assert best.sel({"solver": "ddim", "nfe": 10, "method": "fixed"}).item() == 0.3
+    assert best.sel({"solver": "ddim", "nfe": 10, "method": "lookahead"}).item() == 0.9
+    assert reduced.coords["seed"].values.tolist() == [0, 1]  # evaluated on the evaluation seeds only
+    np.testing.assert_array_equal(reduced["fd"].sel({"method": "fixed"}).values.ravel(), [4.0, 4.5])
+    np.testing.assert_array_equal(reduced["fd"].sel({"method": "lookahead"}).values.ravel(), [6.0, 6.0])
     np.testing.assert_array_equal(reduced["fd"].sel({"method": "base"}).values.ravel(), [5.0, 5.0])
     assert plots.paired_difference(reduced, "fd", "fixed", "base", nfe=10) == (
-        "fixed − base: -3.00 ± 1.41 (2/2 seeds lower)"
+        "fixed − base: -0.75 ± 0.35 (2/2 seeds lower)"
     )
 
 

@@ -185,8 +185,8 @@ def test_the_declared_needs_are_what_the_notebooks_read():
     assert set(plans["11_reproduction"].needs) == set(names) - {"11_reproduction"}
     evidence = {stem for stems in claims.EVIDENCE.values() for stem in stems}
     assert evidence <= set(plans["11_reproduction"].needs)
-    # 10 measures wall times and 11 gathers every result: both run alone; no other does
-    assert {n for n in names if plans[n].runs_alone} == {"10_timing", "11_reproduction"}
+    # 11 gathers every result: it runs alone; no other does (page 10's timings are ratios within one process)
+    assert {n for n in names if plans[n].runs_alone} == {"11_reproduction"}
     # the longest notebook starts first on a fresh clone (no run times yet: the cost hints decide)
     expected = run_notebooks.expected_seconds(plans, "cpu", REPO / "nowhere.csv")
     rank = run_notebooks.priorities(plans, expected, names)

@@ -781,8 +781,10 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     (one model) or ``models`` (several: the file gets a ``model`` dimension, and ``per_model`` may set a
     model's own :data:`PER_MODEL` settings). It may set ``model_options`` (model name -> options of
     :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
-    ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`) and the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
-    ``lambda_values``). Every model is loaded and its metric built before anything is computed, so a missing
+    ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`), the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
+    ``lambda_values``) and ``tuning_seeds``: seeds run like ``seeds`` (each its own fitting batch and
+    evaluation noise), on which a grid point is chosen before the methods are compared on ``seeds``
+    (:func:`dode.companion.plots.best_constant`), so that the choice never sees the evaluation noise. Every model is loaded and its metric built before anything is computed, so a missing
     checkpoint or statistics file stops the run at once. After the cells, where ``cfg["floor"]`` is set, each
     model's noise floor at its sample count is stored as ``<metric>_floor`` (:func:`sweep_floor`). Returns the
     results file, from which the notebook draws its figures.
@@ -803,6 +805,12 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
 
         launch(stem, cfg, results_dir, nproc)
         return results_path(results_dir, stem)
+    tuning = [int(s) for s in cfg.get("tuning_seeds") or []]
+    if set(tuning) & {int(s) for s in cfg["seeds"]}:
+        raise ValueError(
+            f"tuning_seeds must be disjoint from seeds (the evaluation's), got {tuning} and {cfg['seeds']}"
+        )
+    seeds = [int(s) for s in cfg["seeds"]] + tuning
     world = join(cfg["device"])  # under torchrun: this process's rank, its process group open
     device = world.device(cfg["device"])
     loaded = {}
@@ -814,7 +822,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
         raise ValueError(f"the models of one sweep must share a metric, got {metric_names}")
     metric_name = next(iter(metric_names.values()))
     points = _check_points(sweep_points(cfg), cfg["methods"])
-    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], cfg["seeds"], points)
+    dims = sweep_dims(cfg["solvers"], cfg["nfes"], cfg["methods"], seeds, points)
     if "models" in cfg:
         dims = {"model": names, **dims}
     key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "grid", "teacher", "fit")} | {"metric": metric_name}
@@ -834,7 +842,8 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
             den,
             metric,
             metric_name,
-            **{k: cfg[k] for k in ("solvers", "nfes", "seeds", "methods")},
+            **{k: cfg[k] for k in ("solvers", "nfes", "methods")},
+            seeds=seeds,
             **own[name],
             points=points,
             grid=cfg.get("grid"),
@@ -853,7 +862,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
         metric_name,
         cfg,
         results_dir,
-        seeds=cfg["seeds"],
+        seeds=seeds,
         device=device,
         own=own,
         world=world,

@@ -51,12 +51,12 @@ SMOKE_SAMPLER = {"eps": ("ddim", 10), "edm": ("edm", 9)}
 
 
 #: the metric's characterisation (section "The metric" of page 00): the sample counts of the noise floor (the
-#: sweeps' 1,000 samples, and the held-out split's size, to set it beside the data floor), its seeds
+#: sweeps' 500 samples, and the held-out split's size, to set it beside the data floor), its seeds
 #: (the sweeps' evaluation seeds, so that the sweeps read these floors from the cache) and the draws of
 #: training digits compared with the held-out ones
 METRIC = {
     "smoke": dict(n_samples=[24, 48], seeds=[0, 1], subset_draws=2),
-    "cpu": dict(n_samples=[297, 1000], seeds=[0, 1, 2], subset_draws=3),
+    "cpu": dict(n_samples=[297, 500], seeds=[0, 1, 2], subset_draws=3),
 }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "paired_gains",
     "paper_comparison",
     "best_constant",
+    "tuning_split",
     "ablation",
     "ablation_figure",
     "lambda_search",
@@ -1137,24 +1138,45 @@ def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: i
     return out
 
 
+def tuning_split(ds):
+    """``(evaluation, tuning)``: ``ds`` on its evaluation seeds and on the seeds its run set aside for choosing
+    a grid point (``tuning_seeds`` of the parameters stored in the file; none: an empty ``tuning``)."""
+    import json
+
+    tuning = set(json.loads(ds.attrs.get("parameters", "{}")).get("tuning_seeds") or [])
+    held = ds.coords["seed"].values.tolist()
+    return (
+        ds.sel({"seed": [s for s in held if s not in tuning]}),
+        ds.sel({"seed": [s for s in held if s in tuning]}),
+    )
+
+
 def best_constant(ds, var: str, methods=("fixed", "lookahead")):
     """The grid search of a constant lambda: ``(reduced, best)``.
 
-    ``best[solver, method, nfe]`` is the grid value with the lowest mean ``var`` over seeds; ``reduced`` is
-    ``ds[var]`` without the ``lambda_value`` dimension, each constant-lambda method at its best value (the
-    other methods do not depend on lambda_value). The choice is made on the evaluation samples themselves,
-    as in a plain grid search, so the best value's score is optimistic by the selection.
+    ``best[solver, method, nfe]`` is the grid value with the lowest mean ``var`` over the *tuning* seeds
+    (:func:`tuning_split`: their own evaluation noise and fitting batch); ``reduced`` is ``ds[var]`` on the
+    evaluation seeds without the ``lambda_value`` dimension, each constant-lambda method at its chosen value
+    (the other methods do not depend on lambda_value). So the chosen value's score is not optimistic by the
+    selection, as it would be if the grid were searched on the evaluation samples themselves. A file without
+    tuning seeds is refused.
     """
     import xarray as xr
 
-    da = ds[var]
-    mean = da.mean("seed", skipna=True)
+    evaluation, tuning = tuning_split(ds)
+    if not tuning.sizes["seed"] or not evaluation.sizes["seed"]:
+        raise ValueError(
+            "best_constant needs tuning_seeds beside the evaluation seeds (a constant chosen on the "
+            f"evaluation samples is optimistic by the selection); this file holds seeds "
+            f"{ds.coords['seed'].values.tolist()}, tuning {tuning.coords['seed'].values.tolist()}"
+        )
+    da = evaluation[var]
+    mean = tuning[var].mean("seed", skipna=True)
     reduced = da.isel({"lambda_value": 0}, drop=True).copy()
     best = xr.full_like(reduced.isel({"seed": 0}, drop=True), np.nan)
     for method in present(ds, methods):
         m = mean.sel({"method": method})
-        filled = m.fillna(np.inf)
-        idx = filled.argmin("lambda_value")
+        idx = m.fillna(np.inf).argmin("lambda_value")
         chosen = da.coords["lambda_value"].values[idx.values]
         chosen = np.where(np.isfinite(m.min("lambda_value", skipna=True).values), chosen, np.nan)
         best.loc[{"method": method}] = chosen
@@ -1162,7 +1184,7 @@ def best_constant(ds, var: str, methods=("fixed", "lookahead")):
         reduced.loc[{"method": method}] = picked.drop_vars("lambda_value", errors="ignore").transpose(
             *reduced.sel({"method": method}).dims
         )
-    return reduced.to_dataset(name=var), best
+    return reduced.to_dataset(name=var).assign_attrs(ds.attrs), best
 
 
 def _ablation_panel(ax, ds, var: str, vary: str, at: dict, solver: str, method: str) -> tuple[str, str]:

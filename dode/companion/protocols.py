@@ -2,11 +2,14 @@
 
 A notebook's ``parameters`` cell leaves these at ``None``; :func:`dode.companion.experiments.settings` fills them from
 the table below, and any value given to papermill overrides it. The ``cpu`` column is sized so that the
-whole book runs in about half an hour on the slower of the project's two-core build machines, where one
-evaluation of an embedded net costs about 0.75 ms per sample on one thread (``benchmarks/throughput.py``):
-the FID-against-NFE sweeps (02, 03, 04) keep 3 seeds and five NFEs from 3 to 10, so that each panel is a
-curve, at 1,000 evaluation samples per cell as the other sweeps (at one or a few NFEs); page 00's noise
-floor at that count says how small a difference the metric resolves there. ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
+whole book runs in under half an hour on the slower of the project's two-core build machines, where one
+evaluation of an embedded net costs 0.6-0.75 ms per sample on one thread (``benchmarks/throughput.py``) and
+about 0.8 ms with the fits and the metric (the seconds recorded in the results files): the FID-against-NFE
+sweeps (02, 03, 04) keep 3 seeds and five NFEs from 3 to 10, so that each panel is a curve, at 500
+evaluation samples per cell as the other sweeps (at one or a few NFEs); page 00's noise floor at that count
+says how small a difference the metric resolves there. A greedy fit costs about as much as one evaluation
+run (the teacher's ``K * NFE`` steps on ``B = 100`` samples), so halving the samples from 1,000 halved the
+sweeps' sampling and left their fits as they were. ``paper`` is the paper's protocol (50k samples, Inception FID, the paper's NFEs).
 """
 
 from __future__ import annotations
@@ -49,14 +52,15 @@ RUN_ENVIRONMENT = dict(model_options={}, fid_stats=None)
 #: steps scores 0.02 below 100 steps at 1,000 and 2,000 samples (seed 0), against a spread of 0.085 (std over
 #: seeds 0-2) at 1,000 samples, while 50 steps score 0.06 above 100 at 2,000; on digits-edm, Heun with 79
 #: evaluations scores 0.07-0.09 *above* EDM's usual 35 (seeds 0 and 1, both counts), more than the 35-step
-#: floor's spread of 0.05 at 1,000 samples, while 159 evaluations move it by 0.01 only. Page 00 computes
-#: these floors once (at the sweeps' 1,000 samples, 3 seeds), the sweeps read them from the cache. smoke: cheap, only to
-#: exercise the code; paper: off, each floor costs 50k samples x the sampler's NFE x seeds per model (book/gpu.md)
-FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 100, "edm": 79}, "paper": {}}
+#: floor's spread of 0.05 at 1,000 samples, while 159 evaluations move it by 0.01 only. So DDIM's 50 steps sit within the
+#: floor's spread of 100 (more so at the sweeps' 500 samples, where the spread is larger) at half the cost;
+#: Heun's 39 evaluations would not (they would be EDM's 35, apart from the 79 by more than the spread). Page 00 computes these floors once (at the sweeps' 500
+#: samples, 3 seeds), the sweeps read them from the cache. smoke: cheap, only to exercise the code; paper: off, each floor costs 50k samples x the sampler's NFE x seeds per model (book/gpu.md)
+FLOOR = {"smoke": {"ddim": 20, "edm": 9}, "cpu": {"ddim": 50, "edm": 79}, "paper": {}}
 
 _SWEEP_SMOKE = dict(seeds=[0], K=2, B=8, n_samples=48, batch_size=48, device="cpu", floor=FLOOR["smoke"])
 _SWEEP_CPU = dict(
-    seeds=[0, 1, 2], K=10, B=100, n_samples=1000, batch_size=1000, device="cpu", floor=FLOOR["cpu"]
+    seeds=[0, 1, 2], K=10, B=100, n_samples=500, batch_size=500, device="cpu", floor=FLOOR["cpu"]
 )
 _SWEEP_PAPER = dict(
     seeds=[0, 1, 2], K=10, B=100, n_samples=50_000, batch_size=500, device="cuda", floor=FLOOR["paper"]
@@ -183,12 +187,12 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         # the joint fit (dode.joint) beside the greedy one, the four solvers (not their lower-order-final
         # variants) and all seeds, at the NFEs it is affordable at: 3-9 Levenberg-Marquardt iterations of
         # NFE + 1 sampling runs of the fitting batch each, against one run for the greedy fit. cpu: NFE 3
-        # and 5 (a fit costs tens of greedy fits, and its cost grows with the square of the NFE; not NFE 20,
-        # where each fit would cost about as much as all four at NFE 10). smoke: NFE 3 only, so that the
+        # only (a fit costs several greedy fits, and its cost grows with the square of the NFE: at NFE 5 the twelve
+        # fits would add about 90 s to the book; page 12 runs it at more NFEs on the exact test bed). smoke: NFE 3 only, so that the
         # smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about 70-110 runs
         # of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of the
         # 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
-        {"smoke": _by_solver([3], []), "cpu": _by_solver([3, 5], []), "paper": _by_solver([2, 5, 10], [])},
+        {"smoke": _by_solver([3], []), "cpu": _by_solver([3], []), "paper": _by_solver([2, 5, 10], [])},
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -220,8 +224,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
     # Tab. 3: ablation of the teacher's scale K (at B = 100) and of the fitting batch size B (at K = 10).
-    # cpu: NFE 10 only and 1,000 evaluation samples per cell (the 7 fits per seed and 8 sampling runs per
-    # seed fit the notebook's ~3 minutes only so); 3 seeds, for the spread over fitting batches
+    # cpu: NFE 10 only, the sweeps' 500 evaluation samples per cell (7 fits and 8 sampling runs per seed);
+    # 3 seeds, for the spread over fitting batches
     "08_ablation_K_B": {
         "smoke": dict(
             _SWEEP_SMOKE,
@@ -240,8 +244,6 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             methods=["base", "d-ode"],
             K_values=[5, 10, 20, 30],
             B_values=[5, 10, 50, 100],
-            n_samples=1000,
-            batch_size=1000,
         ),
         "paper": dict(
             _SWEEP_PAPER,
@@ -254,13 +256,17 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
     # Tab. 4, Fig. 8b-c: Fixed-D-DDIM and LA-DDIM with one constant lambda from a grid search, against the
-    # fitted D-DDIM. cpu: NFE 10 only, 2 seeds, a coarse grid (step 0.3) that brackets both optima on digits
+    # fitted D-DDIM. The constant is chosen on ``tuning_seeds`` (their own evaluation noise and fitting batch,
+    # never the evaluation seeds'), and the methods are compared on ``seeds`` at the chosen constant
+    # (dode.companion.plots.best_constant). cpu: NFE 10 only, a coarse grid (step 0.3) that brackets both
+    # optima on digits
     "09_lookahead_fixed": {
         "smoke": dict(
             _SWEEP_SMOKE,
             model="digits-eps-mini",
             solvers=["ddim"],
             nfes=[5],
+            tuning_seeds=[1],
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.5, 1.0],
         ),
@@ -269,7 +275,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             model="digits-eps",
             solvers=["ddim"],
             nfes=[10],
-            seeds=[0, 1],
+            tuning_seeds=[3],
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.3, 0.6, 0.9, 1.2],
         ),
@@ -278,6 +284,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             model="ddpm-cifar10",
             solvers=["ddim"],
             nfes=[10, 25, 50],
+            tuning_seeds=[3],
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5],
         ),
@@ -456,8 +463,8 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             seeds=[0],
             K=10,
             B=100,
-            n_samples=1000,
-            batch_size=1000,
+            n_samples=500,
+            batch_size=500,
             device="cpu",
             floor=FLOOR["cpu"],
             # one thread: on the shared 2-core build machine (load average ~6) two threads made a PD training
@@ -640,10 +647,11 @@ _SCALED = {
     "panels",
     "samplers",
 }
-#: parameters that set no size of a run (or a size that does not grow its cost: one seed, the teacher's
+#: parameters that set no size of a run (or a size that does not grow its cost: one seed, a tuning seed, the teacher's
 #: scale K, a handful of tracked pixels), kept as given
 UNSCALED = {
     "profile",
+    "tuning_seeds",
     "solvers",
     "methods",
     "schedules",

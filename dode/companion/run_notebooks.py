@@ -28,7 +28,8 @@ Conventions (shared with tests/test_notebooks.py):
 
 - Order: a notebook's metadata may declare, under ``"dode"`` (:data:`METADATA_KEY`), the notebooks whose
   results it reads (``"needs": ["12_exact_testbed"]``), that it must run with nothing beside it
-  (``"runs_alone": true``: 10 measures wall times, 11 gathers every result) and its expected wall time in
+  (``"runs_alone": true``: 11, which gathers every result; page 10's timings are ratios measured in one
+  process on one thread, so it shares the machine like the others) and its expected wall time in
   seconds on the cpu profile (``"cost": 1000``, a hint used until ``run_times.csv`` holds a time of the same
   profile). At any ``--jobs`` a notebook starts only after all its needs finished successfully (one whose
   need failed is not run, and reported); among the notebooks ready to start, the one with the longest
