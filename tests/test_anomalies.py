@@ -117,6 +117,23 @@ def test_the_explanation_renders_the_results_and_the_plans():
     assert "cannot separate the last step" in anomalies.explain_last_step(without, VP)
 
 
+def test_the_lower_order_final_pair_note_reads_the_plans_and_the_values():
+    values = {
+        **_cells(3, base=11.0, base_lof=37.0, d=7.0, d_lof=20.0),
+        **_cells(3, base=8.0, base_lof=36.0, d=7.0, d_lof=20.0, solver="deis3"),
+        ("ddim", 3, "base"): [35.0, 35.1, 34.9],
+    }
+    text = anomalies.lof_pair_note(_sweep(values), VP)
+    assert "score within 3% of each other" in text  # (37 - 36) / 36
+    assert "NFE 3 (37.00 and 36.00, DEIS-3-LOF lower; DDIM 35.00)" in text  # lower in every seed
+    assert "(1 2 1)" in text  # outputs per step, from the plans
+    assert "differ by at most 0.18" in text  # iPNDM's 1.5, -0.5 against DEIS's 1.32, -0.32 at NFE 3
+    assert "both are within 6% of DDIM" in text
+    assert text in anomalies.explain_last_step(_sweep(values), VP)  # page 02 shows it under the tables
+    del values["deis3_lof", 3, "base"], values["deis3_lof", 3, "d-ode"]
+    assert anomalies.lof_pair_note(_sweep(values), VP) == ""
+
+
 def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
     ds = _sweep(
         {

@@ -23,6 +23,7 @@ __all__ = [
     "plan_rows",
     "pair_rows",
     "explain_last_step",
+    "lof_pair_note",
     "explain_dpm_solver_pattern",
     "spike_note",
     "peers_spike_notes",
@@ -310,7 +311,52 @@ def explain_last_step(ds, schedule, grid=None) -> str:
                 )
             )
         text.append(f"* **{name}**: " + "; ".join(parts) + ".")
-    return "\n".join(text)
+    pair = lof_pair_note(ds, schedule, grid)
+    return "\n".join(text + ([pair] if pair else []))
+
+
+def lof_pair_note(ds, schedule, grid=None) -> str:
+    """Why the lower-order-final iPNDM and DEIS-3 score alike (a bullet of Markdown; empty when the file lacks
+    either): their plans take the same number of outputs at every step and differ only in the extrapolation
+    weights of the steps between the first and the last (iPNDM's fixed Adams-Bashforth weights, DEIS's
+    integrated over each actual step), read from the plans; the base values, their paired side and DDIM's
+    beside them, read from ``ds``."""
+    from dode.companion.experiments import solver_spec
+
+    a, b = LOF_PAIRS["ipndm"], LOF_PAIRS["deis3"]
+    if not {a, b} <= set(ds.coords["solver"].values.tolist()):
+        return ""
+    cells, patterns, gaps, apart, near = [], set(), [], [], None
+    for nfe in ds.coords["nfe"].values.tolist():
+        va, vb = _values(ds, a, nfe, "base"), _values(ds, b, nfe, "base")
+        if not (np.isfinite(va).any() and np.isfinite(vb).any()):
+            continue
+        plans = [
+            make_plan(schedule, solver, nfe, grid, options) for solver, options in map(solver_spec, (a, b))
+        ]
+        steps = list(zip(plans[0].steps, plans[1].steps, strict=True))
+        if any(len(x.weights) != len(y.weights) for x, y in steps):
+            return ""  # not the same outputs per step: this note does not apply
+        patterns.add(" ".join(str(len(x.weights)) for x, _ in steps))
+        gaps.append(max(abs(u - v) for x, y in steps for u, v in zip(x.weights, y.weights, strict=True)))
+        apart.append(abs(_mean(va) - _mean(vb)) / min(_mean(va), _mean(vb)))
+        ddim = _values(ds, "ddim", nfe, "base")
+        near = near or (nfe, max(abs(_mean(v) - _mean(ddim)) / _mean(ddim) for v in (va, vb)))
+        side = {1: f"{_name(a)} lower", -1: f"{_name(b)} lower", 0: "inside the noise"}[_side(va, vb)]
+        cells.append(f"{nfe} ({_cell(_mean(va))} and {_cell(_mean(vb))}, {side}; DDIM {_cell(_mean(ddim))})")
+    if not cells:
+        return ""
+    return (
+        f"* **{_name(a)} and {_name(b)}** score within {_pct(max(apart))} of each other, base "
+        f"{_metric(ds).upper()} at NFE "
+        + ", ".join(cells)
+        + ". Their plans take the same number of outputs at every step ("
+        + "; ".join(sorted(patterns, key=len))
+        + "): DDIM's single output first, for want of earlier ones, and last, by the lower-order last step; "
+        + f"between them their extrapolation weights differ by at most {max(gaps):.2f} (iPNDM's fixed "
+        + "Adams-Bashforth weights, DEIS's integrated over each actual step). At NFE "
+        + f"{near[0]}, the fewest steps, both are within {_pct(near[1])} of DDIM (one output at every step)."
+    )
 
 
 def explain_dpm_solver_pattern(ds, schedule, label: str = "dpm_solver3", grid=None) -> str:
