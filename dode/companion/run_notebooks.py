@@ -693,20 +693,13 @@ def run(
     def record(notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
         return finished(index[notebook.name], notebook, wall, error)
 
+    options = dict(progress=progress, params=params, scale=scale)  # execute()'s, inline or in a worker
+
     try:
         if jobs == 1:
 
             def submit(notebook: BookNotebook, alone: bool):
-                return _Inline.submit(
-                    _timed,
-                    execute,
-                    notebook,
-                    profile,
-                    results_dir,
-                    progress=progress,
-                    params=params,
-                    scale=scale,
-                )
+                return _Inline.submit(_timed, execute, notebook, profile, results_dir, **options)
 
             schedule(notebooks, plans, expected, 1, submit, record, skipped)
         else:
@@ -718,14 +711,7 @@ def run(
                 def submit(notebook: BookNotebook, alone: bool):
                     # a notebook beside others computes on one thread; one that runs alone on all of them
                     return pool.submit(
-                        _execute_in_worker,
-                        not alone,
-                        notebook,
-                        profile,
-                        results_dir,
-                        progress=progress,
-                        params=params,
-                        scale=scale,
+                        _execute_in_worker, not alone, notebook, profile, results_dir, **options
                     )
 
                 schedule(notebooks, plans, expected, jobs, submit, record, skipped)
