@@ -10,26 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_solver_overhead_benchmark_runs_and_reports_every_ratio():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/solver_overhead.py",
-            "--batch",
-            "2",
-            "--nfe",
-            "3",
-            "--K",
-            "1",
-            "--repeats",
-            "1",
-        ],
+def _benchmark(script: str, *args: str) -> str:
+    """The standard output of ``benchmarks/<script>`` run with ``args`` (which must succeed)."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=True,
     ).stdout
+
+
+def test_solver_overhead_benchmark_runs_and_reports_every_ratio():
+    out = _benchmark("solver_overhead.py", "--batch", "2", "--nfe", "3", "--K", "1", "--repeats", "1")
     rows = [
         line.split() for line in out.splitlines() if line.split()[:1] in (["ddim"], ["dpm_solver"], ["edm"])
     ]
@@ -40,24 +34,7 @@ def test_solver_overhead_benchmark_runs_and_reports_every_ratio():
 
 
 def _throughput(*args: str) -> str:
-    return subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/throughput.py",
-            "--repeats",
-            "1",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
+    return _benchmark("throughput.py", "--repeats", "1", "--device", "cpu", "--threads", "1", *args)
 
 
 @pytest.mark.parametrize(
@@ -114,19 +91,11 @@ def _seconds(value: str, unit: str) -> float:
 
 
 def test_joint_fit_benchmark_runs_and_reports_every_ratio():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/joint_fit.py",
-            *("--settings", "digits-eps-mini", "testbed"),
-            *("--solvers", "ipndm", "--nfes", "3", "--B", "4", "--K", "2"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
+    out = _benchmark(
+        "joint_fit.py",
+        *("--settings", "digits-eps-mini", "testbed"),
+        *("--solvers", "ipndm", "--nfes", "3", "--B", "4", "--K", "2"),
+    )
     rows = {line.split()[0]: line.split()[3:] for line in out.splitlines() if line.split()[1:2] == ["ipndm"]}
     assert sorted(rows) == ["digits-eps-mini", "testbed"], out
     for name, cells in rows.items():
@@ -140,14 +109,7 @@ def test_joint_fit_benchmark_runs_and_reports_every_ratio():
 
 def test_frechet_benchmark_times_both_and_agrees_with_pytorch_fid():
     # small statistics: the 2048-d run (tens of seconds for sqrtm) is measured by hand, see the script
-    out = subprocess.run(
-        [sys.executable, "benchmarks/frechet.py", "--dim", "64", "--repeats", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
+    out = _benchmark("frechet.py", "--dim", "64", "--repeats", "1")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert sorted(rows) == ["full-rank", "singular"], out
     for ours, theirs, ratio, difference in rows.values():
