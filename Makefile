@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PROFILE ?= cpu
-# notebooks run at a time (each kernel on one thread; the timing and reproduction notebooks alone)
+# notebooks run at a time (each kernel on one thread; the reproduction notebook alone)
 JOBS ?= 2
 PY := $(VENV)/bin/python
 # This checkout's own `dode` comes first even where .venv is shared with another checkout.
