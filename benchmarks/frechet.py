@@ -2,9 +2,12 @@
 
 Builds two pairs of ``--dim``-dimensional Gaussian statistics, one with full-rank covariances and one with
 singular ones (the covariances of fewer samples than features, ``--dim // 2``), and times on each
-:func:`dode.metrics.frechet_distance` (two symmetric eigendecompositions; the best of ``--repeats`` runs, on
-``--device``: numpy on ``cpu``, torch on a GPU) and pytorch-fid's ``calculate_frechet_distance``
-(``scipy.linalg.sqrtm`` of the non-symmetric product, on the CPU, once: it takes tens of seconds at 2048-d).
+:func:`dode.metrics.frechet_distance` (the best of ``--repeats`` runs, on ``--device``: on ``cpu``, pivoted
+Cholesky factors of both covariances and one symmetric eigenvalue problem as large as the smaller rank, with
+numpy and LAPACK; on a GPU, torch's Cholesky factor of a positive definite covariance, or an
+eigendecomposition where both are singular, and one eigenvalue problem) and pytorch-fid's
+``calculate_frechet_distance`` (``scipy.linalg.sqrtm`` of the non-symmetric product, on the CPU, once: it
+takes tens of seconds at 2048-d).
 It prints both times, their ratio, and the relative difference of the two values::
 
     python benchmarks/frechet.py                       # 2048-d, as Inception's pool features

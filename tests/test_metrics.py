@@ -105,26 +105,43 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
 #: where frechet_distance can compute: numpy on the CPU, torch on the CPU, and torch on a GPU when there is one
 PLACES = ["numpy", "torch-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
 
+#: sample counts of the two covariances (of 96-d features): fewer than 96 make a singular one, of rank n - 1
+SAMPLE_COUNTS = {
+    "full-rank": (400, 400),
+    "singular-a": (40, 400),
+    "singular-b": (400, 40),
+    "both-singular": (40, 70),
+}
+
 
 def _moments_of(x: np.ndarray):
     return x.mean(0), np.cov(x, rowvar=False)
 
 
+def _features(n_a: int, n_b: int, d: int = 96):
+    """Features of two distributions, ``n_a`` and ``n_b`` samples: a correlated one and a shifted, scaled
+    white one."""
+    rng = np.random.default_rng(n_a + 1000 * n_b)
+    a = rng.standard_normal((n_a, d)) @ (rng.standard_normal((d, d)) / np.sqrt(d))
+    b = 1.1 * rng.standard_normal((n_b, d)) + 0.1
+    return a, b
+
+
 @pytest.mark.parametrize("place", PLACES)
-@pytest.mark.parametrize("n", [400, 40], ids=["full-rank", "singular"])
-def test_frechet_distance_equals_pytorch_fid(n, place):
+@pytest.mark.parametrize("counts", SAMPLE_COUNTS.values(), ids=SAMPLE_COUNTS.keys())
+def test_frechet_distance_equals_pytorch_fid(counts, place):
     """Same value as pytorch-fid's sqrtm-based formula, on full-rank covariances and on singular ones (fewer
-    samples than features, where sqrtm warns), from numpy moments and from torch tensors where they are."""
+    samples than features, where sqrtm warns): one singular and the other positive definite, either way
+    round, and both singular with different ranks; from numpy moments and from torch tensors where they are."""
     import warnings
 
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    rng = np.random.default_rng(n)
-    d = 96
-    a = rng.standard_normal((n, d)) @ (rng.standard_normal((d, d)) / np.sqrt(d))
-    b = 1.1 * rng.standard_normal((n, d)) + 0.1
+    a, b = _features(*counts)
     (mu_a, s_a), (mu_b, s_b) = _moments_of(a), _moments_of(b)
-    assert (np.linalg.matrix_rank(s_a) < d) == (n < d)  # the case the id names
+    d = a.shape[1]
+    ranks = [min(n - 1, d) for n in counts]
+    assert [np.linalg.matrix_rank(s) for s in (s_a, s_b)] == ranks  # the case the id names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = calculate_frechet_distance(mu_a, s_a, mu_b, s_b)
@@ -136,6 +153,46 @@ def test_frechet_distance_equals_pytorch_fid(n, place):
         got = M.frechet_distance(tuple(moments[:2]), tuple(moments[2:]))
     assert isinstance(got, float)
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("counts", SAMPLE_COUNTS.values(), ids=SAMPLE_COUNTS.keys())
+def test_numpy_frechet_solves_one_eigenvalue_problem_of_the_smaller_rank(counts, monkeypatch):
+    """On the CPU no eigenvectors are computed, whatever the ranks: both covariances are factored by
+    pivoted Cholesky, and the one eigenvalue problem is as large as the smaller rank (39 of 96 when one
+    covariance comes from 40 samples), not the feature dimension."""
+    import scipy.linalg
+
+    (mu_a, s_a), (mu_b, s_b) = (_moments_of(x) for x in _features(*counts))
+    sizes = []
+    eigvalsh = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda x: sizes.append(x.shape) or eigvalsh(x))
+    for module, name in [(np.linalg, "eigh"), (scipy.linalg, "eigh"), (torch.linalg, "eigh")]:
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("an eigendecomposition ran"))
+    M.frechet_distance((mu_a, s_a), (mu_b, s_b))
+    rank = min(min(n - 1, 96) for n in counts)
+    assert sizes == [(rank, rank)]
+
+
+@pytest.mark.parametrize("counts", SAMPLE_COUNTS.values(), ids=SAMPLE_COUNTS.keys())
+def test_torch_frechet_computes_eigenvectors_only_when_both_covariances_are_singular(counts, monkeypatch):
+    """torch's path factors whichever covariance is positive definite by Cholesky (Tr (S_a S_b)^(1/2) is
+    symmetric in a and b), and decomposes S_a with eigenvectors only where neither is."""
+    stats_a, stats_b = (tuple(torch.from_numpy(m) for m in _moments_of(x)) for x in _features(*counts))
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda x: calls.append(x.shape) or eigh(x))
+    M.frechet_distance(stats_a, stats_b)
+    assert calls == ([(96, 96)] if max(counts) <= 96 else [])  # both from fewer samples than features
+
+
+def test_pivoted_cholesky_factors_a_covariance_by_its_rank():
+    """``B B^T = Sigma`` with as many columns as Sigma's rank: 24 for the covariance of 25 samples."""
+    rng = np.random.default_rng(3)
+    for n, rank in [(25, 24), (200, 40)]:
+        _, sigma = _moments_of(rng.standard_normal((n, 40)) + 3.0)
+        factor = M._pivoted_cholesky(sigma)
+        assert factor.shape == (40, rank)
+        np.testing.assert_allclose(factor @ factor.T, sigma, rtol=0, atol=1e-12 * np.abs(sigma).max())
 
 
 def test_no_distance_goes_through_pytorch_fids_sqrtm():

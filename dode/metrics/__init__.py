@@ -4,7 +4,7 @@ All three Frechet metrics share one recipe: features of the samples are summaris
 covariance ``Sigma`` (:class:`FeatureStats`, accumulated over batches in float64, so 50k samples never have
 to be in memory at once), and compared with the statistics of a reference data set by the Frechet distance
 ``||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^(1/2))`` (:func:`frechet_distance`,
-pytorch-fid's quantity, computed from symmetric eigendecompositions).
+pytorch-fid's quantity, computed from Cholesky factors and one symmetric eigenvalue problem).
 
 * :class:`FD` (profiles ``smoke`` and ``cpu``): features are the 64-d penultimate layer of the digit
   classifier (:mod:`dode.metrics.classifier`); the reference is the digits' *train* split (see :class:`FD` for why).
@@ -239,20 +239,20 @@ def frechet_distance(stats_a, stats_b, device: str | torch.device | None = None)
     """Frechet distance between two Gaussians given as :class:`FeatureStats` or ``(mu, sigma)`` pairs.
 
     ``||mu_a - mu_b||^2 + Tr(Sigma_a) + Tr(Sigma_b) - 2 Tr((Sigma_a Sigma_b)^(1/2))``, pytorch-fid's quantity.
-    The trace of the matrix square root is taken from a factor of ``Sigma_a`` and one symmetric eigenvalue
-    problem instead of pytorch-fid's ``scipy.linalg.sqrtm`` of the non-symmetric product. With any ``B`` such
-    that ``B B^T = Sigma_a`` (Cholesky's factor, or ``V W^(1/2)`` from ``Sigma_a = V W V^T`` when ``Sigma_a``
-    is singular), ``Sigma_a Sigma_b`` is similar to the symmetric positive semi-definite ``B^T Sigma_b B``
-    (both are similar to ``Sigma_a^(1/2) Sigma_b Sigma_a^(1/2)``), so they have the same eigenvalues, and the
-    trace of the square root is the sum of their square roots. This is exact for singular covariances too
-    (fewer samples than features), where ``sqrtm`` warns ("Matrix is singular") and may need pytorch-fid's
-    diagonal offset, and it is several times faster on 2048-d Inception statistics
-    (``benchmarks/frechet.py`` measures both; tests/test_metrics.py compares the values).
+    The trace of the matrix square root is the sum of the square roots of the eigenvalues of
+    ``Sigma_a Sigma_b`` (real and non-negative: a product of positive semi-definite matrices), taken from
+    factors ``B B^T = Sigma`` and one *symmetric* eigenvalue problem instead of pytorch-fid's
+    ``scipy.linalg.sqrtm`` of the non-symmetric product (:func:`_trace_sqrt_numpy`,
+    :func:`_trace_sqrt_torch`). Both are exact for singular covariances too (fewer samples than features),
+    where ``sqrtm`` warns ("Matrix is singular") and may need pytorch-fid's diagonal offset; on 2048-d
+    Inception statistics they take a fraction of its time, and no eigenvectors are computed where either
+    covariance is positive definite, nor ever with numpy (``benchmarks/frechet.py`` measures both cases;
+    tests/test_metrics.py compares the values with pytorch-fid's).
 
     Where it computes: on ``device`` when one is given (a CUDA device: torch's eigendecompositions there, a
     fraction of a second for 2048-d statistics, so rank 0 of a sweep does not keep the other GPUs waiting;
     ``FID`` passes its own); else on the device of the moments when they are torch tensors; else with numpy
-    on the CPU. Always in float64.
+    (and LAPACK's pivoted Cholesky from scipy) on the CPU. Always in float64.
     """
     mu_a, sigma_a = _moments_as_given(stats_a)
     mu_b, sigma_b = _moments_as_given(stats_b)
@@ -265,9 +265,9 @@ def frechet_distance(stats_a, stats_b, device: str | torch.device | None = None)
     if device is None and tensors:
         device = tensors[0].device
     if not tensors and (device is None or torch.device(device).type == "cpu"):
-        return _frechet(*(np.asarray(x, np.float64) for x in moments), linalg=np.linalg, clip=_clip_numpy)
+        return _frechet(*(np.asarray(x, np.float64) for x in moments), trace_sqrt=_trace_sqrt_numpy)
     moments = [torch.as_tensor(x).to(device, torch.float64) for x in moments]
-    return _frechet(*moments, linalg=torch.linalg, clip=_clip_torch)
+    return _frechet(*moments, trace_sqrt=_trace_sqrt_torch)
 
 
 def _moments_as_given(stats) -> tuple:
@@ -277,35 +277,69 @@ def _moments_as_given(stats) -> tuple:
     return _moments(stats)
 
 
-def _clip_numpy(x):
-    return np.clip(x, 0.0, None)
-
-
-def _clip_torch(x):
-    return x.clamp(min=0.0)
-
-
-def _frechet(mu_a, sigma_a, mu_b, sigma_b, linalg, clip) -> float:
-    """The distance of :func:`frechet_distance`, with numpy's or torch's ``linalg`` (same calls in both)."""
-    half = _factor(sigma_a, linalg, clip)
-    inner = half.T @ sigma_b @ half
-    eigenvalues = linalg.eigvalsh(0.5 * (inner + inner.T))  # symmetric up to rounding: made exactly so
-    trace_sqrt = (clip(eigenvalues) ** 0.5).sum()
+def _frechet(mu_a, sigma_a, mu_b, sigma_b, trace_sqrt) -> float:
+    """The distance of :func:`frechet_distance`, numpy arrays or torch tensors alike; ``trace_sqrt``
+    computes ``Tr((Sigma_a Sigma_b)^(1/2))`` for them."""
     diff = mu_a - mu_b
-    value = diff @ diff + sigma_a.trace() + sigma_b.trace() - 2.0 * trace_sqrt
+    value = diff @ diff + sigma_a.trace() + sigma_b.trace() - 2.0 * trace_sqrt(sigma_a, sigma_b)
     return float(value)
 
 
-def _factor(sigma, linalg, clip):
-    """A matrix ``B`` with ``B B^T = sigma``, which is all :func:`_frechet` needs (``Sigma_a Sigma_b`` is
-    similar to ``B^T Sigma_b B`` for any such ``B``): Cholesky's factor where ``sigma`` is positive definite
-    (a small fraction of an eigendecomposition's cost on 2048-d statistics), else ``V W^(1/2)`` from the
-    eigendecomposition, exact for singular covariances too (fewer samples than features)."""
-    try:
-        return linalg.cholesky(sigma)
-    except (np.linalg.LinAlgError, torch.linalg.LinAlgError):
-        w, v = linalg.eigh(sigma)
-        return v * clip(w) ** 0.5  # rounding can make tiny eigenvalues negative
+def _trace_sqrt_numpy(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
+    """``Tr((Sigma_a Sigma_b)^(1/2))`` on the CPU, from rank-revealing factors of both covariances.
+
+    With ``B_a B_a^T = Sigma_a`` and ``B_b B_b^T = Sigma_b`` (:func:`_pivoted_cholesky`, ``d x r_a`` and
+    ``d x r_b``), ``Sigma_a Sigma_b = B_a (B_a^T B_b B_b^T)`` has the nonzero eigenvalues of
+    ``B_a^T B_b B_b^T B_a = M M^T``, ``M = B_a^T B_b`` (``XY`` and ``YX`` share them), which are those of
+    ``M^T M`` too. So the trace of the square root is the sum of the square roots of the eigenvalues of the
+    smaller of the two Gram matrices, ``min(r_a, r_b)`` square: the whole of 2048 for full-rank covariances,
+    their rank for singular ones, whose eigenvalue problem is then a fraction of the size.
+    """
+    cross = _pivoted_cholesky(sigma_a).T @ _pivoted_cholesky(sigma_b)
+    gram = cross @ cross.T if cross.shape[0] <= cross.shape[1] else cross.T @ cross  # numpy's syrk: symmetric
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum())  # rounding: tiny negatives
+
+
+def _pivoted_cholesky(sigma: np.ndarray) -> np.ndarray:
+    """``B`` (``d x r``, ``r`` the rank of ``sigma``) with ``B B^T = sigma``: LAPACK's Cholesky with complete
+    pivoting (``dpstrf``), ``P^T sigma P = L L^T``, ``B = P L[:, :r]``. It stops where the largest remaining
+    diagonal entry is below ``d * eps * max(diag(sigma))`` (LAPACK's default): what is left is rounding, the
+    covariance of fewer samples than features having a rank below ``d``. As fast as a Cholesky factorisation
+    (a small fraction of an eigendecomposition) for a positive definite ``sigma``, faster for a singular one.
+    """
+    from scipy.linalg.lapack import dpstrf  # scipy comes with dode[metrics] (pytorch-fid needs it)
+
+    factor, pivots, rank, info = dpstrf(sigma, lower=1)
+    if info < 0:
+        raise ValueError(f"LAPACK's dpstrf refused argument {-info} (a covariance of shape {sigma.shape})")
+    out = np.empty((sigma.shape[0], rank))
+    out[pivots - 1] = np.tril(factor[:, :rank])  # the upper triangle still holds sigma's entries
+    return out
+
+
+def _trace_sqrt_torch(sigma_a: torch.Tensor, sigma_b: torch.Tensor) -> torch.Tensor:
+    """``Tr((Sigma_a Sigma_b)^(1/2))`` with torch's linear algebra, where the moments are (e.g. a GPU).
+
+    With any ``B`` such that ``B B^T = Sigma_a``, ``Sigma_a Sigma_b = B (B^T Sigma_b)`` has the eigenvalues
+    of the symmetric positive semi-definite ``B^T Sigma_b B`` (``XY`` and ``YX`` share them), so the trace
+    of the square root is the sum of their square roots. ``Sigma_a Sigma_b`` and ``Sigma_b Sigma_a`` (its
+    transpose) have the same eigenvalues, so ``B`` is Cholesky's factor of whichever covariance is positive
+    definite (``Sigma_a`` tried first), and ``V W^(1/2)`` from ``Sigma_a = V W V^T`` only where neither is.
+    """
+    half, other = _cholesky_of_either(sigma_a, sigma_b)
+    inner = half.T @ other @ half
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (inner + inner.T))  # symmetric up to rounding: made exactly so
+    return eigenvalues.clamp(min=0.0).sqrt().sum()  # rounding can make tiny eigenvalues negative
+
+
+def _cholesky_of_either(sigma_a: torch.Tensor, sigma_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, other)``: ``B`` a factor (``B B^T``) of one covariance, ``other`` the other covariance."""
+    for sigma, other in ((sigma_a, sigma_b), (sigma_b, sigma_a)):
+        factor, info = torch.linalg.cholesky_ex(sigma)
+        if info == 0:
+            return factor, other
+    w, v = torch.linalg.eigh(sigma_a)
+    return v * w.clamp(min=0.0).sqrt(), sigma_b  # rounding can make tiny eigenvalues negative
 
 
 def _batches(samples, batch_size: int) -> Iterable[torch.Tensor]:
