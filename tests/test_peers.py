@@ -359,6 +359,10 @@ def test_the_verdict_per_cell_uses_the_spread_over_seeds():
     worse = _verdict_results({peer: [[1.0, 1.1, 0.9]], base: [[4.0, 4.0, 4.2]], d: [[3.0, 3.2, 3.1]]}, (8,))
     (row,) = peers.cell_verdicts(worse)
     assert row["verdict"] == "diffusers better" and row["dode"] == d and not row["goal"]
+    # the same algorithm in both libraries: equal to float precision in every seed, inside the noise
+    same = _verdict_results({peer: [[4.0, 5.0]], base: [[4.0 + 1e-7, 5.0 + 2e-7]], d: [[6.0, 7.0]]}, (3,))
+    (row,) = peers.cell_verdicts(same)
+    assert row["verdict"] == "inside the noise" and row["gain"] == 0.0
     # one seed: no spread, the sign decides
     one = _verdict_results({peer: [[4.0]], base: [[3.9]], d: [[5.0]]}, (5,))
     (row,) = peers.cell_verdicts(one)

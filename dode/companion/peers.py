@@ -24,11 +24,25 @@ are counted by the wrapper, so a scheduler that adds a final denoising call is c
 
 Samplers are named by one string each (the results file's ``sampler`` coordinate):
 
-* ``diffusers:<peer>`` -- a scheduler of :data:`PEERS`, diffusers' defaults except where noted there;
+* ``diffusers:<peer>`` -- a scheduler of :data:`PEERS`, diffusers' defaults except where noted there (the
+  peer's *own* configuration);
+* ``diffusers:<peer>:<option>=<value>,...`` -- the same scheduler with diffusers' documented options
+  (:data:`TUNABLE`) over its own, sorted by option, booleans ``true``/``false``, e.g.
+  ``diffusers:unipc_bh2:final_sigmas_type=sigma_min,lower_order_final=false`` (:func:`peer_config`);
 * ``dode:<solver label>:<grid>:<method>`` -- a dode solver on a named grid (``time_uniform``: the paper's on
   VP models; ``logsnr_uniform``; ``edm``: EDM's rho = 7, the paper's on EDM models; ``gits``: GITS's grid
   fitted to the model on the fitting noise, :func:`dode.gits.fit_grid`, its cost in ``fit_seconds``), ``method`` ``base``,
   ``d-ode`` (the paper's greedy fit) or ``d-ode-joint`` (:mod:`dode.joint`), fitted with the paper's teachers.
+
+:func:`peers_sweep` shows every sampler at its best, chosen without seeing the noise it is scored on. At each
+model and NFE a *tuning* stage scores every candidate -- each peer's configurations over a small grid of its
+options (:func:`peer_candidates`), dode's base samplers on several grids and last-step orders, and the
+D-solvers of the best few of them -- on the tuning noise (the evaluation stream of ``tuning_seed``, which is
+never an evaluation seed) and selects the best of each group (:data:`GROUPS`); the *evaluation* stage scores
+the selected samplers and the selected peer's own configuration on every evaluation seed. A D-solver is fitted
+on a seed's fitting noise, never on evaluation noise, so the tuning's fits on the first seed serve its
+evaluation there. :func:`cell_verdicts` grades each (model, NFE) with the reproduction page's spread rule
+(:func:`dode.companion.claims.side`).
 """
 
 from __future__ import annotations
@@ -61,7 +75,21 @@ __all__ = [
     "parse_sampler",
     "sampler_label",
     "sampler_group",
+    "TUNABLE",
+    "GROUPS",
+    "VERDICT_WORDS",
+    "peer_config",
+    "peer_candidates",
+    "estimate_evaluations",
+    "tune",
     "best_by_group",
+    "best_names",
+    "paired_row",
+    "cell_verdicts",
+    "default_of",
+    "best_figure",
+    "verdict_table",
+    "stage_seconds",
     "FAMILY_PANELS",
     "peers_figure",
     "model_results",
@@ -417,12 +445,19 @@ def best_names(ds, var: str, nfe) -> dict[str, tuple[str, float]]:
     return best
 
 
+#: relative difference under which two samplers' metrics are the same number (float32 sampling)
+_SAME = 1e-5
+
+
 def paired_row(ds, var: str, nfe, reference: str, method: str) -> dict:
     """The paired gain of sampler ``method`` over ``reference`` at ``nfe`` (``reference - method`` per seed,
     positive: ``method`` is better), in the shape of :func:`dode.companion.claims.paired_gains`' rows."""
     r, m = _seed_values(ds, var, reference, nfe), _seed_values(ds, var, method, nfe)
     ok = np.isfinite(r) & np.isfinite(m)
     gain = r[ok] - m[ok]
+    # the same numbers to float precision (one algorithm in two libraries, e.g. diffusers' EDM DPM-Solver++ on
+    # exponential sigmas and dode's on the logSNR grid): no difference, rather than one beyond a zero spread
+    gain = np.where(np.abs(gain) <= _SAME * np.abs(r[ok]), 0.0, gain)
     return {
         "nfe": int(nfe),
         "base": float(r[ok].mean()) if ok.any() else float("nan"),

@@ -466,14 +466,16 @@ def peers_reading(ds) -> str:
         met = [r["nfe"] for r in mine if r["goal"]]
         missed = [r["nfe"] for r in mine if not r["goal"]]
         goal = (
-            "the goal holds at every NFE"
+            "at every NFE"
             if not missed
-            else f"the goal holds at NFE {_join(met)} and not at NFE {_join(missed)}"
+            else f"at NFE {_join(met)}, not at NFE {_join(missed)}"
             if met
-            else "the goal holds at no NFE"
+            else "at no NFE"
         )
         lines.append(
-            f"- {name}: the best dode sampler is " + "; it is ".join(parts) + f". Of the page's goal, {goal}."
+            f"- {name}: the best dode sampler is "
+            + "; it is ".join(parts)
+            + f". The page's goal (at or below the tuned scheduler, better beyond the spread at NFE <= 6) holds {goal}."
         )
     return "\n".join(lines)
 
