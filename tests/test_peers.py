@@ -378,6 +378,8 @@ def test_the_selected_sampler_is_the_groups_best_not_the_lowest_on_the_evaluatio
     ds["peer_default"].loc[{"sampler": default}] = 1.0
     (row,) = peers.cell_verdicts(ds)
     assert row["diffusers"] == tuned  # the default scored lower on the evaluation noise, but was not selected
+    # the verdict is against the better of the two there: the peer's default, which D does not beat
+    assert row["peer"] == default and row["verdict"] == "diffusers better"
     assert peers.default_of(peers.model_results(ds, "m"), 5) == default
 
 

@@ -676,8 +676,9 @@ def check_best_choice(results: dict) -> Verdict:
     """Page 13, per model and NFE: whether the best D-solver beats both the best diffusers scheduler and the
     best dode base solver, each difference by rule 1 (:func:`side` on the paired gain over seeds: in every
     seed and by more than the spread; by its sign with one seed). Where the file records the samplers
-    selected on the tuning noise, those are each group's best (:func:`dode.companion.peers.best_names`)."""
-    from dode.companion.peers import best_names, paired_row, sampler_label
+    selected on the tuning noise, those are each group's best (:func:`dode.companion.peers.best_names`), the
+    diffusers scheduler's own configuration standing in for the tuned one where it scores lower."""
+    from dode.companion.peers import best_names, default_of, paired_row, sampler_label
 
     ds = results.get("13_peers")
     if ds is None:
@@ -689,6 +690,11 @@ def check_best_choice(results: dict) -> Verdict:
             if len(best) < 3:
                 continue
             (d_name, d), (p_name, p), (b_name, b) = best["D"], best["diffusers"], best["base"]
+            default = default_of(cells_of, nfe)  # the scheduler's own configuration, where it scores lower
+            if default is not None:
+                mean = float(np.mean(cells_of[var].sel({"sampler": default, "nfe": nfe}).values))
+                if mean < p:
+                    p_name, p = default, mean
             vs_peer = paired_row(cells_of, var, nfe, p_name, d_name)
             vs_base = paired_row(cells_of, var, nfe, b_name, d_name)
             won = side(vs_peer) > 0 and side(vs_base) > 0

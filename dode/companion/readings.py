@@ -453,13 +453,14 @@ def peers_reading(ds) -> str:
         name = f"`{model}`" if model else "This model"
         parts = []
         for sign, words in ((1, "better than"), (0, "inside the noise of"), (-1, "worse than")):
+            # the better of the tuned diffusers configuration and the scheduler's own, on the evaluation noise
             cells = [r for r in mine if r["side"] == sign]
             if cells:
                 parts.append(
-                    f"{words} the best tuned diffusers scheduler at "
+                    f"{words} the best diffusers scheduler at "
                     + "; ".join(
                         f"NFE {r['nfe']} ({sampler_label(r['dode'])} {_value(min(r.get('base_mean', np.inf), r.get('D_mean', np.inf)))}"
-                        f" against {sampler_label(r['diffusers'])} {_value(r['diffusers_mean'])})"
+                        f" against {sampler_label(r['peer'])} {_value(r['peer_mean'])})"
                         for r in cells
                     )
                 )
@@ -473,7 +474,7 @@ def peers_reading(ds) -> str:
             else "at no NFE"
         )
         lines.append(
-            f"- {name}: the best dode sampler is "
+            f"- {name}: the best dode sampler (base or D) is "
             + "; it is ".join(parts)
             + f". The page's goal (at or below the tuned scheduler, better beyond the spread at NFE <= 6) holds {goal}."
         )
