@@ -626,7 +626,8 @@ class _Stage:
         return grid, seconds + grid.info["seconds"]
 
     def lambdas(self, p: dict, nfe: int, seed: int):
-        """``(grid, lambdas, fit seconds)`` of a dode sampler at ``nfe`` fitted on ``seed``'s fitting noise."""
+        """``(grid, lambdas, fit seconds)`` of a dode sampler at ``nfe`` fitted on ``seed``'s fitting noise (the
+        seconds 0 where an earlier call fitted them)."""
         key = (p["solver"], p["grid"], p["method"], nfe, seed)
         if key not in self.fits:
             grid, seconds = self._grid(p, nfe, seed)
@@ -650,7 +651,9 @@ class _Stage:
                 )
                 seconds += time.perf_counter() - t0
             self.fits[key] = (grid, lam, seconds)
-        return self.fits[key]
+            return self.fits[key]
+        grid, lam, _ = self.fits[key]
+        return grid, lam, 0.0  # fitted before (the tuning's fit at the first seed): already counted there
 
     def score(self, name: str, nfe: int, noise_seed: int, n: int, fit_seed: int):
         """``(metric, network evaluations, fit seconds, sample seconds)`` of sampler ``name`` at ``nfe`` on the

@@ -371,11 +371,14 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     # small grid of their documented options, dode's base solvers over grids and last-step orders, and the
     # D-solvers of the best bases, each chosen per NFE on tuning noise (seed 1000, never evaluated on), then the
     # winners (and the tuned peer's own configuration) evaluated on the book's noise, seeds 0, 1, 2. cpu cost
-    # (peers.estimate_evaluations, at ~0.75 ms per sample evaluation on one thread): tuning 50 candidates x
-    # 128 samples x NFE 3-10 (~180 s), greedy fits of the 2 best bases' D-solvers at each NFE and the winner's
-    # at seeds 1 and 2 (~220 s; GITS's fine-grid costs once per model and fitting seed, ~25 s each), the
-    # evaluation of 3-4 samplers x 3 seeds x 500 samples (~320 s): ~700 s; the noise floor is read from
-    # pages 02 and 03's cache. No joint fit here (tens of greedy fits each): pages 02 and 12 compare it
+    # (peers.estimate_evaluations: ~1.17M sample evaluations, an upper bound, ~0.8 ms each on one thread):
+    # measured once on the shared 2-core machine (load ~4), wall seconds per stage from the results file:
+    # tuning 743 s (49 candidates x 128 samples x NFE 3-10, the 2 best bases' D-solvers fitted at each NFE,
+    # GITS's fine-grid costs once per model), the other seeds' fits 196 s (GITS's costs again on the EDM model,
+    # where it won), evaluation sampling 316 s: the sweep ~1010 s of CPU time, OVER the ~700 s target; the
+    # levers: tuning_samples 64 (~-200 s), d_top 1 (~-70 s, but the 2nd base's D-solver won at one cell).
+    # The noise floor at 500 samples is read from pages 02 and 03's cache where they ran first. No joint
+    # fit here (tens of greedy fits each): pages 02 and 12 compare it
     "13_peers": {
         "smoke": dict(
             models=["digits-eps-mini", "digits-edm-mini"],
