@@ -31,7 +31,7 @@ from dode.grids import FittedGrid, default_grid, grid_key, make_grid, refine
 from dode.sampling import check_noise, run
 from dode.solvers import Point, ddim_update, make_plan
 
-__all__ = ["fit_grid", "step_costs", "cheapest_path"]
+__all__ = ["fit_grid", "fine_costs", "step_costs", "cheapest_path"]
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -77,46 +77,21 @@ def cheapest_path(cost: np.ndarray, steps: int) -> tuple[list[int], float]:
     return path[::-1], float(best[n - 1])
 
 
-def fit_grid(
+def fine_costs(
     denoiser: Denoiser,
     noise: torch.Tensor,
-    nfe: int,
-    solver: str = "ddim",
     *,
     fine: int = 60,
     K: int = 4,
     base_grid: str | None = None,
-    seed: int | None = None,
+    nfe: int | None = None,
     progress: bool = False,
-    **options,
-) -> FittedGrid:
-    """Fit a GITS time grid for ``solver`` at ``nfe`` (with its ``options``) on the fitting batch ``noise``.
-
-    Parameters
-    ----------
-    nfe, solver, options: the run the grid is for; they fix how many intervals it has (one per step; one per
-        network evaluation for singlestep DPM-Solver with its stages on the grid).
-    fine: intervals of the fine grid the coarse grid's points are chosen from (at least that many).
-    K: DDIM teacher steps per fine interval.
-    base_grid: the named grid whose variable spaces the fine grid (default: the model's default grid).
-    seed: the seed the fitting noise was drawn with, recorded with the grid.
-    progress: a tqdm bar (stderr) over the cost evaluations.
-
-    The grid starts at ``t_max`` and ends at the model's end time (``t_min``; 0 on EDM schedules), as the
-    named grids do. Its ``info`` holds ``seconds`` and ``network_evaluations`` (network calls, each on the
-    whole batch of ``samples``: ``fine * K`` for the teacher, ``fine`` for the costs), and the fit's cost.
-    """
+) -> tuple[torch.Tensor, np.ndarray, int]:
+    """``(fine_times, cost, teacher network evaluations)`` of :func:`fit_grid`'s steps 1-3 on the fitting
+    batch ``noise``: the fine grid, DDIM's teacher states on it and the one-step costs between its points."""
     noise = check_noise(noise)
-    fine = _check_count("fine", fine, 1)
-    K = _check_count("K", K, 1)
     schedule = denoiser.schedule
     base = default_grid(schedule) if base_grid is None else base_grid
-    if not isinstance(base, str):
-        raise ValueError(f"base_grid must be a named grid, got {type(base).__name__}")
-    steps = len(make_plan(schedule, solver, nfe, base, options).times) - 1
-    if steps > fine:
-        raise ValueError(f"fine must be at least the grid's {steps} intervals, got {fine}")
-    t0 = time.perf_counter()
     fine_times = make_grid(schedule, base, fine)
     teacher = make_plan(schedule, "ddim", None, refine(schedule, base, fine_times, K))
     recorded = run(denoiser, noise, teacher, record_at=set(fine_times[1:].tolist())).recorded
@@ -133,6 +108,58 @@ def fit_grid(
     finally:
         if bar is not None:
             bar.close()
+    return fine_times, cost, teacher.nfe
+
+
+def fit_grid(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    nfe: int,
+    solver: str = "ddim",
+    *,
+    fine: int = 60,
+    K: int = 4,
+    base_grid: str | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    costs: tuple | None = None,
+    **options,
+) -> FittedGrid:
+    """Fit a GITS time grid for ``solver`` at ``nfe`` (with its ``options``) on the fitting batch ``noise``.
+
+    Parameters
+    ----------
+    nfe, solver, options: the run the grid is for; they fix how many intervals it has (one per step; one per
+        network evaluation for singlestep DPM-Solver with its stages on the grid).
+    fine: intervals of the fine grid the coarse grid's points are chosen from (at least that many).
+    K: DDIM teacher steps per fine interval.
+    base_grid: the named grid whose variable spaces the fine grid (default: the model's default grid).
+    seed: the seed the fitting noise was drawn with, recorded with the grid.
+    progress: a tqdm bar (stderr) over the cost evaluations.
+    costs: :func:`fine_costs` of this model, fitting noise, ``fine``, ``K`` and base grid, computed before:
+        they depend on neither the NFE nor the solver, so one computation serves every fit of the batch
+        (``seconds`` then counts the path search only).
+
+    The grid starts at ``t_max`` and ends at the model's end time (``t_min``; 0 on EDM schedules), as the
+    named grids do. Its ``info`` holds ``seconds`` and ``network_evaluations`` (network calls, each on the
+    whole batch of ``samples``: ``fine * K`` for the teacher, ``fine`` for the costs), and the fit's cost.
+    """
+    noise = check_noise(noise)
+    fine = _check_count("fine", fine, 1)
+    K = _check_count("K", K, 1)
+    schedule = denoiser.schedule
+    base = default_grid(schedule) if base_grid is None else base_grid
+    if not isinstance(base, str):
+        raise ValueError(f"base_grid must be a named grid, got {type(base).__name__}")
+    steps = len(make_plan(schedule, solver, nfe, base, options).times) - 1
+    if steps > fine:
+        raise ValueError(f"fine must be at least the grid's {steps} intervals, got {fine}")
+    t0 = time.perf_counter()
+    if costs is None:
+        costs = fine_costs(denoiser, noise, fine=fine, K=K, base_grid=base, nfe=nfe, progress=progress)
+    fine_times, cost, teacher_nfe = costs
+    if len(fine_times) != fine + 1:
+        raise ValueError(f"costs are of a fine grid of {len(fine_times) - 1} intervals, not {fine}")
     path, total = cheapest_path(cost, steps)
     seconds = time.perf_counter() - t0
     return FittedGrid(
@@ -149,7 +176,7 @@ def fit_grid(
             "samples": int(noise.shape[0]),
             "seed": seed,
             "seconds": seconds,
-            "network_evaluations": teacher.nfe + fine,
+            "network_evaluations": teacher_nfe + fine,
             "cost": total,
             "fine_indices": path,
         },

@@ -31,7 +31,7 @@ def _caps_hold(name: str, p: dict, scale: dict) -> None:
     lists = [p["nfes"]] if isinstance(p.get("nfes"), list) else list((p.get("nfes") or {}).values())
     assert all(len(v) <= scale["nfes"] for v in lists), where + f"nfes {p['nfes']}"
     assert len(p.get("seeds") or []) <= scale["seeds"], where + f"seeds {p['seeds']}"
-    for key in ("n_samples", "batch_size", "n_fresh"):
+    for key in ("n_samples", "batch_size", "n_fresh", "tuning_samples"):
         assert p.get(key) is None or p[key] <= scale["n_samples"], where + f"{key} {p[key]}"
     assert p.get("B") is None or p["B"] <= scale["B"], where + f"B {p['B']}"
     for own in (p.get("per_model") or {}).values():
@@ -39,6 +39,7 @@ def _caps_hold(name: str, p: dict, scale: dict) -> None:
         assert own.get("batch_size", 0) <= scale["n_samples"], where
     for key in ("K_values", "B_values", "lambda_values"):
         assert len(p.get(key) or []) <= scale["grid"], where + f"{key} {p[key]}"
+    assert p.get("d_top") is None or p["d_top"] <= scale["grid"], where + f"d_top {p['d_top']}"
     for key in ("steps", "reference_steps"):
         assert p.get(key) is None or p[key] <= scale["steps"], where + f"{key} {p[key]}"
     if p.get("overhead"):

@@ -47,19 +47,15 @@ CASES = {
     "06 with one panel at one NFE": [("06_samples", {"panels": [[EDM, "edm"]], "nfes": {"edm": [3]}})],
     "10 with Heun only": [("10_timing", {"nfes": {"edm": [3]}})],
     "12 with one solver at one NFE": [("12_exact_testbed", {"solvers": ["ddim"], "nfes": [4]})],
-    "13 with one model, no joint fit": [
+    "13 with one model, one peer, one base": [
         (
             "13_peers",
             {
                 "models": [EPS],
-                "samplers": {
-                    EPS: [
-                        "diffusers:dpmpp_2m",
-                        "dode:dpm_solver++:time_uniform:base",
-                        "dode:dpm_solver++:time_uniform:d-ode",
-                    ]
-                },
+                "peer_grids": {EPS: {"dpmpp_2m": {}}},
+                "bases": {EPS: ["dode:dpm_solver++:time_uniform:base"]},
                 "nfes": [3],
+                "seeds": [0],
             },
         )
     ],

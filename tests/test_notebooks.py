@@ -286,29 +286,29 @@ def check_testbed(ds, cfg: dict) -> None:
 
 
 def check_peers(ds, cfg: dict) -> None:
-    """On every model, every sampler at every NFE it can make holds a finite FD and counts exactly the NFE it
-    was asked for (a diffusers scheduler that took an extra denoising step would show here); a D-solver
-    scores other than its base solver; a model's cells of another model's samplers stay empty."""
+    """On every model and NFE: every candidate was scored on the tuning noise (a finite value, or inf where
+    it diverged) and one of each group selected; the selected samplers, and the selected peer's own
+    configuration, hold a finite FD at every evaluation seed and count exactly the NFE asked for; no other
+    sampler was evaluated."""
     assert ds.coords["model"].values.tolist() == cfg["models"]
+    assert ds.coords["seed"].values.tolist() == cfg["seeds"]
     for model in cfg["models"]:
-        samplers, nfes = cfg["samplers"][model], cfg["nfes"][model]
-        for sampler in ds.coords["sampler"].values.tolist():
-            for nfe in ds.coords["nfe"].values.tolist():
-                cell = {"model": model, "sampler": sampler, "nfe": nfe}
-                asked = sampler in samplers and nfe in nfes
-                if sampler.endswith(":d-ode-joint") and nfe not in cfg["joint_nfes"]:
-                    asked = False
-                if not asked:
-                    assert np.isnan(float(ds["fd"].sel(cell))), cell
-                    continue
-                assert_positive(ds["fd"].sel(cell), f"fd at {cell}")
-                assert int(ds["network_evaluations"].sel(cell)) == nfe, cell
-                if sampler.startswith("dode:") and not sampler.endswith(":base"):
-                    base = sampler.rsplit(":", 1)[0] + ":base"
-                    if base in samplers:
-                        assert float(ds["fd"].sel(cell)) != float(ds["fd"].sel({**cell, "sampler": base})), (
-                            cell
-                        )
+        for nfe in cfg["nfes"][model]:
+            at = {"model": model, "nfe": nfe}
+            selected = ds["selected"].sel(at).to_pandas()
+            default = ds["peer_default"].sel(at).to_pandas()
+            chosen = set(selected[selected == 1].index)
+            assert {peers.sampler_group(n) for n in chosen} == {"diffusers", "base", "D"}, chosen
+            assert default.sum() == 1
+            for name in cfg["bases"][model]:
+                assert not np.isnan(float(ds["fd_tuning"].sel({**at, "sampler": name}))), name
+            for name in ds.coords["sampler"].values.tolist():
+                cell = {**at, "sampler": name}
+                if name in chosen or default[name] == 1:
+                    assert_positive(ds["fd"].sel(cell), f"fd at {cell}")
+                    assert (ds["network_evaluations"].sel(cell).values == nfe).all(), cell
+                else:
+                    assert np.isnan(ds["fd"].sel(cell).values).all(), cell
 
 
 #: what each notebook's results file must hold under the smoke profile; a notebook that writes results

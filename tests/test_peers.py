@@ -1,5 +1,6 @@
 """The peers page's machinery: diffusers' schedulers driven on a dode Denoiser, against dode's own solvers."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import SCHEDULES, make_noise
@@ -255,33 +256,151 @@ def test_joint_fit_finding_reads_the_exact_test_bed():
     )
 
 
-def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
-    import xarray as xr
-
+def _tiny_cfg(**over):
     from dode.companion import experiments as ex
     from dode.companion.protocols import PROTOCOLS
 
-    samplers = ["diffusers:dpmpp_2m", "dode:dpm_solver++:time_uniform:base"]
-    values, floors = [], []
-    for batch_size in (48, 20):
-        cfg = ex.settings(
-            PROTOCOLS["13_peers"],
-            "smoke",
-            models=["digits-eps-mini"],
-            samplers=samplers,
-            batch_size=batch_size,
-        )
+    eps = "digits-eps-mini"
+    given = dict(
+        models=[eps],
+        peer_grids={eps: {"dpmpp_2m": {"lower_order_final": [True, False]}}},
+        bases={eps: ["dode:dpm_solver++:time_uniform:base", "dode:ddim:time_uniform:base"]},
+        nfes={eps: [3]},
+        seeds=[0, 1],
+        tuning_samples=16,
+        n_samples=20,
+        batch_size=20,
+        floor={},
+    )
+    return ex.settings(PROTOCOLS["13_peers"], "smoke", **(given | over))
+
+
+def test_the_sweep_does_not_depend_on_the_batch_size(tmp_path):
+    import xarray as xr
+
+    values = []
+    for batch_size in (20, 8):
+        cfg = _tiny_cfg(batch_size=batch_size)
         path = peers.peers_sweep("13_peers", cfg, tmp_path / str(batch_size), progress=False)
         with xr.open_dataset(path) as ds:
             values.append(ds["fd"].values)
-            assert (ds["network_evaluations"].values == 3).all() and ds["fd"].dims[0] == "model"
-            # the noise floor of the page's one seed, computed in each batch size's own results folder
-            assert ds["fd_floor"].dims == ("model", "seed") and ds.coords["seed"].values.tolist() == [
-                cfg["seed"]
-            ]
-            floors.append(ds["fd_floor"].values)
-    torch.testing.assert_close(torch.from_numpy(values[0]), torch.from_numpy(values[1]), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(torch.from_numpy(floors[0]), torch.from_numpy(floors[1]), rtol=1e-6, atol=1e-6)
+            evaluated = ds["network_evaluations"].values
+            assert (evaluated[np.isfinite(evaluated)] == 3).all() and ds["fd"].dims[0] == "model"
+            assert ds["fd"].dims == ("model", "sampler", "nfe", "seed")
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-6, atol=1e-6)
+
+
+def test_the_tuning_never_sees_the_evaluation_noise(tmp_path, monkeypatch):
+    """The selection draws its samples from the tuning seed only (its D candidates' fits from the first
+    evaluation seed's *fitting* noise, which no sampler is scored on); the evaluation from the evaluation
+    seeds only. A selection that sampled the evaluation noise would fail here."""
+    from dode.companion import experiments as ex
+
+    calls, stage = [], ["evaluation"]
+    real_tune, real_noise = peers.tune, ex.noise
+
+    def spy_tune(*args, **kwargs):
+        stage[0] = "tuning"
+        try:
+            return real_tune(*args, **kwargs)
+        finally:
+            stage[0] = "evaluation"
+
+    def spy_noise(seed, purpose, *args, **kwargs):
+        calls.append((stage[0], int(seed), purpose))
+        return real_noise(seed, purpose, *args, **kwargs)
+
+    monkeypatch.setattr(peers, "tune", spy_tune)
+    monkeypatch.setattr(ex, "noise", spy_noise)
+    cfg = _tiny_cfg(tuning_seed=1000)
+    peers.peers_sweep("13_peers", cfg, tmp_path, progress=False)
+    tuning = {(seed, purpose) for st, seed, purpose in calls if st == "tuning"}
+    evaluation = {(seed, purpose) for st, seed, purpose in calls if st == "evaluation"}
+    assert {s for s, p in tuning if p == "eval"} == {1000}
+    assert {s for s, p in tuning if p == "fit"} <= {cfg["seeds"][0]}
+    assert {s for s, p in evaluation if p == "eval"} == set(cfg["seeds"])
+    with pytest.raises(ValueError, match="tuning must not see the evaluation noise"):
+        peers.peers_sweep("13_peers", _tiny_cfg(tuning_seed=1), tmp_path / "other", progress=False)
+
+
+def _verdict_results(fd_by_seed: dict, nfes=(3, 4)):
+    """A peers results file of one model: ``fd_by_seed`` sampler -> [per NFE: [per seed]], each selected."""
+    import xarray as xr
+
+    names = list(fd_by_seed)
+    fd = np.array([fd_by_seed[n] for n in names], dtype=float)[None]
+    seeds = list(range(fd.shape[-1]))
+    ones = np.ones(fd.shape[:-1])
+    return xr.Dataset(
+        {
+            "fd": (("model", "sampler", "nfe", "seed"), fd),
+            "selected": (("model", "sampler", "nfe"), ones),
+            "peer_default": (("model", "sampler", "nfe"), np.zeros_like(ones)),
+        },
+        coords={"model": ["m"], "sampler": names, "nfe": list(nfes), "seed": seeds},
+    )
+
+
+def test_the_verdict_per_cell_uses_the_spread_over_seeds():
+    peer, base, d = "diffusers:dpmpp_2m", "dode:ddim:time_uniform:base", "dode:ddim:time_uniform:d-ode"
+    ds = _verdict_results(
+        {
+            # NFE 3: D better in every seed, by far more than the spread; NFE 4: better on average, but one
+            # seed is worse: inside the noise
+            peer: [[10.0, 11.0, 12.0], [5.0, 5.0, 5.0]],
+            base: [[20.0, 20.0, 20.0], [9.0, 9.0, 9.0]],
+            d: [[5.0, 6.1, 7.0], [3.0, 3.0, 5.5]],
+        }
+    )
+    rows = {r["nfe"]: r for r in peers.cell_verdicts(ds)}
+    assert rows[3]["verdict"] == "dode better" and rows[3]["dode"] == d and rows[3]["goal"]
+    assert rows[3]["diffusers_std"] == pytest.approx(1.0) and rows[3]["seeds"] == 3
+    assert rows[4]["verdict"] == "inside the noise" and not rows[4]["goal"]
+    worse = _verdict_results({peer: [[1.0, 1.1, 0.9]], base: [[4.0, 4.0, 4.2]], d: [[3.0, 3.2, 3.1]]}, (8,))
+    (row,) = peers.cell_verdicts(worse)
+    assert row["verdict"] == "diffusers better" and row["dode"] == d and not row["goal"]
+    # the same algorithm in both libraries: equal to float precision in every seed, inside the noise
+    same = _verdict_results({peer: [[4.0, 5.0]], base: [[4.0 + 1e-7, 5.0 + 2e-7]], d: [[6.0, 7.0]]}, (3,))
+    (row,) = peers.cell_verdicts(same)
+    assert row["verdict"] == "inside the noise" and row["gain"] == 0.0
+    # one seed: no spread, the sign decides
+    one = _verdict_results({peer: [[4.0]], base: [[3.9]], d: [[5.0]]}, (5,))
+    (row,) = peers.cell_verdicts(one)
+    assert row["verdict"] == "dode better" and row["dode"] == base and np.isnan(row["gain_std"])
+    assert row["seeds"] == 1
+
+
+def test_the_selected_sampler_is_the_groups_best_not_the_lowest_on_the_evaluation_noise():
+    tuned, default = "diffusers:dpmpp_2m:use_karras_sigmas=true", "diffusers:dpmpp_2m"
+    d = "dode:ddim:time_uniform:d-ode"
+    ds = _verdict_results({tuned: [[5.0, 5.0]], default: [[4.0, 4.0]], d: [[4.5, 4.5]]}, (5,))
+    ds["selected"].loc[{"sampler": default}] = 0.0
+    ds["peer_default"].loc[{"sampler": default}] = 1.0
+    (row,) = peers.cell_verdicts(ds)
+    assert row["diffusers"] == tuned  # the default scored lower on the evaluation noise, but was not selected
+    # the verdict is against the better of the two there: the peer's default, which D does not beat
+    assert row["peer"] == default and row["verdict"] == "diffusers better"
+    assert peers.default_of(peers.model_results(ds, "m"), 5) == default
+
+
+def test_peer_configurations_are_named_by_the_options_they_change():
+    from dode.companion import experiments as ex
+
+    den = ex.load_model("digits-eps-mini")
+    name = peers.peer_config("unipc_bh2", lower_order_final=False, final_sigmas_type="sigma_min")
+    assert name == "diffusers:unipc_bh2:final_sigmas_type=sigma_min,lower_order_final=false"
+    assert peers.parse_sampler(name)["options"] == {
+        "final_sigmas_type": "sigma_min",
+        "lower_order_final": False,
+    }
+    assert "full-order last step" in peers.sampler_label(name)
+    grid = {"unipc_bh2": {"lower_order_final": [True, False]}}
+    assert peers.peer_candidates(den, grid) == [
+        "diffusers:unipc_bh2",
+        "diffusers:unipc_bh2:lower_order_final=false",
+    ]
+    with pytest.raises(ValueError, match="peer options must be among"):
+        peers.peer_config("unipc_bh2", beta_schedule="linear")
 
 
 def test_lower_order_final_must_be_a_bool(den):

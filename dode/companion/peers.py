@@ -24,11 +24,25 @@ are counted by the wrapper, so a scheduler that adds a final denoising call is c
 
 Samplers are named by one string each (the results file's ``sampler`` coordinate):
 
-* ``diffusers:<peer>`` -- a scheduler of :data:`PEERS`, diffusers' defaults except where noted there;
+* ``diffusers:<peer>`` -- a scheduler of :data:`PEERS`, diffusers' defaults except where noted there (the
+  peer's *own* configuration);
+* ``diffusers:<peer>:<option>=<value>,...`` -- the same scheduler with diffusers' documented options
+  (:data:`TUNABLE`) over its own, sorted by option, booleans ``true``/``false``, e.g.
+  ``diffusers:unipc_bh2:final_sigmas_type=sigma_min,lower_order_final=false`` (:func:`peer_config`);
 * ``dode:<solver label>:<grid>:<method>`` -- a dode solver on a named grid (``time_uniform``: the paper's on
   VP models; ``logsnr_uniform``; ``edm``: EDM's rho = 7, the paper's on EDM models; ``gits``: GITS's grid
   fitted to the model on the fitting noise, :func:`dode.gits.fit_grid`, its cost in ``fit_seconds``), ``method`` ``base``,
   ``d-ode`` (the paper's greedy fit) or ``d-ode-joint`` (:mod:`dode.joint`), fitted with the paper's teachers.
+
+:func:`peers_sweep` shows every sampler at its best, chosen without seeing the noise it is scored on. At each
+model and NFE a *tuning* stage scores every candidate -- each peer's configurations over a small grid of its
+options (:func:`peer_candidates`), dode's base samplers on several grids and last-step orders, and the
+D-solvers of the best few of them -- on the tuning noise (the evaluation stream of ``tuning_seed``, which is
+never an evaluation seed) and selects the best of each group (:data:`GROUPS`); the *evaluation* stage scores
+the selected samplers and the selected peer's own configuration on every evaluation seed. A D-solver is fitted
+on a seed's fitting noise, never on evaluation noise, so the tuning's fits on the first seed serve its
+evaluation there. :func:`cell_verdicts` grades each (model, NFE) with the reproduction page's spread rule
+(:func:`dode.companion.claims.side`).
 """
 
 from __future__ import annotations
@@ -61,7 +75,21 @@ __all__ = [
     "parse_sampler",
     "sampler_label",
     "sampler_group",
+    "TUNABLE",
+    "GROUPS",
+    "VERDICT_WORDS",
+    "peer_config",
+    "peer_candidates",
+    "estimate_evaluations",
+    "tune",
     "best_by_group",
+    "best_names",
+    "paired_row",
+    "cell_verdicts",
+    "default_of",
+    "best_figure",
+    "verdict_table",
+    "stage_seconds",
     "FAMILY_PANELS",
     "peers_figure",
     "model_results",
@@ -176,19 +204,21 @@ def _betas(alphas_cumprod: np.ndarray) -> np.ndarray:
     return 1.0 - alphas_cumprod / np.concatenate([[1.0], alphas_cumprod[:-1]])
 
 
-def make_scheduler(peer: str, denoiser: Denoiser):
+def make_scheduler(peer: str, denoiser: Denoiser, options: dict | None = None):
     """The diffusers scheduler of ``peer`` on ``denoiser``'s schedule: a VP peer on the model's own betas, an
-    EDM peer with its sigma_min, sigma_max, rho and sigma_data, a karras peer with its sigma range."""
+    EDM peer with its sigma_min, sigma_max, rho and sigma_data, a karras peer with its sigma range;
+    ``options`` (:data:`TUNABLE` of diffusers' documented options) override the peer's."""
     import diffusers
 
     spec = _check_peer(peer)
     cls = getattr(diffusers, spec.scheduler)
+    given = {**spec.options, **_check_options(options)}
     schedule = denoiser.schedule
     if spec.convention == "vp":
         if not isinstance(schedule, VPSchedule) or denoiser.prediction != "eps":
             raise ValueError(f"peer {peer!r} drives {CONVENTIONS['vp']} only; {denoiser.name!r} is not one")
         ac = schedule.alphas_cumprod.numpy()
-        return cls(num_train_timesteps=len(ac), trained_betas=_betas(ac), **spec.options)
+        return cls(num_train_timesteps=len(ac), trained_betas=_betas(ac), **given)
     if not isinstance(schedule, EDMSchedule):
         raise ValueError(
             f"peer {peer!r} drives {CONVENTIONS[spec.convention]} only; {denoiser.name!r} is not one"
@@ -200,7 +230,7 @@ def make_scheduler(peer: str, denoiser: Denoiser):
             rho=schedule.rho,
             sigma_data=_sigma_data(denoiser),
             prediction_type="epsilon",  # EDM's raw network F (diffusers' name for it)
-            **spec.options,
+            **given,
         )
     if schedule.rho != 7.0:
         raise ValueError(
@@ -212,9 +242,7 @@ def make_scheduler(peer: str, denoiser: Denoiser):
     # coincide and its sigma -> timestep interpolation divides by zero (numpy warns): only the timesteps,
     # which the EDM network never sees, are affected
     with np.errstate(divide="ignore", invalid="ignore"):
-        base = cls(
-            num_train_timesteps=len(betas), trained_betas=betas, prediction_type="sample", **spec.options
-        )
+        base = cls(num_train_timesteps=len(betas), trained_betas=betas, prediction_type="sample", **given)
         # diffusers' Karras conversion reads sigma_min / sigma_max from the config where it has them
         return cls.from_config(
             {**base.config, "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max}
@@ -245,13 +273,16 @@ def _network(den: Denoiser, convention: str, scheduler, i: int, model_input: tor
     return (d - c_skip * x) / c_out
 
 
-def diffusers_sample(denoiser: Denoiser, noise: torch.Tensor, peer: str, nfe: int):
-    """``(samples, network evaluations)`` of the diffusers scheduler ``peer`` at ``nfe`` evaluations."""
+def diffusers_sample(
+    denoiser: Denoiser, noise: torch.Tensor, peer: str, nfe: int, options: dict | None = None
+):
+    """``(samples, network evaluations)`` of the diffusers scheduler ``peer`` (with ``options`` over its
+    own, :func:`make_scheduler`) at ``nfe`` evaluations."""
     spec = _check_peer(peer)
     steps = peer_steps(peer, nfe)
     if steps is None:
         raise ValueError(f"peer {peer!r} makes {spec.stages} evaluations per step: it cannot make nfe={nfe}")
-    scheduler = make_scheduler(peer, denoiser)
+    scheduler = make_scheduler(peer, denoiser, options)
     scheduler.set_timesteps(steps, device=noise.device)
     if spec.convention == "vp":
         x = noise.to(torch.float64) * scheduler.init_noise_sigma
@@ -269,26 +300,94 @@ def diffusers_sample(denoiser: Denoiser, noise: torch.Tensor, peer: str, nfe: in
     return x, calls
 
 
+#: diffusers' documented scheduler options a peer is tuned over (a configuration names those it changes)
+TUNABLE = (
+    "lower_order_final",
+    "final_sigmas_type",
+    "timestep_spacing",
+    "use_karras_sigmas",
+    "solver_order",
+    "solver_type",
+    "sigma_schedule",
+)
+
+
+def _check_options(options: dict | None) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(TUNABLE))
+    if unknown:
+        raise ValueError(f"peer options must be among {list(TUNABLE)}, got {unknown}")
+    return options
+
+
+def _option_value(text: str):
+    """An option's value from its text in a sampler name: ``true``/``false``, an integer, or a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _option_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def peer_config(peer: str, **options) -> str:
+    """The sampler name of ``peer`` with ``options`` over its own: ``diffusers:<peer>`` without any,
+    ``diffusers:<peer>:<option>=<value>,...`` (options sorted, booleans ``true``/``false``) with them."""
+    _check_peer(peer)
+    options = _check_options(options)
+    if not options:
+        return f"diffusers:{peer}"
+    return f"diffusers:{peer}:" + ",".join(f"{k}={_option_text(options[k])}" for k in sorted(options))
+
+
 def parse_sampler(name: str) -> dict:
-    """``{"family": "diffusers", "peer": ...}`` or ``{"family": "dode", "solver", "grid", "method"}``."""
+    """``{"family": "diffusers", "peer", "options"}`` or ``{"family": "dode", "solver", "grid", "method"}``."""
     family, _, rest = name.partition(":")
-    if family == "diffusers" and rest in PEERS:
-        return {"family": family, "peer": rest}
+    if family == "diffusers":
+        peer, _, text = rest.partition(":")
+        if peer in PEERS:
+            options = {}
+            for item in filter(None, text.split(",")):
+                key, eq, value = item.partition("=")
+                if not eq:
+                    raise ValueError(f"peer option {item!r} of {name!r} must read <option>=<value>")
+                options[key] = _option_value(value)
+            return {"family": family, "peer": peer, "options": _check_options(options)}
     parts = rest.split(":")
     if family == "dode" and len(parts) == 3 and parts[2] in _DODE_METHODS:
         ex.solver_spec(parts[0])
         return {"family": family, "solver": parts[0], "grid": parts[1], "method": parts[2]}
     raise ValueError(
-        f"sampler must be 'diffusers:<one of {sorted(PEERS)}>' or 'dode:<solver>:<grid>:<method in "
-        f"{_DODE_METHODS}>', got {name!r}"
+        f"sampler must be 'diffusers:<one of {sorted(PEERS)}>[:<option>=<value>,...]' or "
+        f"'dode:<solver>:<grid>:<method in {_DODE_METHODS}>', got {name!r}"
     )
+
+
+#: what a label calls a peer option's value
+_OPTION_WORDS = {
+    ("lower_order_final", False): "full-order last step",
+    ("lower_order_final", True): "lower-order last step",
+    ("use_karras_sigmas", True): "Karras sigmas",
+    ("use_karras_sigmas", False): "no Karras sigmas",
+}
+
+
+def _option_label(key: str, value) -> str:
+    if (key, value) in _OPTION_WORDS:
+        return _OPTION_WORDS[(key, value)]
+    short = {"final_sigmas_type": "final", "timestep_spacing": "spacing", "solver_order": "order"}
+    return f"{short.get(key, key)} {value}"
 
 
 def sampler_label(name: str) -> str:
     """What a figure calls a sampler."""
     p = parse_sampler(name)
     if p["family"] == "diffusers":
-        return f"diffusers {PEERS[p['peer']].label}"
+        label = f"diffusers {PEERS[p['peer']].label}"
+        if p["options"]:
+            label += " (" + ", ".join(_option_label(k, v) for k, v in sorted(p["options"].items())) + ")"
+        return label
     grid = {
         "time_uniform": "",
         "logsnr_uniform": ", logSNR grid",
@@ -304,27 +403,140 @@ def sampler_group(name: str) -> str:
     return "diffusers" if p["family"] == "diffusers" else "base" if p["method"] == "base" else "D"
 
 
+#: the groups of a cell's verdict, in the order tables show them
+GROUPS = ("diffusers", "base", "D")
+
+
+def _seed_values(ds, var: str, name: str, nfe) -> np.ndarray:
+    """``var`` of sampler ``name`` at ``nfe`` over the seeds (one value where the file has no seeds)."""
+    values = np.atleast_1d(np.asarray(ds[var].sel({"sampler": name, "nfe": nfe}).values, dtype=np.float64))
+    return values
+
+
+def _mean(values: np.ndarray) -> float:
+    ok = values[np.isfinite(values)]
+    return float(ok.mean()) if ok.size else float("nan")
+
+
 def best_by_group(ds, var: str, nfe) -> dict[str, tuple[str, float]]:
-    """group (:func:`sampler_group`) -> (label, value) of its best sampler at ``nfe`` in ``ds`` (one model)."""
+    """group (:func:`sampler_group`) -> (label, mean over seeds) of its best sampler at ``nfe`` in ``ds`` (one
+    model). Where the file records the samplers selected on the tuning noise (``selected``), a group's best
+    is its selected one -- never the best on the evaluation noise itself -- else the lowest mean."""
+    best = {g: (n, v) for g, (n, v) in best_names(ds, var, nfe).items()}
+    return {g: (sampler_label(n), v) for g, (n, v) in best.items()}
+
+
+def best_names(ds, var: str, nfe) -> dict[str, tuple[str, float]]:
+    """:func:`best_by_group` with sampler names instead of labels."""
     best: dict[str, tuple[str, float]] = {}
+    chosen = None
+    if "selected" in ds:
+        sel = ds["selected"].sel({"nfe": nfe})
+        chosen = {n for n, s in zip(sel.coords["sampler"].values.tolist(), sel.values, strict=True) if s == 1}
     for name in ds.coords["sampler"].values.tolist():
-        value = float(ds[var].sel({"sampler": name, "nfe": nfe}))
+        if chosen is not None and name not in chosen:
+            continue
+        value = _mean(_seed_values(ds, var, name, nfe))
         if not np.isfinite(value):
             continue
         group = sampler_group(name)
         if group not in best or value < best[group][1]:
-            best[group] = (sampler_label(name), value)
+            best[group] = (name, value)
     return best
 
 
-def _per_model(cfg: dict, key: str, model: str) -> list:
-    """``cfg[key]`` of one model: a mapping model -> list, or one list for every model."""
+#: relative difference under which two samplers' metrics are the same number (float32 sampling)
+_SAME = 1e-5
+
+
+def paired_row(ds, var: str, nfe, reference: str, method: str) -> dict:
+    """The paired gain of sampler ``method`` over ``reference`` at ``nfe`` (``reference - method`` per seed,
+    positive: ``method`` is better), in the shape of :func:`dode.companion.claims.paired_gains`' rows."""
+    r, m = _seed_values(ds, var, reference, nfe), _seed_values(ds, var, method, nfe)
+    ok = np.isfinite(r) & np.isfinite(m)
+    gain = r[ok] - m[ok]
+    # the same numbers to float precision (one algorithm in two libraries, e.g. diffusers' EDM DPM-Solver++ on
+    # exponential sigmas and dode's on the logSNR grid): no difference, rather than one beyond a zero spread
+    gain = np.where(np.abs(gain) <= _SAME * np.abs(r[ok]), 0.0, gain)
+    return {
+        "nfe": int(nfe),
+        "base": float(r[ok].mean()) if ok.any() else float("nan"),
+        "method": float(m[ok].mean()) if ok.any() else float("nan"),
+        "gain": float(gain.mean()) if gain.size else float("nan"),
+        "std": float(gain.std(ddof=1)) if gain.size > 1 else float("nan"),
+        "seeds": int(gain.size),
+        "wins": int((gain > 0).sum()),
+    }
+
+
+#: a cell's verdict (:func:`cell_verdicts`) by the side of the best dode sampler against the tuned peer
+VERDICT_WORDS = {1: "dode better", 0: "inside the noise", -1: "diffusers better"}
+
+
+def cell_verdicts(ds, var: str | None = None) -> list[dict]:
+    """Per (model, NFE) cell with a selected peer and a dode sampler: the best of each group
+    (:func:`best_names`, mean and std over seeds), the best dode sampler (the lower mean of the best base
+    and the best D-solver), the peer it is compared with (``peer``: the lower mean of the tuned configuration
+    and the scheduler's own, :func:`default_of`; the tuning's few samples can select a configuration that
+    scores worse than the default on the evaluation noise), and the verdict by the reproduction page's spread rule
+    (:func:`dode.companion.claims.side` on the paired gain over seeds: better in every seed and by more than
+    the seed spread; with one seed the sign alone). ``goal``: the dode sampler is at or below the tuned
+    peer's mean, and at NFE <= 6 better beyond the spread."""
+    from dode.companion.claims import side
+
+    var = var or ("fid" if "fid" in ds else "fd")
+    models = ds.coords["model"].values.tolist() if "model" in ds.dims else [None]
+    rows = []
+    for model in models:
+        cells = model_results(ds, model) if model is not None else ds
+        for nfe in cells.coords["nfe"].values.tolist():
+            best = best_names(cells, var, nfe)
+            if "diffusers" not in best or not ({"base", "D"} & set(best)):
+                continue
+            row = {"model": model, "nfe": int(nfe)}
+            for group in GROUPS:
+                if group in best:
+                    values = _seed_values(cells, var, best[group][0], nfe)
+                    ok = values[np.isfinite(values)]
+                    row[group] = best[group][0]
+                    row[f"{group}_mean"] = float(ok.mean())
+                    row[f"{group}_std"] = float(ok.std(ddof=1)) if ok.size > 1 else float("nan")
+            dode = min((g for g in ("base", "D") if g in best), key=lambda g: best[g][1])
+            # the dode side is the better of two selected samplers on the evaluation noise: so is the peer's,
+            # the tuned configuration or the scheduler's own, whichever scores lower there
+            peer = best["diffusers"][0]
+            default = default_of(cells, nfe)
+            if default is not None and _mean(_seed_values(cells, var, default, nfe)) < best["diffusers"][1]:
+                peer = default
+            pair = paired_row(cells, var, nfe, peer, best[dode][0])
+            s = side(pair)
+            row |= {
+                "peer": peer,
+                "peer_mean": pair["base"],
+                "dode": best[dode][0],
+                "gain": pair["gain"],
+                "gain_std": pair["std"],
+                "seeds": pair["seeds"],
+                "side": s,
+                "verdict": VERDICT_WORDS[s],
+                "goal": bool(pair["gain"] >= 0 and (nfe > 6 or s > 0)),
+            }
+            if "D" in best and "base" in best:
+                row["d_side"] = side(paired_row(cells, var, nfe, best["base"][0], best["D"][0]))
+            rows.append(row)
+    return rows
+
+
+def _per_model(cfg: dict, key: str, model: str):
+    """``cfg[key]`` of one model: a mapping model -> value, or one value for every model."""
     value = cfg[key]
-    if isinstance(value, dict):
+    if isinstance(value, dict) and key != "peer_grids":
         if model not in value:
-            raise ValueError(f"{key} must list the samplers of every model; it has none for {model!r}")
-        return list(value[model])
-    return list(value)
+            raise ValueError(f"{key} must give a value for every model; it has none for {model!r}")
+        value = value[model]
+    elif key == "peer_grids" and model in value:
+        value = value[model]
+    return list(value) if isinstance(value, list | tuple) else value
 
 
 def _runs(den: Denoiser, p: dict, nfe: int) -> bool:
@@ -342,24 +554,213 @@ def _runs(den: Denoiser, p: dict, nfe: int) -> bool:
     return True
 
 
+def peer_candidates(den: Denoiser, grids: dict) -> list[str]:
+    """The configurations of each peer of ``grids`` (peer -> {option: [values]}): the product of its
+    options' values, each named by the options it changes from the peer's own configuration
+    (:func:`peer_config`; the peer's own, diffusers' defaults but for :data:`PEERS`' overrides, is
+    ``diffusers:<peer>``), in order, without repeats."""
+    import itertools
+
+    names = []
+    for peer, grid in grids.items():
+        own = dict(make_scheduler(peer, den).config)
+        keys = sorted(_check_options(grid))
+        for values in itertools.product(*(grid[k] for k in keys)):
+            changed = {k: v for k, v in zip(keys, values, strict=True) if own.get(k) != v}
+            names.append(peer_config(peer, **changed))
+    return list(dict.fromkeys(names))
+
+
+def estimate_evaluations(cfg: dict) -> dict[str, int]:
+    """Network evaluations (each of one sample) of a run of :func:`peers_sweep` under ``cfg``, per stage, an
+    upper bound: ``tuning`` (every candidate at every NFE on ``tuning_samples``; the D-solvers of the
+    ``d_top`` best bases), ``fits`` (one greedy fit, ``K * NFE`` teacher and ``NFE`` student evaluations
+    on ``B`` noises, per D candidate at the first seed and per selected D-solver at every other seed; GITS's
+    grid fit once per model and seed that use it: ``fine * (K_gits + 1)`` on ``B``), ``evaluation`` (the
+    selected peer, its own configuration, the best base and the best D-solver at every NFE and seed on
+    ``n_samples``). Candidate counts per model are what ``cfg`` lists (a Heun peer runs at odd NFEs only:
+    counted at all, an upper bound)."""
+    out = {"tuning": 0, "fits": 0, "evaluation": 0}
+    for model in cfg["models"]:
+        nfes = _per_model(cfg, "nfes", model)
+        grids = _per_model(cfg, "peer_grids", model)
+        n_peers = sum(math.prod(len(v) for v in g.values()) if g else 1 for g in grids.values())
+        bases = _per_model(cfg, "bases", model)
+        n_cand = n_peers + len(bases) + cfg["d_top"]
+        uses_gits = any(":gits:" in b for b in bases)
+        for nfe in nfes:
+            out["tuning"] += n_cand * cfg["tuning_samples"] * nfe
+            fit = cfg["B"] * (cfg["K"] + 1) * nfe
+            out["fits"] += (cfg["d_top"] + len(cfg["seeds"]) - 1) * fit
+            out["evaluation"] += 4 * len(cfg["seeds"]) * cfg["n_samples"] * nfe
+        if uses_gits:
+            out["fits"] += len(cfg["seeds"]) * cfg["B"] * 60 * 5
+    return out
+
+
+class _Stage:
+    """What one model's runs share: the denoiser, its metric, fitted lambdas and GITS grids (one per fitting
+    seed, reused by the tuning and the evaluation: a fit sees the fitting noise only)."""
+
+    def __init__(self, den, metric, cfg):
+        self.den, self.metric, self.cfg = den, metric, cfg
+        self.shape = ex.sample_shape(den)
+        self.fits: dict = {}
+        self.gits: dict = {}
+
+    def _grid(self, p: dict, nfe: int, seed: int):
+        """The named grid, or GITS's grid fitted on the fitting noise of ``seed`` (the fine grid's costs,
+        which depend on neither the NFE nor the solver, computed once per seed: :func:`dode.gits.fit_grid`)."""
+        if p["grid"] not in FITTED_GRIDS:
+            return p["grid"], 0.0
+        from dode.gits import fine_costs
+
+        solver, options = ex.solver_spec(p["solver"])
+        fit_noise = ex.noise(seed, "fit", self.cfg["B"], self.shape, device=self.cfg["device"])
+        seconds = 0.0
+        if seed not in self.gits:
+            t0 = time.perf_counter()
+            self.gits[seed] = (fine_costs(self.den, fit_noise), time.perf_counter() - t0)
+            seconds = self.gits[seed][1]  # charged to the first fit that needs them
+        grid = fit_grid(self.den, fit_noise, nfe, solver, seed=seed, costs=self.gits[seed][0], **options)
+        return grid, seconds + grid.info["seconds"]
+
+    def lambdas(self, p: dict, nfe: int, seed: int):
+        """``(grid, lambdas, fit seconds)`` of a dode sampler at ``nfe`` fitted on ``seed``'s fitting noise (the
+        seconds 0 where an earlier call fitted them)."""
+        key = (p["solver"], p["grid"], p["method"], nfe, seed)
+        if key not in self.fits:
+            grid, seconds = self._grid(p, nfe, seed)
+            lam = None
+            if p["method"] != "base":
+                solver, options = ex.solver_spec(p["solver"])
+                fit_noise = ex.noise(seed, "fit", self.cfg["B"], self.shape, device=self.cfg["device"])
+                t0 = time.perf_counter()
+                fit = "joint" if p["method"] == "d-ode-joint" else "ls"
+                teacher = ex.teacher_of(p["solver"], "paper")
+                lam = distill(
+                    self.den,
+                    fit_noise,
+                    solver,
+                    nfe,
+                    self.cfg["K"],
+                    grid=grid,
+                    teacher=teacher,
+                    fit=fit,
+                    **options,
+                )
+                seconds += time.perf_counter() - t0
+            self.fits[key] = (grid, lam, seconds)
+            return self.fits[key]
+        grid, lam, _ = self.fits[key]
+        return grid, lam, 0.0  # fitted before (the tuning's fit at the first seed): already counted there
+
+    def score(self, name: str, nfe: int, noise_seed: int, n: int, fit_seed: int):
+        """``(metric, network evaluations, fit seconds, sample seconds)`` of sampler ``name`` at ``nfe`` on the
+        first ``n`` samples of the evaluation stream of ``noise_seed``, its fits on ``fit_seed``'s noise."""
+        from dode.metrics import FeatureStats
+
+        p, den, fit_seconds = parse_sampler(name), self.den, 0.0
+        if p["family"] == "diffusers":
+
+            def draw(z):
+                return diffusers_sample(den, z, p["peer"], nfe, p["options"])
+
+        else:
+            solver, options = ex.solver_spec(p["solver"])
+            grid, lam, fit_seconds = self.lambdas(p, nfe, fit_seed)
+
+            def draw(z):
+                return sample(den, z, solver, nfe, grid=grid, lambdas=lam, **options), nfe
+
+        stats, seconds, evaluations = FeatureStats(), 0.0, set()
+        batch = self.cfg["batch_size"]
+        for start in range(0, n, batch):
+            z = ex.noise(
+                noise_seed, "eval", min(batch, n - start), self.shape, start=start, device=self.cfg["device"]
+            )
+            t0 = time.perf_counter()
+            x, counted = draw(z)
+            seconds += time.perf_counter() - t0
+            evaluations.add(counted)
+            if not torch.isfinite(x).all():  # diverged (UniPC bh1 into sigma = 0): no metric
+                return float("nan"), counted, fit_seconds, seconds
+            stats.update(self.metric.features(x.float()))
+        if len(evaluations) != 1:
+            raise AssertionError(
+                f"{name} at NFE {nfe} made {sorted(evaluations)} network evaluations in different batches"
+            )
+        value = float(self.metric(stats))
+        return value, evaluations.pop(), fit_seconds, seconds
+
+
+def _select(tuned: dict[str, float], group: str) -> str | None:
+    """The group's best sampler on the tuning noise (lowest finite metric), None where none ran."""
+    ok = {n: v for n, v in tuned.items() if sampler_group(n) == group and np.isfinite(v)}
+    return min(ok, key=ok.__getitem__) if ok else None
+
+
+def tune(store, stage: _Stage, model: str, nfe: int, candidates: list[str], metric_name: str, progress=None):
+    """The tuning of one (model, NFE): every candidate (peers' configurations and dode's bases) on the
+    tuning noise -- ``tuning_samples`` of the evaluation stream of ``tuning_seed``, a seed the evaluation
+    never uses -- then the D-solvers of the ``d_top`` best bases (fitted on the first evaluation seed's
+    fitting noise, which no sampler is evaluated on). Stores ``<metric>_tuning`` and returns the winners:
+    group -> sampler name."""
+    cfg = stage.cfg
+    seed, n, fit_seed = cfg["tuning_seed"], cfg["tuning_samples"], cfg["seeds"][0]
+    var = f"{metric_name}_tuning"
+
+    def run(names):
+        out = {}
+        for name in names:
+            cell = {"model": model, "sampler": name, "nfe": nfe}
+            if not _runs(stage.den, parse_sampler(name), nfe):
+                continue
+            if not store.has(var, **cell):
+                with np.errstate(all="ignore"):
+                    value, _, fit_s, sample_s = stage.score(name, nfe, seed, n, fit_seed)
+                with store.together():
+                    store.put(var, value if np.isfinite(value) else np.inf, **cell)
+                    store.put("tuning_seconds", fit_s + sample_s, **cell)
+            out[name] = float(store.get(var, **cell))
+            if progress is not None:
+                progress.update(1)
+        return out
+
+    scores = run(candidates)
+    bases = sorted((v, nm) for nm, v in scores.items() if sampler_group(nm) == "base" and np.isfinite(v))
+    d_names = [nm.rsplit(":", 1)[0] + ":d-ode" for _, nm in bases[: cfg["d_top"]]]
+    scores |= run(d_names)
+    return {g: w for g in GROUPS if (w := _select(scores, g)) is not None}
+
+
 def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = True) -> Path:
-    """Fill ``<results_dir>/<stem>.nc`` with ``<metric>``, ``network_evaluations``, ``fit_seconds`` and
-    ``sample_seconds`` over model x sampler x nfe (one seed), and the noise floor ``<metric>_floor`` over
-    model x seed where ``cfg["floor"]`` is set (:func:`dode.companion.experiments.noise_floor`). ``cfg``: ``models`` (dode.zoo names),
-    ``samplers`` and ``nfes`` (each a mapping model -> list, or one list for every model; sampler names: see
-    the module docstring), ``joint_nfes`` (NFEs at which the joint fits run: they cost tens of greedy fits),
-    ``seed``, ``K``, ``B``, ``n_samples``, ``batch_size``, ``device``. Every sampler draws the seed's
-    evaluation noise, batch by batch; a sampler that cannot make an NFE (Heun at an even one) leaves its
-    cell NaN. Every model is loaded, and every sampler name checked, before anything is computed."""
+    """Fill ``<results_dir>/<stem>.nc``: per model and NFE, every sampler at its best (module docstring).
+
+    Two stages. **Tuning**: every candidate -- each peer's configurations (:func:`peer_candidates` over
+    ``cfg["peer_grids"]``), dode's base samplers (``cfg["bases"]``) and the D-solvers of the ``d_top`` best
+    of them -- on ``tuning_samples`` of the tuning noise (seed ``tuning_seed``, never evaluated on),
+    ``<metric>_tuning`` over model x sampler x nfe; the best of each group (:data:`GROUPS`) is ``selected``
+    (1). **Evaluation**: the selected samplers and the selected peer's own configuration (``peer_default``
+    1) at every seed of ``seeds`` on ``n_samples`` of the evaluation noise, ``<metric>``,
+    ``network_evaluations``, ``fit_seconds`` and ``sample_seconds`` over model x sampler x nfe x seed; a
+    D-solver's fit at the first seed is the tuning's (its fitting noise is not the evaluation noise). The
+    noise floor ``<metric>_floor`` over model x seed where ``cfg["floor"]`` is set. Every model is loaded,
+    and every name checked, before anything is computed; a sampler that cannot make an NFE (Heun at an
+    even one) is no candidate there."""
     from dode.progress import progress_bar
 
     models = cfg["models"]
     if not isinstance(models, list | tuple) or not models or len(set(models)) != len(models):
         raise ValueError(f"models must be a list of distinct dode.zoo names, got {models!r}")
-    plan = {m: (_per_model(cfg, "samplers", m), sorted(_per_model(cfg, "nfes", m))) for m in models}
-    for samplers, _ in plan.values():
-        for name in samplers:
-            parse_sampler(name)
+    seeds = [int(s) for s in cfg["seeds"]]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct evaluation seeds, got {cfg['seeds']!r}")
+    if int(cfg["tuning_seed"]) in seeds:
+        raise ValueError(
+            f"tuning_seed {cfg['tuning_seed']} is an evaluation seed {seeds}: the tuning must not see the "
+            "evaluation noise"
+        )
     loaded = {}
     for m in models:
         den = ex.load_model(m, device=cfg["device"], model_options=cfg.get("model_options"))
@@ -368,92 +769,84 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
     if len(set(metric_names.values())) != 1:
         raise ValueError(f"the models of one peers sweep must share a metric, got {metric_names}")
     metric_name = next(iter(metric_names.values()))
+    plan = {}
     for m, (den, _, _) in loaded.items():
-        for name in plan[m][0]:
-            p = parse_sampler(name)
-            if p["family"] == "diffusers":
-                make_scheduler(p["peer"], den)  # a peer of the wrong convention fails here, not mid-sweep
-    samplers = list(dict.fromkeys(n for s, _ in plan.values() for n in s))
-    nfes = sorted({n for _, ns in plan.values() for n in ns})
-    # seed: the coordinate of the noise floor (the cells themselves are of the one seed)
-    dims = {"model": list(models), "sampler": samplers, "nfe": nfes, "seed": [cfg["seed"]]}
-    key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "seed")} | {"metric": metric_name}
+        peer_names = peer_candidates(den, _per_model(cfg, "peer_grids", m))
+        bases = _per_model(cfg, "bases", m)
+        for name in bases:
+            if sampler_group(name) != "base":
+                raise ValueError(
+                    f"bases must be dode base samplers ('dode:<solver>:<grid>:base'), got {name!r}"
+                )
+        plan[m] = (peer_names, bases, sorted(_per_model(cfg, "nfes", m)))
+    samplers = list(
+        dict.fromkeys(
+            n
+            for peer_names, bases, _ in plan.values()
+            for n in [*peer_names, *bases, *(b.rsplit(":", 1)[0] + ":d-ode" for b in bases)]
+        )
+    )
+    nfes = sorted({n for *_, ns in plan.values() for n in ns})
+    dims = {"model": list(models), "sampler": samplers, "nfe": nfes, "seed": seeds}
+    key = {k: cfg.get(k) for k in ("K", "B", "n_samples", "tuning_seed", "tuning_samples", "d_top")}
+    key |= {"metric": metric_name}
     identities = {m: ex.identity(den, metric) for m, (den, _, metric) in loaded.items()}
     store = ex.open_store(results_dir, stem, dims, key, cfg, identities)
-    units = [(m, s, n) for m in models for s in plan[m][0] for n in plan[m][1]]
-    for model, name, nfe in progress_bar(units, desc="samplers", disable=not progress):
-        den, _, metric = loaded[model]
-        cell = {"model": model, "sampler": name, "nfe": nfe}
-        p = parse_sampler(name)
-        if store.has(metric_name, **cell) or not _runs(den, p, nfe):
-            continue  # done, or a cell the sampler cannot make (it stays NaN)
-        if p.get("method") == "d-ode-joint" and nfe not in cfg["joint_nfes"]:
+    stages = {m: _Stage(den, metric, cfg) for m, (den, _, metric) in loaded.items()}
+    total = sum(len(p) + len(b) + cfg["d_top"] for p, b, ns in plan.values() for _ in ns)
+    winners = {}
+    with progress_bar(total=total, desc="tuning", disable=not progress) as bar:
+        for m in models:
+            peer_names, bases, own_nfes = plan[m]
+            for nfe in own_nfes:
+                winners[(m, nfe)] = tune(store, stages[m], m, nfe, [*peer_names, *bases], metric_name, bar)
+    with store.together():
+        for (m, nfe), won in winners.items():
+            for name in samplers:
+                cell = {"model": m, "sampler": name, "nfe": nfe}
+                store.put("selected", float(name in won.values()), **cell)
+                default = peer_config(parse_sampler(won["diffusers"])["peer"]) if "diffusers" in won else None
+                store.put("peer_default", float(name == default), **cell)
+    units = []
+    for (m, nfe), won in winners.items():
+        names = list(won.values())
+        if "diffusers" in won:
+            names.append(peer_config(parse_sampler(won["diffusers"])["peer"]))
+        units += [(m, name, nfe, seed) for name in dict.fromkeys(names) for seed in seeds]
+    for m, name, nfe, seed in progress_bar(units, desc="evaluation", disable=not progress):
+        cell = {"model": m, "sampler": name, "nfe": nfe, "seed": seed}
+        if store.has(metric_name, **cell):
             continue
-        _run_cell(store, cell, den, metric, metric_name, p, cfg)
+        with np.errstate(all="ignore"):
+            value, counted, fit_s, sample_s = stages[m].score(name, nfe, seed, cfg["n_samples"], seed)
+        with store.together():
+            store.put(metric_name, value, **cell)
+            store.put("network_evaluations", float(counted), **cell)
+            store.put("fit_seconds", fit_s, **cell)
+            store.put("sample_seconds", sample_s, **cell)
+    with store.together():
+        for m, stage in stages.items():
+            store.put("gits_seconds", sum(s for _, s in stage.gits.values()), model=m)
     ex.sweep_floor(
         store,
         {m: (den, metric) for m, (den, _, metric) in loaded.items()},
         metric_name,
         cfg,
         results_dir,
-        seeds=[cfg["seed"]],
+        seeds=seeds,
         device=cfg["device"],
     )
     return store.path
 
 
-def _run_cell(store, cell, den, metric, metric_name, p, cfg) -> None:
-    """Sample one (model, sampler, NFE) cell on the evaluation noise, fitting the lambdas first for a D-solver."""
-    from dode.metrics import FeatureStats
-
-    shape, nfe, fit_seconds = ex.sample_shape(den), cell["nfe"], 0.0
-    if p["family"] == "diffusers":
-
-        def draw(z):
-            return diffusers_sample(den, z, p["peer"], nfe)
-
-    else:
-        solver, options = ex.solver_spec(p["solver"])
-        lam, grid = None, p["grid"]
-        fit_noise = ex.noise(cfg["seed"], "fit", cfg["B"], shape, device=cfg["device"])
-        if grid in FITTED_GRIDS:  # fitted on the fitting noise, never on the evaluation noise
-            grid = fit_grid(den, fit_noise, nfe, solver, seed=cfg["seed"], **options)
-            fit_seconds = grid.info["seconds"]
-        if p["method"] != "base":
-            t0 = time.perf_counter()
-            fit = "joint" if p["method"] == "d-ode-joint" else "ls"
-            teacher = ex.teacher_of(p["solver"], "paper")
-            lam = distill(
-                den, fit_noise, solver, nfe, cfg["K"], grid=grid, teacher=teacher, fit=fit, **options
-            )
-            fit_seconds += time.perf_counter() - t0
-
-        def draw(z):
-            return sample(den, z, solver, nfe, grid=grid, lambdas=lam, **options), nfe
-
-    stats, seconds, evaluations = FeatureStats(), 0.0, set()
-    for start in range(0, cfg["n_samples"], cfg["batch_size"]):
-        n = min(cfg["batch_size"], cfg["n_samples"] - start)
-        z = ex.noise(cfg["seed"], "eval", n, shape, start=start, device=cfg["device"])
-        t0 = time.perf_counter()
-        x, counted = draw(z)
-        seconds += time.perf_counter() - t0
-        evaluations.add(counted)
-        stats.update(metric.features(x.float()))
-    if len(evaluations) != 1:
-        raise AssertionError(f"{cell} made {sorted(evaluations)} network evaluations in different batches")
-    with store.together():
-        store.put(metric_name, metric(stats), **cell)
-        store.put("network_evaluations", float(evaluations.pop()), **cell)
-        store.put("fit_seconds", fit_seconds, **cell)
-        store.put("sample_seconds", seconds, **cell)
-
-
 def model_results(ds, model: str):
-    """The cells of one model of a peers results file, without the samplers and NFEs it did not run."""
+    """The cells of one model of a peers results file, without the samplers and NFEs it did not evaluate
+    (where the file has a ``seed`` dimension: at no seed)."""
     sub = ds.sel({"model": model}) if "model" in ds.dims else ds
     var = "fid" if "fid" in sub else "fd"
     keep = sub[var].notnull()
+    if "seed" in keep.dims:
+        keep = keep.any("seed")
     return sub.sel({"sampler": keep.any("nfe").values, "nfe": keep.any("sampler").values})
 
 
@@ -561,3 +954,134 @@ def peers_figure(ds, metric: str, title: str | None = None):
         fig.tight_layout()
     plots.caption(fig, "Thick line: the family's best (lowest mean rank over the NFEs it ran). " + floor)
     return fig
+
+
+#: the lines of :func:`best_figure`: (what the legend calls it, the row key of :func:`cell_verdicts` or
+#: ``default``, colour, line style)
+_BEST_LINES = (
+    ("best tuned diffusers scheduler", "diffusers", "C0", "-"),
+    ("its own configuration (diffusers' defaults)", "default", "C0", ":"),
+    ("best dode base solver", "base", "C2", "--"),
+    ("best D-solver", "D", "C3", "-"),
+)
+
+
+def default_of(ds, nfe) -> str | None:
+    """The selected peer's own configuration at ``nfe`` (``peer_default``) in one model's cells."""
+    if "peer_default" not in ds:
+        return None
+    sel = ds["peer_default"].sel({"nfe": nfe})
+    names = [n for n, v in zip(sel.coords["sampler"].values.tolist(), sel.values, strict=True) if v == 1]
+    return names[0] if names else None
+
+
+def best_figure(ds, metric: str):
+    """Per model (one panel each, at most two a row): the metric against NFE of the best sampler of each group
+    -- the tuned diffusers scheduler, its own (default) configuration, the best dode base solver and the best
+    D-solver, each the one selected on the tuning noise at that NFE -- mean over seeds with the seeds' std as
+    error bars; the noise floor as a grey band. Which sampler won where: the table below the figure."""
+    from dode.companion import plots
+
+    models = ds.coords["model"].values.tolist()
+    fig, axes = plots.panel_grid(len(models), panel_height=3.0)
+    floor = ""
+    for ax, model in zip(axes, models, strict=True):
+        cells = model_results(ds, model)
+        nfes = cells.coords["nfe"].values.tolist()
+        for k, (label, key, colour, style) in enumerate(_BEST_LINES):
+            dodge = 1.0 + 0.025 * (k - 1.5)  # side by side at each NFE, so that the error bars stay apart
+            xs, ys, es = [], [], []
+            for nfe in nfes:
+                name = (
+                    default_of(cells, nfe)
+                    if key == "default"
+                    else best_names(cells, metric, nfe).get(key, (None,))[0]
+                )
+                if name is None:
+                    continue
+                values = _seed_values(cells, metric, name, nfe)
+                values = values[np.isfinite(values)]
+                if not values.size:
+                    continue
+                xs.append(nfe)
+                ys.append(values.mean())
+                es.append(values.std(ddof=1) if values.size > 1 else 0.0)
+            if xs:
+                ax.errorbar(
+                    np.asarray(xs) * dodge,
+                    ys,
+                    yerr=es,
+                    color=colour,
+                    linestyle=style,
+                    marker="o",
+                    ms=3.5,
+                    capsize=2,
+                    label=label,
+                )
+        floor = plots.floor_band(ax, ds.sel({"model": model}), metric) or floor
+        ax.set_xscale("log")
+        plots.log_axis(ax, "y")
+        plots.nfe_axis(ax, nfes, log=True)
+        ax.set_xlabel("NFE (counted)")
+        ax.set_ylabel(metric.upper())
+        ax.set_title(model)
+    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    plots.caption(
+        fig,
+        "Mean over the evaluation seeds, error bars their std; the lines side by side at each NFE. " + floor,
+    )
+    return fig
+
+
+def _cell_text(ds, metric: str, name: str | None, nfe) -> str:
+    if name is None:
+        return ""
+    values = _seed_values(ds, metric, name, nfe)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return sampler_label(name)
+    spread = f" ± {values.std(ddof=1):.2f}" if values.size > 1 else ""
+    return f"{sampler_label(name)}: {values.mean():.2f}{spread}"
+
+
+def verdict_table(ds, metric: str):
+    """One row per (model, NFE): the best tuned diffusers scheduler, its own configuration, the best dode base
+    solver and the best D-solver (each ``label: mean ± std`` over seeds) and the cell's verdict
+    (:func:`cell_verdicts`), a pandas DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for r in cell_verdicts(ds, metric):
+        cells = model_results(ds, r["model"]) if r["model"] is not None else ds
+        nfe = r["nfe"]
+        rows.append(
+            {
+                "model": r["model"],
+                "NFE": nfe,
+                "tuned diffusers": _cell_text(cells, metric, r.get("diffusers"), nfe),
+                "diffusers defaults": _cell_text(cells, metric, default_of(cells, nfe), nfe),
+                "best dode base": _cell_text(cells, metric, r.get("base"), nfe),
+                "best D-solver": _cell_text(cells, metric, r.get("D"), nfe),
+                "verdict (best dode vs the better diffusers)": r["verdict"],
+                "goal": "met" if r["goal"] else "not met",
+            }
+        )
+    return pd.DataFrame(rows).set_index(["model", "NFE"])
+
+
+def stage_seconds(ds) -> dict[str, float]:
+    """Seconds of each stage of a run, from the results file: ``tuning`` (sampling and the D candidates'
+    fits on the tuning noise), ``fits`` (the evaluation's own fits at the other seeds), ``GITS fine grid``
+    (its one-off costs, counted in the fits too), ``evaluation`` (sampling on the evaluation noise)."""
+    out = {}
+    if "tuning_seconds" in ds:
+        out["tuning"] = float(np.nansum(ds["tuning_seconds"].values))
+    if "fit_seconds" in ds:
+        out["fits"] = float(np.nansum(ds["fit_seconds"].values))
+    if "gits_seconds" in ds:
+        out["GITS fine grid"] = float(np.nansum(ds["gits_seconds"].values))
+    if "sample_seconds" in ds:
+        out["evaluation"] = float(np.nansum(ds["sample_seconds"].values))
+    return out

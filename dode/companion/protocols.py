@@ -122,45 +122,43 @@ _PD_CPU = dict(
 # the test bed's mixture: 4 components in 8 dimensions (as in tests/conftest.py)
 _GMM = dict(n_components=4, dim=8, seed=0)
 
-# the peers page: diffusers' schedulers and dode's solvers (dode.companion.peers). On a VP model: the paper's
-# time-uniform grid, DPM-Solver++ also on the logSNR grid it is designed for
-_PEERS_CPU = ("unipc_bh1", "unipc_bh2", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_3m", "deis", "ddim")
-_PEERS_PAPER = (*_PEERS_CPU, "dpmpp_3m_karras", "dpmpp_2m_sigma_min")
-_DODE_CPU = ("ddim", "ipndm", "deis3", "dpm_solver3", "dpm_solver++")
-_DODE_PAPER = _DODE_CPU
-_GRIDS_PAPER = ("time_uniform", "logsnr_uniform", "edm")
-_VP_SAMPLERS_CPU = [
-    *[f"diffusers:{p}" for p in _PEERS_CPU],
-    *[f"dode:{s}:time_uniform:base" for s in _DODE_CPU],
-    "dode:dpm_solver++:logsnr_uniform:base",
-    *[f"dode:{s}:time_uniform:d-ode" for s in ("ddim", "deis3", "dpm_solver3", "dpm_solver++")],
-    "dode:dpm_solver++:logsnr_uniform:d-ode",
-    *[f"dode:{s}:time_uniform:d-ode-joint" for s in ("dpm_solver3", "dpm_solver++")],
+# the peers page (dode.companion.peers): each diffusers peer's grid of documented options (the product of
+# the values; the peer's own configuration, PEERS, among them) and dode's base samplers, the candidates of the
+# tuning. UniPC bh1 keeps its final t = 0 (its step into sigma = 0 is NaN in diffusers 0.42)
+_VP_PEER_GRIDS = {
+    "unipc_bh2": {"lower_order_final": [True, False], "final_sigmas_type": ["zero", "sigma_min"]},
+    "unipc_bh1": {"lower_order_final": [True, False]},
+    "dpmpp_2m": {
+        "solver_order": [2, 3],
+        "use_karras_sigmas": [False, True],
+        "lower_order_final": [True, False],
+    },
+    "deis": {"solver_order": [2, 3]},
+    "ddim": {"timestep_spacing": ["trailing", "linspace"]},
+}
+_VP_BASES = [
+    *[f"dode:dpm_solver++:{g}:base" for g in ("time_uniform", "logsnr_uniform", "gits")],
+    *[f"dode:unipc_bh2:{g}:base" for g in ("time_uniform", "logsnr_uniform")],
+    *[
+        f"dode:{s}:time_uniform:base"
+        for s in ("unipc_bh2_full", "deis2", "deis2_lof", "deis3_lof", "ipndm_lof", "ddim")
+    ],
 ]
-_VP_SAMPLERS_PAPER = [
-    *[f"diffusers:{p}" for p in _PEERS_PAPER],
-    *[f"dode:{s}:{g}:{m}" for s in _DODE_PAPER for g in _GRIDS_PAPER for m in ("base", "d-ode")],
-    *[f"dode:{s}:time_uniform:d-ode-joint" for s in _DODE_PAPER],
+# On an EDM model: EDM's rho = 7 sigmas (karras) or uniform in log sigma (exponential)
+_EDM_PEER_GRIDS = {
+    "edm_euler": {"sigma_schedule": ["karras", "exponential"]},
+    "edm_dpmpp_2m": {
+        "solver_order": [2, 3],
+        "sigma_schedule": ["karras", "exponential"],
+        "lower_order_final": [True, False],
+    },
+    "heun_karras": {},
+}
+_EDM_BASES = [
+    *[f"dode:dpm_solver++:{g}:base" for g in ("edm", "logsnr_uniform", "gits")],
+    *[f"dode:unipc_bh2:{g}:base" for g in ("edm", "logsnr_uniform")],
+    *[f"dode:{s}:edm:base" for s in ("edm", "ddim", "deis2_lof", "ipndm_lof")],
 ]
-# On an EDM model: EDM's rho = 7 grid (the paper's there, and the one EDM's samplers are tuned for) and the
-# logSNR grid; not the time-uniform one, uniform in sigma there. The cpu list is what ~200 s allow: diffusers'
-# DPM-Solver++ on exponential sigmas is dode's on the logSNR grid (tests/test_peers.py), so the cpu run keeps
-# the former only
-_EDM_PEERS_CPU = ("edm_euler", "edm_dpmpp_2m", "edm_dpmpp_3m", "edm_dpmpp_2m_exp", "heun_karras")
-_EDM_PEERS_PAPER = (*_EDM_PEERS_CPU, "edm_dpmpp_3m_exp")
-_EDM_DODE = ("ddim", "edm", "dpm_solver++")
-_EDM_SAMPLERS_CPU = [
-    *[f"diffusers:{p}" for p in _EDM_PEERS_CPU],
-    *[f"dode:{s}:edm:base" for s in _EDM_DODE],
-    *[f"dode:{s}:edm:d-ode" for s in _EDM_DODE],
-    *[f"dode:{s}:edm:d-ode-joint" for s in ("ddim", "dpm_solver++")],
-]
-_EDM_SAMPLERS_PAPER = [
-    *[f"diffusers:{p}" for p in _EDM_PEERS_PAPER],
-    *[f"dode:{s}:{g}:{m}" for s in _EDM_DODE for g in ("edm", "logsnr_uniform") for m in ("base", "d-ode")],
-    *[f"dode:{s}:edm:d-ode-joint" for s in _EDM_DODE],
-]
-_EDM_NFES_CPU = [3, 5, 9, 13]
 
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
@@ -376,32 +374,34 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             seed=0,
         ),
     },
-    # Beyond the paper: D-solvers against diffusers' schedulers on the same network and noise
-    # (dode.companion.peers), on a noise-prediction and a data-prediction (EDM) model. cpu: one seed, 1,000
-    # samples, NFE 3 to 12 or 13 (odd on the EDM model, where Heun makes 2N - 1 evaluations: from there on
-    # the samplers sit on the noise floor), the joint fits at NFE 5 only (they cost tens of greedy fits)
+    # Beyond the paper: every sampler at its best (dode.companion.peers): diffusers' schedulers tuned over a
+    # small grid of their documented options, dode's base solvers over grids and last-step orders, and the
+    # D-solvers of the best bases, each chosen per NFE on tuning noise (seed 1000, never evaluated on), then the
+    # winners (and the tuned peer's own configuration) evaluated on the book's noise, seeds 0, 1, 2. cpu cost
+    # (peers.estimate_evaluations: ~1.17M sample evaluations, an upper bound, ~0.8 ms each on one thread):
+    # measured once on the shared 2-core machine (load ~4), wall seconds per stage from the results file:
+    # tuning 743 s (49 candidates x 128 samples x NFE 3-10, the 2 best bases' D-solvers fitted at each NFE,
+    # GITS's fine-grid costs once per model), the other seeds' fits 196 s (GITS's costs again on the EDM model,
+    # where it won), evaluation sampling 316 s: the sweep ~1010 s of CPU time, OVER the ~700 s target; the
+    # levers: tuning_samples 64 (~-200 s), d_top 1 (~-70 s, but the 2nd base's D-solver won at one cell).
+    # The noise floor at 500 samples is read from pages 02 and 03's cache where they ran first. No joint
+    # fit here (tens of greedy fits each): pages 02 and 12 compare it
     "13_peers": {
         "smoke": dict(
             models=["digits-eps-mini", "digits-edm-mini"],
-            samplers={
-                "digits-eps-mini": [
-                    "diffusers:unipc_bh1",
-                    "diffusers:dpmpp_2m",
-                    "dode:dpm_solver++:time_uniform:base",
-                    "dode:dpm_solver++:time_uniform:d-ode",
-                    "dode:ddim:time_uniform:d-ode-joint",
-                ],
-                "digits-edm-mini": [
-                    "diffusers:edm_dpmpp_2m",
-                    "diffusers:heun_karras",
-                    "dode:edm:edm:base",
-                    "dode:edm:edm:d-ode",
-                    "dode:ddim:edm:d-ode-joint",
-                ],
+            peer_grids={
+                "digits-eps-mini": {"unipc_bh2": {"lower_order_final": [True, False]}, "dpmpp_2m": {}},
+                "digits-edm-mini": {"edm_dpmpp_2m": {"sigma_schedule": ["karras", "exponential"]}},
+            },
+            bases={
+                "digits-eps-mini": ["dode:dpm_solver++:time_uniform:base", "dode:ddim:time_uniform:base"],
+                "digits-edm-mini": ["dode:edm:edm:base", "dode:dpm_solver++:logsnr_uniform:base"],
             },
             nfes={"digits-eps-mini": [3], "digits-edm-mini": [3]},
-            joint_nfes=[3],
-            seed=0,
+            d_top=1,
+            seeds=[0, 1],
+            tuning_seed=1000,
+            tuning_samples=32,
             K=2,
             B=8,
             n_samples=48,
@@ -411,23 +411,29 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
         "cpu": dict(
             models=["digits-eps", "digits-edm"],
-            samplers={"digits-eps": _VP_SAMPLERS_CPU, "digits-edm": _EDM_SAMPLERS_CPU},
-            nfes={"digits-eps": [3, 5, 8, 12], "digits-edm": _EDM_NFES_CPU},
-            joint_nfes=[5],
-            seed=0,
+            peer_grids={"digits-eps": _VP_PEER_GRIDS, "digits-edm": _EDM_PEER_GRIDS},
+            bases={"digits-eps": _VP_BASES, "digits-edm": _EDM_BASES},
+            nfes=[3, 4, 5, 6, 8, 10],
+            d_top=2,
+            seeds=[0, 1, 2],
+            tuning_seed=1000,
+            tuning_samples=128,
             K=10,
             B=100,
-            n_samples=1000,
-            batch_size=1000,
+            n_samples=500,
+            batch_size=500,
             device="cpu",
             floor=FLOOR["cpu"],
         ),
         "paper": dict(
             models=["ddpm-cifar10", "edm-cifar10-uncond-vp"],
-            samplers={"ddpm-cifar10": _VP_SAMPLERS_PAPER, "edm-cifar10-uncond-vp": _EDM_SAMPLERS_PAPER},
-            nfes={"ddpm-cifar10": [3, 5, 8, 12, 20], "edm-cifar10-uncond-vp": [3, 5, 7, 9, 13, 19]},
-            joint_nfes=[3, 5, 7, 8, 9, 12, 13, 19, 20],
-            seed=0,
+            peer_grids={"ddpm-cifar10": _VP_PEER_GRIDS, "edm-cifar10-uncond-vp": _EDM_PEER_GRIDS},
+            bases={"ddpm-cifar10": _VP_BASES, "edm-cifar10-uncond-vp": _EDM_BASES},
+            nfes=[3, 4, 5, 6, 8, 10],
+            d_top=2,
+            seeds=[0, 1, 2],
+            tuning_seed=1000,
+            tuning_samples=5_000,
             K=10,
             B=100,
             n_samples=50_000,
@@ -646,6 +652,10 @@ _SCALED = {
     "model",
     "panels",
     "samplers",
+    "peer_grids",
+    "bases",
+    "tuning_samples",
+    "d_top",
 }
 #: parameters that set no size of a run (or a size that does not grow its cost: one seed, a tuning seed, the teacher's
 #: scale K, a handful of tracked pixels), kept as given
@@ -657,6 +667,7 @@ UNSCALED = {
     "schedules",
     "K",
     "seed",
+    "tuning_seed",
     "n_pixels",
     "gmm",
     "device",
@@ -752,7 +763,7 @@ def scale_down(stem: str, parameters: dict, scale: dict) -> dict:
         out["models"] = models
     if "panels" in out:
         out["panels"] = [list(p) for p in out["panels"] if p[0] not in leave_out]
-    for name in ("samplers", "per_model"):
+    for name in ("samplers", "per_model", "peer_grids", "bases"):
         if isinstance(out.get(name), dict):
             out[name] = {m: v for m, v in out[name].items() if m not in leave_out}
     if isinstance(out.get("nfes"), dict) and set(out["nfes"]) & leave_out:
@@ -763,7 +774,9 @@ def scale_down(stem: str, parameters: dict, scale: dict) -> dict:
             out["joint_nfes"] = _joint_down(out["joint_nfes"], out["nfes"])
     if out.get("seeds") is not None:
         out["seeds"] = list(out["seeds"])[: scale["seeds"]]
-    for name in ("n_samples", "n_fresh"):
+    if out.get("d_top") is not None:
+        out["d_top"] = min(int(out["d_top"]), scale["grid"])
+    for name in ("n_samples", "n_fresh", "tuning_samples"):
         if out.get(name) is not None:
             out[name] = min(int(out[name]), scale["n_samples"])
     if out.get("batch_size") is not None:

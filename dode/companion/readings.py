@@ -432,37 +432,52 @@ def testbed_reading(ds) -> str:
 
 
 def peers_reading(ds) -> str:
-    """Page 13: per model, the NFEs at which the best D-solver is the best sampler of all, and otherwise
-    which sampler is."""
-    from dode.companion.peers import best_by_group, model_results
+    """Page 13: per model, the cells (NFEs) where the best dode sampler is better than the best tuned
+    diffusers scheduler beyond the seed spread, inside it, or worse (:func:`dode.companion.peers.cell_verdicts`,
+    the reproduction page's spread rule), and whether the page's goal holds: a dode sampler at or below the
+    tuned peer at every NFE, better beyond the spread at NFE <= 6."""
+    from dode.companion.peers import cell_verdicts, sampler_label
 
-    var = metric_name(ds)
-    lines = ["One seed: margins are indicative, not significant."]
-    models = ds.coords["model"].values.tolist() if "model" in ds.dims else [None]
-    for model in models:
-        cells = model_results(ds, model) if model else ds
-        won, lost = [], []
-        for nfe in cells.coords["nfe"].values.tolist():
-            best = best_by_group(cells, var, nfe)
-            if len(best) < 3:
-                continue
-            (d_label, d), (p_label, p), (b_label, b) = best["D"], best["diffusers"], best["base"]
-            if d < min(p, b):
-                won.append(f"NFE {nfe} ({d_label} {_value(d)}; best diffusers {_value(p)})")
-            else:
-                other = (p_label, p) if p <= b else (b_label, b)
-                lost.append(f"NFE {nfe} ({other[0]} {_value(other[1])} against {d_label} {_value(d)})")
+    rows = cell_verdicts(ds)
+    if not rows:
+        return f"No NFE holds a tuned peer and a dode sampler yet ({NOT_RUN})."
+    seeds = min(r["seeds"] for r in rows)
+    lines = [
+        f"{seeds} seeds: a difference counts where it holds in every seed and exceeds the spread of the "
+        "paired differences over seeds."
+        if seeds > 1
+        else "One seed: there is no spread, the sign alone decides; margins are indicative, not significant."
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
         name = f"`{model}`" if model else "This model"
-        if not won and not lost:
-            lines.append(f"- {name}: no NFE holds all three kinds of sampler ({NOT_RUN}).")
-            continue
-        if won:
-            text = f"- {name}: a D-solver is the best sampler at " + "; ".join(won)
-            if lost:
-                text += "; it is not at " + "; ".join(lost)
-        else:
-            text = f"- {name}: a D-solver is not the best sampler at any NFE: " + "; ".join(lost)
-        lines.append(text + ".")
+        parts = []
+        for sign, words in ((1, "better than"), (0, "inside the noise of"), (-1, "worse than")):
+            # the better of the tuned diffusers configuration and the scheduler's own, on the evaluation noise
+            cells = [r for r in mine if r["side"] == sign]
+            if cells:
+                parts.append(
+                    f"{words} the best diffusers scheduler at "
+                    + "; ".join(
+                        f"NFE {r['nfe']} ({sampler_label(r['dode'])} {_value(min(r.get('base_mean', np.inf), r.get('D_mean', np.inf)))}"
+                        f" against {sampler_label(r['peer'])} {_value(r['peer_mean'])})"
+                        for r in cells
+                    )
+                )
+        met = [r["nfe"] for r in mine if r["goal"]]
+        missed = [r["nfe"] for r in mine if not r["goal"]]
+        goal = (
+            "at every NFE"
+            if not missed
+            else f"at NFE {_join(met)}, not at NFE {_join(missed)}"
+            if met
+            else "at no NFE"
+        )
+        lines.append(
+            f"- {name}: the best dode sampler (base or D) is "
+            + "; it is ".join(parts)
+            + f". The page's goal (at or below the tuned scheduler, better beyond the spread at NFE <= 6) holds {goal}."
+        )
     return "\n".join(lines)
 
 
