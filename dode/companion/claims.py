@@ -92,7 +92,7 @@ FINDINGS = {
     "scheduler and every dode base solver on the same network and noise, on a noise-prediction and on an EDM "
     "data-prediction model (page 13)",
     "joint_fit": "the joint fit is never worse than the paper's greedy fit and beats the base solver where "
-    "the greedy fit makes it worse (exact test bed, page 12; digits, page 13)",
+    "the greedy fit makes it worse (exact test bed, page 12)",
     "joint_verdict": "on the noise-prediction sweep (page 02) the joint fit turns every D-solver that the "
     "greedy fit leaves worse than its base solver into one better than its base (D-DPM-Solver-3 at NFE 5 in "
     "particular), and turns none the other way",
@@ -623,7 +623,7 @@ EVIDENCE = {
     "cost": ("10_timing",),
     "dpm3_stability": ("02_noise_prediction",),
     "best_choice": ("13_peers",),
-    "joint_fit": ("12_exact_testbed", "13_peers"),
+    "joint_fit": ("12_exact_testbed",),
     "joint_verdict": ("02_noise_prediction",),
 }
 
@@ -734,10 +734,10 @@ def paper_teacher(label: str) -> str:
 
 
 def check_joint_fit(results: dict) -> Verdict:
-    """Page 12 (exact distances, fresh noise) and page 13 (FD on digits): the joint fit against the greedy
-    fit and the base solver. Cells: each (test-bed schedule or digits model, solver, NFE) with all three;
-    one holds when the joint D-solver is no worse than the greedy one and, where the greedy fit makes the
-    base solver worse, better than the base solver. Both pages have one value per cell (no seeds)."""
+    """Page 12 (exact distances, fresh noise): the joint fit against the greedy fit and the base solver.
+    Cells: each (test-bed schedule, solver, NFE) with all three; one holds when the joint D-solver is no
+    worse than the greedy one and, where the greedy fit makes the base solver worse, better than the base
+    solver. One value per cell (no seeds). On digits the joint fit is graded by ``joint_verdict`` (page 02)."""
     lines, cells, holds = [], [], []
     ds = results.get("12_exact_testbed")
     if ds is not None:
@@ -768,40 +768,8 @@ def check_joint_fit(results: dict) -> Verdict:
             f"{sum(never_worse)}/{len(never_worse)} cells; greedy worse than base in {len(repairs)} cells, "
             f"joint better than base in {sum(repairs)} of them",
         )
-    peers = results.get("13_peers")
-    if peers is not None:
-        from dode.companion.peers import parse_sampler, sampler_label
-
-        var = metric_name(peers)
-        for model, cells_of in _peers_models(peers):
-            names = cells_of.coords["sampler"].values.tolist()
-            for name in names:
-                p = parse_sampler(name)
-                if p["family"] != "dode" or p["method"] != "d-ode-joint":
-                    continue
-                get = {m: f"dode:{p['solver']}:{p['grid']}:{m}" for m in ("base", "d-ode", "d-ode-joint")}
-                if not all(g in names for g in get.values()):
-                    continue
-                for nfe in cells_of.coords["nfe"].values.tolist():
-                    v = {
-                        m: float(np.mean(cells_of[var].sel({"sampler": g, "nfe": nfe}).values))
-                        for m, g in get.items()
-                    }
-                    if not np.isfinite(list(v.values())).all():
-                        continue
-                    base, greedy, joint = v["base"], v["d-ode"], v["d-ode-joint"]
-                    cells.append(
-                        {"model": model or "digits", "solver": sampler_label(get["base"]), "nfe": nfe}
-                    )
-                    holds.append(joint <= greedy and (greedy <= base or joint < base))
-                    changes = (greedy < base) != (joint < base)
-                    lines.append(
-                        f"{model or 'digits'}, {sampler_label(get['base'])} NFE {nfe}: {var.upper()} base "
-                        f"{base:.2f}, greedy {greedy:.2f}, joint {joint:.2f}"
-                        + (" -- the joint fit changes the verdict against the base solver" if changes else "")
-                    )
     if not cells:
-        return Verdict("joint_fit", "not run", "notebooks 12 and 13 hold no joint-fit cell")
+        return Verdict("joint_fit", "not run", "notebook 12 holds no joint-fit cell")
     verdict, line = grade_models(cells, holds, [1] * len(cells))
     return Verdict("joint_fit", verdict, "\n".join([line, *lines]))
 
@@ -947,7 +915,7 @@ def page_reads(stem: str) -> tuple[str, ...]:
     (:func:`page_verdicts`): a claim of the paper is graded on the page's own results (the reproduction page
     puts each claim's notebooks together), a finding beyond the paper on the results of the notebooks that
     :data:`EVIDENCE` lists before ``stem`` too, so that the page states the reproduction page's verdict on it
-    (page 13 grades the joint fit with page 12's results). The notebook declares these as its ``needs``
+    (none today: each finding is graded on one page's results, or on the reproduction page). The notebook declares these as its ``needs``
     (its metadata), and the book's runner runs them first."""
     reads = []
     for claim in FINDINGS:
