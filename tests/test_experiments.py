@@ -322,25 +322,25 @@ def test_constant_lambda_methods_follow_lambda_value_and_variants_share_one_teac
         )
 
 
-def test_best_constant_picks_the_grid_point_with_the_lowest_mean_over_the_tuning_seeds():
+def test_best_constant_picks_the_grid_point_with_the_lowest_value_on_the_tuning_seed():
     import json
 
     import xarray as xr
 
     from dode.companion import plots
 
-    fd = np.full((1, 3, 1, 4, 3), np.nan)  # solver, method, nfe, seed, lambda_value
+    fd = np.full((1, 3, 1, 3, 3), np.nan)  # solver, method, nfe, seed, lambda_value
     fd[0, 0] = 5.0  # base: the same at every lambda
-    # evaluation seeds 0 and 1, then the tuning seeds 2 and 3 (the evaluation seeds would choose otherwise)
-    fd[0, 1, 0] = [[4.0, 2.0, 3.0], [4.5, 3.5, 1.0], [0.1, 9, 9], [0.1, 9, 9]]  # fixed: tuning -> 0.3
-    fd[0, 2, 0] = [[1.0, 2.0, 6.0], [1.5, 1.0, 6.0], [9, 9, 0.1], [9, 9, 0.2]]  # lookahead: tuning -> 0.9
-    coords = {"solver": ["ddim"], "method": ["base", "fixed", "lookahead"], "nfe": [10], "seed": [0, 1, 2, 3]}
+    # evaluation seeds 0 and 1, then the tuning seed 3 (the evaluation seeds would choose otherwise)
+    fd[0, 1, 0] = [[4.0, 2.0, 3.0], [4.5, 3.5, 1.0], [0.1, 9, 9]]  # fixed: tuning -> 0.3
+    fd[0, 2, 0] = [[1.0, 2.0, 6.0], [1.5, 1.0, 6.0], [9, 9, 0.2]]  # lookahead: tuning -> 0.9
+    coords = {"solver": ["ddim"], "method": ["base", "fixed", "lookahead"], "nfe": [10], "seed": [0, 1, 3]}
     ds = xr.Dataset(
         {"fd": (tuple(coords) + ("lambda_value",), fd)}, coords=coords | {"lambda_value": [0.3, 0.6, 0.9]}
     )
-    with pytest.raises(ValueError, match="tuning_seeds"):  # no tuning seeds recorded: refused
+    with pytest.raises(ValueError, match="tuning_seed"):  # no tuning seed recorded: refused
         plots.best_constant(ds, "fd")
-    ds.attrs["parameters"] = json.dumps({"seeds": [0, 1], "tuning_seeds": [2, 3]})
+    ds.attrs["parameters"] = json.dumps({"seeds": [0, 1], "tuning_seed": 3})
     reduced, best = plots.best_constant(ds, "fd")
     assert best.sel({"solver": "ddim", "nfe": 10, "method": "fixed"}).item() == 0.3
     assert best.sel({"solver": "ddim", "nfe": 10, "method": "lookahead"}).item() == 0.9

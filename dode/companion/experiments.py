@@ -782,7 +782,7 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
     model's own :data:`PER_MODEL` settings). It may set ``model_options`` (model name -> options of
     :func:`dode.zoo.load`), ``fid_stats`` (the folder of the FID reference statistics), ``grid``,
     ``teacher``, ``fit``, ``joint_nfes`` (:func:`method_nfes`), the extra sweep dimensions of :func:`sweep_points` (``K_values``, ``B_values``,
-    ``lambda_values``) and ``tuning_seeds``: seeds run like ``seeds`` (each its own fitting batch and
+    ``lambda_values``) and ``tuning_seed``: a seed run like ``seeds`` (its own fitting batch and
     evaluation noise), on which a grid point is chosen before the methods are compared on ``seeds``
     (:func:`dode.companion.plots.best_constant`), so that the choice never sees the evaluation noise. Every model is loaded and its metric built before anything is computed, so a missing
     checkpoint or statistics file stops the run at once. After the cells, where ``cfg["floor"]`` is set, each
@@ -805,10 +805,10 @@ def run_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = Tr
 
         launch(stem, cfg, results_dir, nproc)
         return results_path(results_dir, stem)
-    tuning = [int(s) for s in cfg.get("tuning_seeds") or []]
+    tuning = [] if cfg.get("tuning_seed") is None else [int(cfg["tuning_seed"])]
     if set(tuning) & {int(s) for s in cfg["seeds"]}:
         raise ValueError(
-            f"tuning_seeds must be disjoint from seeds (the evaluation's), got {tuning} and {cfg['seeds']}"
+            f"tuning_seed must not be one of seeds (the evaluation's), got {tuning[0]} and {cfg['seeds']}"
         )
     seeds = [int(s) for s in cfg["seeds"]] + tuning
     world = join(cfg["device"])  # under torchrun: this process's rank, its process group open

@@ -1140,14 +1140,14 @@ def paper_comparison(ds, var: str, paper: dict, rows: dict, nfes=None, digits: i
 
 def tuning_split(ds):
     """``(evaluation, tuning)``: ``ds`` on its evaluation seeds and on the seeds its run set aside for choosing
-    a grid point (``tuning_seeds`` of the parameters stored in the file; none: an empty ``tuning``)."""
+    a grid point (``tuning_seed`` of the parameters stored in the file; none: an empty ``tuning``)."""
     import json
 
-    tuning = set(json.loads(ds.attrs.get("parameters", "{}")).get("tuning_seeds") or [])
+    tuning = json.loads(ds.attrs.get("parameters", "{}")).get("tuning_seed")
     held = ds.coords["seed"].values.tolist()
     return (
-        ds.sel({"seed": [s for s in held if s not in tuning]}),
-        ds.sel({"seed": [s for s in held if s in tuning]}),
+        ds.sel({"seed": [s for s in held if s != tuning]}),
+        ds.sel({"seed": [s for s in held if s == tuning]}),
     )
 
 
@@ -1166,7 +1166,7 @@ def best_constant(ds, var: str, methods=("fixed", "lookahead")):
     evaluation, tuning = tuning_split(ds)
     if not tuning.sizes["seed"] or not evaluation.sizes["seed"]:
         raise ValueError(
-            "best_constant needs tuning_seeds beside the evaluation seeds (a constant chosen on the "
+            "best_constant needs a tuning_seed beside the evaluation seeds (a constant chosen on the "
             f"evaluation samples is optimistic by the selection); this file holds seeds "
             f"{ds.coords['seed'].values.tolist()}, tuning {tuning.coords['seed'].values.tolist()}"
         )

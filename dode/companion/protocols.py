@@ -255,7 +255,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         ),
     },
     # Tab. 4, Fig. 8b-c: Fixed-D-DDIM and LA-DDIM with one constant lambda from a grid search, against the
-    # fitted D-DDIM. The constant is chosen on ``tuning_seeds`` (their own evaluation noise and fitting batch,
+    # fitted D-DDIM. The constant is chosen on ``tuning_seed`` (its own evaluation noise and fitting batch,
     # never the evaluation seeds'), and the methods are compared on ``seeds`` at the chosen constant
     # (dode.companion.plots.best_constant). cpu: NFE 10 only, a coarse grid (step 0.3) that brackets both
     # optima on digits
@@ -265,7 +265,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             model="digits-eps-mini",
             solvers=["ddim"],
             nfes=[5],
-            tuning_seeds=[1],
+            tuning_seed=1,
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.5, 1.0],
         ),
@@ -274,7 +274,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             model="digits-eps",
             solvers=["ddim"],
             nfes=[10],
-            tuning_seeds=[3],
+            tuning_seed=3,
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.3, 0.6, 0.9, 1.2],
         ),
@@ -283,7 +283,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             model="ddpm-cifar10",
             solvers=["ddim"],
             nfes=[10, 25, 50],
-            tuning_seeds=[3],
+            tuning_seed=3,
             methods=["base", "d-ode", "fixed", "lookahead"],
             lambda_values=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5],
         ),
@@ -662,7 +662,6 @@ _SCALED = {
 #: scale K, a handful of tracked pixels), kept as given
 UNSCALED = {
     "profile",
-    "tuning_seeds",
     "solvers",
     "methods",
     "schedules",

@@ -512,11 +512,8 @@ def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
     if p.get("seeds") is not None:
         seeds = np.atleast_1d(p["seeds"]).tolist()
         items.append(f"{len(seeds)} seeds" if len(seeds) > 1 else "one seed")
-        if p.get("tuning_seeds"):
-            tuning = np.atleast_1d(p["tuning_seeds"]).tolist()
-            items.append(
-                f"the constant λ chosen on tuning seed{'s' if len(tuning) > 1 else ''} {_join(tuning)}"
-            )
+        if p.get("tuning_seed") is not None and p.get("lambda_values"):
+            items.append(f"the constant λ chosen on seed {p['tuning_seed']}")
     elif p.get("seed") is not None:
         items.append("one seed")
     if p.get("n_samples") is not None:
