@@ -576,7 +576,7 @@ def estimate_evaluations(cfg: dict) -> dict[str, int]:
     upper bound: ``tuning`` (every candidate at every NFE on ``tuning_samples``; the D-solvers of the
     ``d_top`` best bases), ``fits`` (one greedy fit, ``K * NFE`` teacher and ``NFE`` student evaluations
     on ``B`` noises, per D candidate at the first seed and per selected D-solver at every other seed; GITS's
-    grid fit once per model and seed that use it: ``fine * (K_gits + 1)`` on ``B``), ``evaluation`` (the
+    grid fit once per model that uses it: ``fine * (K_gits + 1)`` on ``B``), ``evaluation`` (the
     selected peer, its own configuration, the best base and the best D-solver at every NFE and seed on
     ``n_samples``). Candidate counts per model are what ``cfg`` lists (a Heun peer runs at odd NFEs only:
     counted at all, an upper bound)."""
@@ -594,13 +594,15 @@ def estimate_evaluations(cfg: dict) -> dict[str, int]:
             out["fits"] += (cfg["d_top"] + len(cfg["seeds"]) - 1) * fit
             out["evaluation"] += 4 * len(cfg["seeds"]) * cfg["n_samples"] * nfe
         if uses_gits:
-            out["fits"] += len(cfg["seeds"]) * cfg["B"] * 60 * 5
+            out["fits"] += cfg["B"] * 60 * 5
     return out
 
 
 class _Stage:
-    """What one model's runs share: the denoiser, its metric, fitted lambdas and GITS grids (one per fitting
-    seed, reused by the tuning and the evaluation: a fit sees the fitting noise only)."""
+    """What one model's runs share: the denoiser, its metric, fitted lambdas (one per fitting seed, reused by
+    the tuning and the evaluation: a fit sees the fitting noise only) and GITS's fine-grid costs (one set per
+    model, on the first seed's fitting noise: GITS fits a model's time grid once and samples every noise with
+    it)."""
 
     def __init__(self, den, metric, cfg):
         self.den, self.metric, self.cfg = den, metric, cfg
@@ -608,14 +610,15 @@ class _Stage:
         self.fits: dict = {}
         self.gits: dict = {}
 
-    def _grid(self, p: dict, nfe: int, seed: int):
-        """The named grid, or GITS's grid fitted on the fitting noise of ``seed`` (the fine grid's costs,
-        which depend on neither the NFE nor the solver, computed once per seed: :func:`dode.gits.fit_grid`)."""
+    def _grid(self, p: dict, nfe: int):
+        """The named grid, or GITS's grid fitted on the first seed's fitting noise (the fine grid's costs,
+        which depend on neither the NFE nor the solver, computed once per model: :func:`dode.gits.fit_grid`)."""
         if p["grid"] not in FITTED_GRIDS:
             return p["grid"], 0.0
         from dode.gits import fine_costs
 
         solver, options = ex.solver_spec(p["solver"])
+        seed = self.cfg["seeds"][0]
         fit_noise = ex.noise(seed, "fit", self.cfg["B"], self.shape, device=self.cfg["device"])
         seconds = 0.0
         if seed not in self.gits:
@@ -630,7 +633,7 @@ class _Stage:
         seconds 0 where an earlier call fitted them)."""
         key = (p["solver"], p["grid"], p["method"], nfe, seed)
         if key not in self.fits:
-            grid, seconds = self._grid(p, nfe, seed)
+            grid, seconds = self._grid(p, nfe)
             lam = None
             if p["method"] != "base":
                 solver, options = ex.solver_spec(p["solver"])

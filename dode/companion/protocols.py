@@ -182,16 +182,20 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             key="models",
             per_model=_PAPER_PER_MODEL,
         ),
-        # the joint fit (dode.joint) beside the greedy one, the four solvers (not their lower-order-final
-        # variants) and all seeds, at the NFEs it is affordable at: 3-9 Levenberg-Marquardt iterations of
-        # NFE + 1 sampling runs of the fitting batch each, against one run for the greedy fit. cpu: NFE 5
-        # only, where the greedy fit leaves D-DPM-Solver-3 worse than its base (the finding joint_verdict; a fit
-        # costs several greedy fits, and its cost grows with the square of the NFE: NFE 3 as well would add
-        # about 35 s to the book; page 12 runs it at more NFEs on the exact test bed). smoke: NFE 3 only, so that the
-        # smoke book checks the empty cells at NFE 5. paper: NFE 2, 5 and 10 -- at NFE 10 about 70-110 runs
-        # of 100 samples per fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of the
-        # 50k-sample evaluation run of the same cell (an estimate: not measured on a GPU)
-        {"smoke": _by_solver([3], []), "cpu": _by_solver([5], []), "paper": _by_solver([2, 5, 10], [])},
+        # the joint fit (dode.joint) beside the greedy one, all seeds, at the NFEs it is affordable at: 3-9
+        # Levenberg-Marquardt iterations of NFE + 1 sampling runs of the fitting batch each, against one run for
+        # the greedy fit. cpu: DPM-Solver-3 at NFE 5 only, the cell where the greedy fit leaves the D-solver
+        # worse than its base (the finding joint_verdict; its three fits cost about 90 s in the cpu build of
+        # 2026-12-03, the twelve of all four solvers 245 s; page 12 runs the joint fit of every solver at more
+        # NFEs on the exact test bed). smoke: NFE 3 only, so that the smoke book checks the empty cells at
+        # NFE 5. paper: the four solvers at NFE 2, 5 and 10 -- at NFE 10 about 70-110 runs of 100 samples per
+        # fit (as on digits), i.e. 7,000-11,000 samples at 10 NFE, a fifth of the 50k-sample evaluation run of
+        # the same cell (an estimate: not measured on a GPU)
+        {
+            "smoke": _by_solver([3], []),
+            "cpu": {**_by_solver([], []), "dpm_solver3": [5]},
+            "paper": _by_solver([2, 5, 10], []),
+        },
     ),
     # Fig. 4: data prediction (EDM-preconditioned): DDIM in sigma and EDM's Heun sampler (odd NFE)
     "03_data_prediction": _sweep(
@@ -223,8 +227,9 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
         methods=("base", "sep", "all", "d-ode", "d-ode-2"),
     ),
     # Tab. 3: ablation of the teacher's scale K (at B = 100) and of the fitting batch size B (at K = 10).
-    # cpu: NFE 10 only, the sweeps' 500 evaluation samples per cell (7 fits and 8 sampling runs per seed);
-    # 3 seeds, for the spread over fitting batches
+    # cpu: NFE 10 only, the sweeps' 500 evaluation samples per cell (6 fits and 7 sampling runs per seed);
+    # 3 seeds, for the spread over fitting batches; K up to 20 (K = 30's teacher, 300 steps on each fitting
+    # batch, cost 85 s of the build)
     "08_ablation_K_B": {
         "smoke": dict(
             _SWEEP_SMOKE,
@@ -241,7 +246,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             solvers=["ddim"],
             nfes=[10],
             methods=["base", "d-ode"],
-            K_values=[5, 10, 20, 30],
+            K_values=[5, 10, 20],
             B_values=[5, 10, 50, 100],
         ),
         "paper": dict(
@@ -379,12 +384,13 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     # small grid of their documented options, dode's base solvers over grids and last-step orders, and the
     # D-solvers of the best bases, each chosen per NFE on tuning noise (seed 1000, never evaluated on), then the
     # winners (and the tuned peer's own configuration) evaluated on the book's noise, seeds 0, 1, 2. cpu cost
-    # (peers.estimate_evaluations: ~1.17M sample evaluations, an upper bound, ~0.8 ms each on one thread):
-    # measured once on the shared 2-core machine (load ~4), wall seconds per stage from the results file:
-    # tuning 743 s (49 candidates x 128 samples x NFE 3-10, the 2 best bases' D-solvers fitted at each NFE,
-    # GITS's fine-grid costs once per model), the other seeds' fits 196 s (GITS's costs again on the EDM model,
-    # where it won), evaluation sampling 316 s: the sweep ~1010 s of CPU time, OVER the ~700 s target; the
-    # levers: tuning_samples 64 (~-200 s), d_top 1 (~-70 s, but the 2nd base's D-solver won at one cell).
+    # (peers.estimate_evaluations, an upper bound, ~0.8 ms per sample evaluation on one thread): in the cpu
+    # book of 2026-12-03 (1,096 s of wall time beside page 02) the stages took tuning 379 s (49 candidates x
+    # 128 samples x NFE 3-10, the 2 best bases' D-solvers fitted at each NFE), the other seeds' fits 185 s,
+    # GITS's fine-grid costs 107 s (once per model and seed), evaluation 297 s. Since: 64 tuning samples
+    # (the tuning's sampling halves; its FD is noisier, and a peer's own configuration is evaluated beside the
+    # tuned one, so a worse pick cannot favour dode) and GITS's costs once per model (GITS fits a model's grid
+    # once). d_top 1 would save ~70 s more, but the 2nd base's D-solver won one cell of that build.
     # The noise floor at 500 samples is read from pages 02 and 03's cache where they ran first. No joint
     # fit here (tens of greedy fits each): pages 02 and 12 compare it
     "13_peers": {
@@ -418,7 +424,7 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
             d_top=2,
             seeds=[0, 1, 2],
             tuning_seed=1000,
-            tuning_samples=128,
+            tuning_samples=64,
             K=10,
             B=100,
             n_samples=500,
