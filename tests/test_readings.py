@@ -165,3 +165,11 @@ def test_versions_table_shows_each_files_versions_and_device_earlier_ones_first(
     assert f"| {now['numpy']} |" in rows["`13_peers.nc`"]  # unchanged: once
     assert rows["`02_noise_prediction.nc`"].rstrip(" |").split("| ")[-1].startswith(("cpu: ", "cuda: "))
     assert "not recorded" in rows["`old.nc`"]
+
+
+def test_the_protocol_line_has_no_tex_the_book_would_print_raw():
+    # MathJax typesets the notebooks' Markdown cells, not the Markdown a code cell outputs: "$K = 10$" there
+    # reached the reader as dollar signs
+    ds = xr.Dataset(attrs={"profile": "cpu", "parameters": json.dumps({"K": 10, "B": 100, "seeds": [0, 1]})})
+    line = readings.protocol_reading(ds)
+    assert "$" not in line and "*K* = 10, *B* = 100" in line

@@ -522,7 +522,8 @@ def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
         items.append(f"{p['n_fresh']:,} fresh noises")
     if p.get("lambda_values"):
         items.append("constant λ grid " + _join(f"{v:g}" for v in p["lambda_values"]))
-    items += [f"${key} = {p[key]}$" for key in ("K", "B") if p.get(key) is not None]
+    # plain text: MathJax does not typeset the Markdown that a code cell outputs
+    items += [f"*{key}* = {p[key]}" for key in ("K", "B") if p.get(key) is not None]
     return "This page ran with " + ", ".join(items) + "."
 
 
