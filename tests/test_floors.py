@@ -137,7 +137,9 @@ def test_describe_floor_names_each_model_where_they_differ(tmp_path):
     assert ds["fd_floor"].sel({"model": "b", "seed": 0}) == 2.5
     assert ds["fd_floor"].attrs["n_samples"] == 1000
     assert json.loads(ds["fd_floor"].attrs["sampler"]) == {"a": "ddim:200", "b": "edm:35"}
-    assert "b: 1,000 samples of EDM's Heun sampler with 35 evaluations" in ds["fd_floor"].attrs["description"]
+    described = json.loads(ds["fd_floor"].attrs["description"])
+    assert "1,000 samples of EDM's Heun sampler with 35 evaluations" in described["b"]
+    assert "1,000 samples of DDIM with 200 steps" in described["a"]
 
 
 def test_page_00_states_the_metric_from_its_results_file():
@@ -164,3 +166,21 @@ def test_page_00_states_the_metric_from_its_results_file():
     assert "| m-edm | Heun | 2.20 ± 0.20 | 1.10 ± 0.10 |" in text
     # the threshold uses the larger spread of the models at each count: 2 sqrt(2) x 0.2 and x 0.1
     assert "0.57 at 1,000 samples, 0.28 at 2,000 samples" in text
+
+
+def test_a_panel_names_its_own_models_floor(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from dode.companion import plots
+    from dode.companion.results import ResultStore
+
+    store = ResultStore(tmp_path / "x.nc", {"model": ["a", "b"], "seed": [0, 1]}, {"profile": "smoke"})
+    for model, v in (("a", [1.0, 1.2]), ("b", [3.0, 3.4])):
+        ex.store_floor(store, "fd", xr.DataArray(v, dims=["seed"], coords={"seed": [0, 1]}), model=model)
+    ex.describe_floor(store, "fd", {"a": ("ddim", 50, 500), "b": ("edm", 79, 500)})
+    ds = xr.open_dataset(tmp_path / "x.nc").load()
+    _, ax = plt.subplots()
+    text = plots.floor_band(ax, ds, "fd", model="b")
+    plt.close("all")
+    assert "3.20 ± 0.28 over 2 seeds" in text and "500 samples of EDM's Heun sampler" in text
+    assert "DDIM" not in text  # the other model's floor is not this panel's

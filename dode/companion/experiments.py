@@ -1047,23 +1047,23 @@ def store_floor(store, metric_name: str, values, model: str | None = None) -> No
 
 def describe_floor(store, metric_name: str, records: dict[str, tuple[str, int, int]]) -> None:
     """The attributes of ``<metric>_floor``: ``records`` maps each model to ``(label, nfe, n_samples)``. One
-    sampler and one count are plain attributes; several (a file with models of both kinds, or per-model
-    sample counts) are JSON mappings model -> value, and the description names each."""
+    sampler, one count and one description are plain attributes; several (a file with models of both kinds,
+    or per-model sample counts) are JSON mappings model -> value, so that a figure's panel can name its own
+    model's (:func:`dode.companion.plots.floor_band`)."""
     samplers = {m: f"{label}:{nfe}" for m, (label, nfe, _) in records.items()}
     counts = {m: int(n) for m, (_, _, n) in records.items()}
-    texts = {m: sampler_description(label, nfe) for m, (label, nfe, _) in records.items()}
-    if len(set(texts.values())) == 1 and len(set(counts.values())) == 1:
-        what = f"{next(iter(counts.values())):,} samples of {next(iter(texts.values()))}"
-    else:
-        what = "; ".join(f"{m}: {counts[m]:,} samples of {texts[m]}" for m in records)
-    description = f"noise floor: {metric_name.upper()} of {what} (a converged sampler), per seed"
+    descriptions = {
+        m: f"noise floor: {metric_name.upper()} of {counts[m]:,} samples of {sampler_description(label, nfe)} "
+        "(a converged sampler), per seed"
+        for m, (label, nfe, _) in records.items()
+    }
 
     def one_or_json(values: dict):
         return next(iter(values.values())) if len(set(values.values())) == 1 else json.dumps(values)
 
     store.describe(
         f"{metric_name}_floor",
-        description=description,
+        description=one_or_json(descriptions),
         n_samples=one_or_json(counts),
         sampler=one_or_json(samplers),
     )

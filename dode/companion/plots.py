@@ -160,7 +160,7 @@ def floor_band(ax, ds, var: str, model=None):
         low = mean / 2  # a band reaching zero cannot be drawn on a log axis
     ax.axhspan(low, mean + std, color="0.82", alpha=0.7, zorder=0, linewidth=0, label="noise floor")
     ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
-    what, n = (_attr_of(da.attrs.get(key, ""), model) for key in ("description", "n_samples"))
+    what = _attr_of(da.attrs.get("description", ""), model)  # names the sampler and the sample count
     return (
         f"Grey band: noise floor of {var.upper()}, "
         + (
@@ -168,7 +168,7 @@ def floor_band(ax, ds, var: str, model=None):
             if values.size > 1
             else f"{mean:.2f} (one seed: the band is its line; the sweeps' pages give its spread over seeds)"
         )
-        + (f" ({what}" + (f", {n} samples" if n != "" else "") + ")" if what else "")
+        + (f" ({what})" if what else "")
         + "."
     )
 
