@@ -532,7 +532,7 @@ def check_lookahead(results: dict) -> Verdict:
             spread = "" if not np.isfinite(row["std"]) else f" ± {row['std']:.2f}"
             lines.append(
                 f"NFE {row['nfe']}: {pair[0]} {row['method']:.2f} against {pair[1]} {row['base']:.2f} "
-                f"({other} at λ = {chosen:g}, chosen on the tuning seeds; {pair[0]}'s gain "
+                f"({other} at λ = {chosen:g}, chosen on the tuning seed; {pair[0]}'s gain "
                 f"{row['gain']:+.2f}{spread}, {row['wins']}/{row['seeds']} seeds)"
             )
     if not cells:

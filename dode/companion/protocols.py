@@ -262,8 +262,9 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     # Tab. 4, Fig. 8b-c: Fixed-D-DDIM and LA-DDIM with one constant lambda from a grid search, against the
     # fitted D-DDIM. The constant is chosen on ``tuning_seed`` (its own evaluation noise and fitting batch,
     # never the evaluation seeds'), and the methods are compared on ``seeds`` at the chosen constant
-    # (dode.companion.plots.best_constant). cpu: NFE 10 only, a coarse grid (step 0.3) that brackets both
-    # optima on digits
+    # (dode.companion.plots.best_constant). cpu: NFE 10 only, a coarse grid (step 0.3): on the evaluation
+    # seeds of the 2026-12-03 build LA-DDIM's curve has its minimum inside it (0.6) and Fixed-D-DDIM's is flat
+    # from 0.9 to its edge at 1.2 (the page flags a choice at an edge)
     "09_lookahead_fixed": {
         "smoke": dict(
             _SWEEP_SMOKE,
