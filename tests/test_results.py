@@ -25,6 +25,15 @@ DIMS = {"solver": ["ddim", "dpm_solver++"], "method": ["base", "d-ode"], "nfe": 
 KEY = {"model": "digits-eps", "K": 10, "B": 100, "n_samples": 2000}
 
 
+def test_a_diverged_cell_is_a_finished_result(tmp_path):
+    # a sampler that diverged scores inf: a rerun keeps it instead of sampling again (page 13's tuning)
+    path = tmp_path / "13_peers.nc"
+    ResultStore(path, DIMS, KEY).put("fd", np.inf, solver="ddim", method="base", nfe=5, seed=0)
+    again = ResultStore(path, DIMS, KEY)
+    assert again.has("fd", solver="ddim", method="base", nfe=5, seed=0)
+    assert not again.has("fd", solver="ddim", method="base", nfe=5, seed=1)  # NaN: not run yet
+
+
 def test_cells_are_written_as_they_finish_and_resume(tmp_path):
     path = tmp_path / "02_noise_prediction.nc"
     store = ResultStore(path, DIMS, KEY, provenance("smoke", {"a": 1}))

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from dode.companion.labels import count
+from dode.companion.spread import paired_gain, side
 from dode.solvers import Plan, make_plan
 
 __all__ = [
@@ -115,20 +116,9 @@ def _values(ds, solver: str, nfe: int, method: str) -> np.ndarray:
 
 
 def _side(a: np.ndarray, b: np.ndarray) -> int:
-    """+1 if ``a`` has the lower metric than ``b`` in every seed (paired: same evaluation noise) and by more
-    than the spread of the differences over seeds, -1 likewise higher, 0 otherwise; with one seed the sign."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    d = b[ok] - a[ok]
-    if d.size == 0:
-        return 0
-    if d.size == 1:
-        return int(np.sign(d[0]))
-    spread = d.std(ddof=1)
-    if (d > 0).all() and d.mean() > spread:
-        return 1
-    if (d < 0).all() and -d.mean() > spread:
-        return -1
-    return 0
+    """+1 if ``a`` has the lower metric than ``b`` (paired: same evaluation noise) by the book's spread rule
+    (:func:`dode.companion.spread.side`), -1 likewise higher, 0 otherwise."""
+    return side(paired_gain(b, a))
 
 
 def _mean(v: np.ndarray) -> float:
@@ -265,8 +255,8 @@ def explain_last_step(ds, schedule, grid=None) -> str:
             + ", the lower-order-final base "
             + _at_nfes(_spikes({r["nfe"]: r["base_lof"] for r in mine}))
         ]
-        for side, verb in ((1, "improves"), (-1, "worsens")):
-            cells = [r for r in mine if r["lof_vs_base"] == side]
+        for direction, verb in ((1, "improves"), (-1, "worsens")):
+            cells = [r for r in mine if r["lof_vs_base"] == direction]
             if cells:
                 parts.append(
                     f"the lower-order last step alone {verb} the base {name} at NFE "
@@ -304,10 +294,10 @@ def explain_last_step(ds, schedule, grid=None) -> str:
             parts.append(
                 "with the lower-order last step the D-solver is "
                 + ", ".join(
-                    f"{_SIDE[side]} than its base at NFE "
+                    f"{_SIDE[direction]} than its base at NFE "
                     + ", ".join(f"{r['nfe']} ({r['base_lof']:.2f} → {r['d_lof']:.2f})" for r in cells)
-                    for side in (1, 0, -1)
-                    if (cells := [r for r in d_lof if r["d_lof_vs_lof"] == side])
+                    for direction in (1, 0, -1)
+                    if (cells := [r for r in d_lof if r["d_lof_vs_lof"] == direction])
                 )
             )
         text.append(f"* **{name}**: " + "; ".join(parts) + ".")
@@ -342,8 +332,8 @@ def lof_pair_note(ds, schedule, grid=None) -> str:
         apart.append(abs(_mean(va) - _mean(vb)) / min(_mean(va), _mean(vb)))
         ddim = _values(ds, "ddim", nfe, "base")
         near = near or (nfe, max(abs(_mean(v) - _mean(ddim)) / _mean(ddim) for v in (va, vb)))
-        side = {1: f"{_name(a)} lower", -1: f"{_name(b)} lower", 0: "inside the noise"}[_side(va, vb)]
-        cells.append(f"{nfe} ({_cell(_mean(va))} and {_cell(_mean(vb))}, {side}; DDIM {_cell(_mean(ddim))})")
+        which = {1: f"{_name(a)} lower", -1: f"{_name(b)} lower", 0: "inside the noise"}[_side(va, vb)]
+        cells.append(f"{nfe} ({_cell(_mean(va))} and {_cell(_mean(vb))}, {which}; DDIM {_cell(_mean(ddim))})")
     if not cells:
         return ""
     return (

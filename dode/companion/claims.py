@@ -17,6 +17,7 @@ import numpy as np
 
 from dode.companion.labels import method_label
 from dode.companion.paper import CLAIMS
+from dode.companion.spread import paired_gain, side
 
 __all__ = [
     "side",
@@ -137,37 +138,10 @@ def paired_gains(ds, method: str = "d-ode", base: str = "base") -> list[dict]:
             cell = ds[var].sel({"solver": solver, "nfe": nfe})
             if method not in cell.coords["method"].values or base not in cell.coords["method"].values:
                 continue
-            b = np.asarray(cell.sel({"method": base}).values, dtype=float)
-            m = np.asarray(cell.sel({"method": method}).values, dtype=float)
-            ok = np.isfinite(b) & np.isfinite(m)
-            if not ok.any():
-                continue
-            gain = b[ok] - m[ok]
-            rows.append(
-                {
-                    "solver": solver,
-                    "nfe": int(nfe),
-                    "base": float(b[ok].mean()),
-                    "method": float(m[ok].mean()),
-                    "gain": float(gain.mean()),
-                    "std": float(gain.std(ddof=1)) if gain.size > 1 else float("nan"),
-                    "seeds": int(gain.size),
-                    "wins": int((gain > 0).sum()),
-                }
-            )
+            row = paired_gain(cell.sel({"method": base}).values, cell.sel({"method": method}).values)
+            if row["seeds"]:
+                rows.append({"solver": solver, "nfe": int(nfe), **row})
     return rows
-
-
-def side(row: dict) -> int:
-    """+1: the method is better in every seed and by more than the spread; -1: worse likewise; 0: neither.
-    With a single seed there is no spread: the sign alone decides, and callers cap the verdict at ``partly``."""
-    if row["seeds"] < 2:
-        return int(np.sign(row["gain"]))
-    if row["wins"] == row["seeds"] and row["gain"] > row["std"]:
-        return 1
-    if row["wins"] == 0 and -row["gain"] > row["std"]:
-        return -1
-    return 0
 
 
 def _fmt(row: dict, var: str) -> str:

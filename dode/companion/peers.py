@@ -42,7 +42,7 @@ never an evaluation seed) and selects the best of each group (:data:`GROUPS`); t
 the selected samplers and the selected peer's own configuration on every evaluation seed. A D-solver is fitted
 on a seed's fitting noise, never on evaluation noise, so the tuning's fits on the first seed serve its
 evaluation there. :func:`cell_verdicts` grades each (model, NFE) with the reproduction page's spread rule
-(:func:`dode.companion.claims.side`).
+(:func:`dode.companion.spread.side`).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import torch
 
 from dode.companion import experiments as ex
 from dode.companion.labels import method_label
+from dode.companion.spread import paired_gain, side
 from dode.denoiser import Denoiser, convert
 from dode.distill import distill
 from dode.gits import fit_grid
@@ -453,20 +454,10 @@ def paired_row(ds, var: str, nfe, reference: str, method: str) -> dict:
     """The paired gain of sampler ``method`` over ``reference`` at ``nfe`` (``reference - method`` per seed,
     positive: ``method`` is better), in the shape of :func:`dode.companion.claims.paired_gains`' rows."""
     r, m = _seed_values(ds, var, reference, nfe), _seed_values(ds, var, method, nfe)
-    ok = np.isfinite(r) & np.isfinite(m)
-    gain = r[ok] - m[ok]
     # the same numbers to float precision (one algorithm in two libraries, e.g. diffusers' EDM DPM-Solver++ on
     # exponential sigmas and dode's on the logSNR grid): no difference, rather than one beyond a zero spread
-    gain = np.where(np.abs(gain) <= _SAME * np.abs(r[ok]), 0.0, gain)
-    return {
-        "nfe": int(nfe),
-        "base": float(r[ok].mean()) if ok.any() else float("nan"),
-        "method": float(m[ok].mean()) if ok.any() else float("nan"),
-        "gain": float(gain.mean()) if gain.size else float("nan"),
-        "std": float(gain.std(ddof=1)) if gain.size > 1 else float("nan"),
-        "seeds": int(gain.size),
-        "wins": int((gain > 0).sum()),
-    }
+    m = np.where(np.abs(r - m) <= _SAME * np.abs(r), r, m)
+    return {"nfe": int(nfe), **paired_gain(r, m)}
 
 
 #: a cell's verdict (:func:`cell_verdicts`) by the side of the best dode sampler against the tuned peer
@@ -479,11 +470,9 @@ def cell_verdicts(ds, var: str | None = None) -> list[dict]:
     and the best D-solver), the peer it is compared with (``peer``: the lower mean of the tuned configuration
     and the scheduler's own, :func:`default_of`; the tuning's few samples can select a configuration that
     scores worse than the default on the evaluation noise), and the verdict by the reproduction page's spread rule
-    (:func:`dode.companion.claims.side` on the paired gain over seeds: better in every seed and by more than
+    (:func:`dode.companion.spread.side` on the paired gain over seeds: better in every seed and by more than
     the seed spread; with one seed the sign alone). ``goal``: the dode sampler is at or below the tuned
     peer's mean, and at NFE <= 6 better beyond the spread."""
-    from dode.companion.claims import side
-
     var = var or ("fid" if "fid" in ds else "fd")
     models = ds.coords["model"].values.tolist() if "model" in ds.dims else [None]
     rows = []
@@ -803,13 +792,14 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
             peer_names, bases, own_nfes = plan[m]
             for nfe in own_nfes:
                 winners[(m, nfe)] = tune(store, stages[m], m, nfe, [*peer_names, *bases], metric_name, bar)
-    with store.together():
+    with store.together():  # a rerun on finished results writes nothing: the selection is the stored tuning's
         for (m, nfe), won in winners.items():
+            default = peer_config(parse_sampler(won["diffusers"])["peer"]) if "diffusers" in won else None
             for name in samplers:
                 cell = {"model": m, "sampler": name, "nfe": nfe}
-                store.put("selected", float(name in won.values()), **cell)
-                default = peer_config(parse_sampler(won["diffusers"])["peer"]) if "diffusers" in won else None
-                store.put("peer_default", float(name == default), **cell)
+                if not store.has("selected", **cell):
+                    store.put("selected", float(name in won.values()), **cell)
+                    store.put("peer_default", float(name == default), **cell)
     units = []
     for (m, nfe), won in winners.items():
         names = list(won.values())
@@ -829,7 +819,8 @@ def peers_sweep(stem: str, cfg: dict, results_dir: str | Path, progress: bool = 
             store.put("sample_seconds", sample_s, **cell)
     with store.together():
         for m, stage in stages.items():
-            store.put("gits_seconds", sum(s for _, s in stage.gits.values()), model=m)
+            if stage.gits:  # computed by this run (a rerun on finished results computes none)
+                store.put("gits_seconds", sum(s for _, s in stage.gits.values()), model=m)
     ex.sweep_floor(
         store,
         {m: (den, metric) for m, (den, _, metric) in loaded.items()},

@@ -27,9 +27,9 @@ from dode.companion.claims import (
     metric_name,
     paired_gains,
     paper_teacher,
-    side,
 )
 from dode.companion.labels import SOLVER_NAMES, count, method_label
+from dode.companion.spread import side
 
 __all__ = [
     "sweep_reading",

@@ -352,8 +352,9 @@ class ResultStore:
     def has(self, var: str, **cell) -> bool:
         """Whether ``var`` holds a finished value at ``cell``.
 
-        Cells are written whole, so one finite entry means the cell is done (fitted lambdas of a
-        data-prediction model legitimately hold NaN where there is no previous output)."""
+        Cells are written whole, so one entry that is not NaN means the cell is done (fitted lambdas of a
+        data-prediction model legitimately hold NaN where there is no previous output); an infinite one is a
+        finished result too (a sampler that diverged), not a cell to compute again."""
         if var not in self.ds:
             return False
         sel = self._sel(var, cell)
@@ -361,7 +362,7 @@ class ResultStore:
             return False
         values = np.asarray(sel.values)
         if values.dtype.kind == "f":
-            return bool(np.any(np.isfinite(values)))
+            return bool(np.any(~np.isnan(values)))
         return True
 
     def get(self, var: str, **cell):
