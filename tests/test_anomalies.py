@@ -168,7 +168,9 @@ def test_page_02_runs_the_lower_order_final_variants_beside_the_full_order_ones(
             assert max(cfg["nfes"][lof]) < 15, profile  # from 15 steps on they are the full-order solver
             assert cfg["joint_nfes"][lof] == [], profile  # greedy only: the joint fit is the paper's solvers'
     cpu = PROTOCOLS["02_noise_prediction"]["cpu"]
-    assert all(max(cpu["joint_nfes"][s], default=0) <= 5 for s in NOISE_SOLVERS)  # what pays for the new cells
+    assert all(
+        max(cpu["joint_nfes"][s], default=0) <= 5 for s in NOISE_SOLVERS
+    )  # what pays for the new cells
     # the NFEs where the full-order last steps spike on digits (page 02's anomaly section compares them)
     assert all({3, 4, 5} <= set(cpu["nfes"][s]) for s in LOF_SOLVERS)
 
