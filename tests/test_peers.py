@@ -369,6 +369,28 @@ def test_the_verdict_per_cell_uses_the_spread_over_seeds():
     assert row["seeds"] == 1
 
 
+def test_the_reading_groups_the_nfes_by_the_verdicts_of_the_table():
+    from dode.companion import readings
+
+    peer, base, d = "diffusers:dpmpp_2m", "dode:ddim:time_uniform:base", "dode:ddim:time_uniform:d-ode"
+    ds = _verdict_results(
+        {
+            peer: [[10.0, 11.0, 12.0], [5.0, 5.0, 5.0], [1.0, 1.1, 0.9]],
+            base: [[20.0, 20.0, 20.0], [9.0, 9.0, 9.0], [4.0, 4.0, 4.2]],
+            d: [[5.0, 6.1, 7.0], [3.0, 3.0, 5.5], [3.0, 3.2, 3.1]],
+        },
+        (3, 4, 8),
+    )
+    text = readings.peers_reading(ds)
+    assert "is better than it at NFE 3; inside its noise at NFE 4; worse than it at NFE 8" in text
+    assert "holds at NFE 3, not at NFE 4 and 8" in text
+    assert [r["verdict"] for r in peers.cell_verdicts(ds)] == [
+        "dode better",
+        "inside the noise",
+        "diffusers better",
+    ]
+
+
 def test_the_selected_sampler_is_the_groups_best_not_the_lowest_on_the_evaluation_noise():
     tuned, default = "diffusers:dpmpp_2m:use_karras_sigmas=true", "diffusers:dpmpp_2m"
     d = "dode:ddim:time_uniform:d-ode"

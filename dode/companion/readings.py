@@ -436,7 +436,7 @@ def peers_reading(ds) -> str:
     diffusers scheduler beyond the seed spread, inside it, or worse (:func:`dode.companion.peers.cell_verdicts`,
     the reproduction page's spread rule), and whether the page's goal holds: a dode sampler at or below the
     tuned peer at every NFE, better beyond the spread at NFE <= 6."""
-    from dode.companion.peers import cell_verdicts, sampler_label
+    from dode.companion.peers import cell_verdicts
 
     rows = cell_verdicts(ds)
     if not rows:
@@ -451,19 +451,12 @@ def peers_reading(ds) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         name = f"`{model}`" if model else "This model"
-        parts = []
-        for sign, words in ((1, "better than"), (0, "inside the noise of"), (-1, "worse than")):
-            # the better of the tuned diffusers configuration and the scheduler's own, on the evaluation noise
-            cells = [r for r in mine if r["side"] == sign]
-            if cells:
-                parts.append(
-                    f"{words} the best diffusers scheduler at "
-                    + "; ".join(
-                        f"NFE {r['nfe']} ({sampler_label(r['dode'])} {_value(min(r.get('base_mean', np.inf), r.get('D_mean', np.inf)))}"
-                        f" against {sampler_label(r['peer'])} {_value(r['peer_mean'])})"
-                        for r in cells
-                    )
-                )
+        # the NFEs of each side only: the samplers and their values are in the verdict table above
+        parts = [
+            f"{words} at NFE {_join(r['nfe'] for r in cells)}"
+            for sign, words in ((1, "better than it"), (0, "inside its noise"), (-1, "worse than it"))
+            if (cells := [r for r in mine if r["side"] == sign])
+        ]
         met = [r["nfe"] for r in mine if r["goal"]]
         missed = [r["nfe"] for r in mine if not r["goal"]]
         goal = (
@@ -474,9 +467,11 @@ def peers_reading(ds) -> str:
             else "at no NFE"
         )
         lines.append(
-            f"- {name}: the best dode sampler (base or D) is "
-            + "; it is ".join(parts)
-            + f". The page's goal (at or below the tuned scheduler, better beyond the spread at NFE <= 6) holds {goal}."
+            f"- {name}: against the best diffusers scheduler (tuned or its own configuration, whichever scores "
+            "lower on the evaluation noise), the best dode sampler (base or D) is "
+            + "; ".join(parts)
+            + f" (the verdict table above gives both sides). The page's goal (at or below the tuned scheduler, "
+            f"better beyond the spread at NFE <= 6) holds {goal}."
         )
     return "\n".join(lines)
 
