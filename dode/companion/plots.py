@@ -160,7 +160,9 @@ def floor_band(ax, ds, var: str, model=None):
         low = mean / 2  # a band reaching zero cannot be drawn on a log axis
     ax.axhspan(low, mean + std, color="0.82", alpha=0.7, zorder=0, linewidth=0, label="noise floor")
     ax.axhline(mean, color="0.6", linewidth=0.8, zorder=0, label="_noise floor")
-    what = _attr_of(da.attrs.get("description", ""), model)  # names the sampler and the sample count
+    what, n = (_attr_of(da.attrs.get(key, ""), model) for key in ("description", "n_samples"))
+    if what and n != "" and not any(f"{c} samples" in what for c in (n, f"{int(n):,}")):
+        what += f", {n} samples"  # the count, where the description does not already give it
     return (
         f"Grey band: noise floor of {var.upper()}, "
         + (
