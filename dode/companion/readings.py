@@ -334,7 +334,6 @@ def lookahead_reading(ds) -> str:
 
     var = metric_name(ds)
     reduced, best = best_constant(ds, var)
-    reduced = reduced.assign_attrs(ds.attrs)
     lines = []
     for m in present(ds, ("fixed", "lookahead")):
         for nfe in ds.coords["nfe"].values.tolist():
