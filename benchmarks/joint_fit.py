@@ -100,10 +100,10 @@ def measure(den, shape, label: str, nfe: int, B: int, K: int, repeats: int) -> d
 
 
 COLUMNS = [
-    ("teacher_s", "teacher s", "{:10.2f}"),
-    ("greedy_s", "greedy s", "{:9.2f}"),
-    ("joint_s", "joint s", "{:8.2f}"),
-    ("unbatched_s", "unbatched s", "{:12.2f}"),
+    ("teacher_s", "teacher s", "{:10.3g}"),
+    ("greedy_s", "greedy s", "{:9.3g}"),
+    ("joint_s", "joint s", "{:8.3g}"),
+    ("unbatched_s", "unbatched s", "{:12.3g}"),
     ("joint_over_greedy", "joint/greedy", "{:13.2f}"),
     ("unbatched_over_batched", "unbatched/batched", "{:18.2f}"),
     ("greedy_evals", "greedy evals", "{:13d}"),
