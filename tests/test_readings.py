@@ -126,6 +126,24 @@ def test_ablation_reading_names_a_worse_point():
     )
     text = readings.ablation_reading(ds)
     assert "K = 5: worse" in text and "B = 50: inside the noise" in text
+    assert "other sweeps" not in text  # a file without a profile names no other page's B
+
+
+@pytest.mark.parametrize(("profile", "said"), [("cpu", True), ("smoke", False)])
+def test_ablation_reading_points_at_the_sweeps_own_fitting_batch(profile, said):
+    from dode.companion.protocols import PROTOCOLS
+
+    sweep_B, B = PROTOCOLS["02_noise_prediction"][profile]["B"], [50, 100]
+    fd = np.full((1, 1, 1, len(B), 1, 3), 1.0)
+    ds = xr.Dataset(
+        {"fd": (("solver", "method", "K", "B", "nfe", "seed"), fd)},
+        coords={"solver": ["ddim"], "method": ["d-ode"], "K": [10], "B": B, "nfe": [10], "seed": [0, 1, 2]},
+        attrs={"profile": profile, "parameters": json.dumps({"K": 10, "B": 100})},
+    )
+    text = readings.ablation_reading(ds)
+    # cpu: the sweeps fit on B = 50, a point of the ablation, and the page says where to look; smoke's B is
+    # no point of this file
+    assert (f"fit on B = {sweep_B}, not 100" in text) is said, text
 
 
 def test_the_protocol_names_the_joint_fits_nfes_per_solver():

@@ -279,6 +279,13 @@ def formulations_reading(ds) -> str:
     return "\n".join(lines)
 
 
+def _sweeps_fitting_batch(profile: str | None) -> int | None:
+    """The fitting batch B of the quality sweeps (page 02's protocol) under ``profile``, None if unknown."""
+    from dode.companion.protocols import PROTOCOLS
+
+    return PROTOCOLS["02_noise_prediction"].get(profile or "", {}).get("B")
+
+
 def ablation_reading(ds) -> str:
     """Page 08: D-DDIM's metric against K (at the default B) and against B (at the default K), paired with
     the default point, and the spread over seeds at each B."""
@@ -323,6 +330,12 @@ def ablation_reading(ds) -> str:
                     lines.append(f"- Spread over seeds of D-DDIM at NFE {nfe}, by B: {', '.join(values)}.")
     if not lines:
         return f"No ablation point has results yet ({NOT_RUN})."
+    sweep_B = _sweeps_fitting_batch(ds.attrs.get("profile"))
+    if sweep_B is not None and sweep_B != B0 and sweep_B in ds.coords["B"].values.tolist():
+        lines.append(
+            f"- The other sweeps of the `{ds.attrs['profile']}` profile fit on B = {sweep_B}, not {B0} (a fit's "
+            f"cost grows like K × B): the lines for B = {sweep_B} above say what that choice costs in quality."
+        )
     seeds = ds.sizes.get("seed", 1)
     note = "One seed: the signs below are indicative, not significant. " if seeds < 2 else ""
     return note + "Paired with the default point of the same seed:\n" + "\n".join(lines)
