@@ -427,3 +427,56 @@ def test_peer_configurations_are_named_by_the_options_they_change():
 def test_lower_order_final_must_be_a_bool(den):
     with pytest.raises(ValueError, match="lower_order_final must be True or False"):
         dode.sample(den, make_noise(2), "dpm_solver++", 5, lower_order_final="yes")
+
+
+def test_lof_sibling_names_the_same_sampler_with_the_lower_order_last_step():
+    assert peers.lof_sibling("dode:deis2:time_uniform:base") == "dode:deis2_lof:time_uniform:base"
+    assert (
+        peers.lof_sibling("dode:unipc_bh2_full:logsnr_uniform:d-ode") == "dode:unipc_bh2:logsnr_uniform:d-ode"
+    )
+    full = "diffusers:unipc_bh2:final_sigmas_type=sigma_min,lower_order_final=false"
+    assert peers.lof_sibling(full) == "diffusers:unipc_bh2:final_sigmas_type=sigma_min"
+    for lowered in (
+        "dode:deis2_lof:edm:base",
+        "dode:ddim:edm:base",
+        "diffusers:unipc_bh2",
+        "dode:unipc_bh2:edm:base",
+    ):
+        assert peers.lof_sibling(lowered) is None, lowered
+
+
+def test_a_rising_curve_is_named_with_what_the_tuning_noise_says_about_it():
+    from dode.companion import readings
+
+    full = "diffusers:unipc_bh2:lower_order_final=false"
+    lowered, base = "diffusers:unipc_bh2", "dode:ddim:time_uniform:base"
+    ds = _verdict_results(
+        {
+            full: [[4.0, 4.1, 3.9], [5.3, 5.2, 5.4]],  # the tuned peer rises from NFE 3 to 4 in every seed
+            lowered: [[np.nan] * 3, [np.nan] * 3],  # not evaluated, tuned only
+            base: [[9.0, 9.0, 9.0], [6.0, 6.0, 6.0]],
+        }
+    )
+    ds["selected"].loc[{"sampler": lowered}] = 0.0
+    tuning = {full: [10.2, 12.7], lowered: [36.1, 13.9], base: [20.0, 15.0]}
+    ds["fd_tuning"] = (("model", "sampler", "nfe"), np.array([tuning[n] for n in ds.sampler.values])[None])
+    text = readings.rising_reading(ds)
+    assert (
+        "the tuned diffusers scheduler scores worse at NFE 4 than at NFE 3 (4 → 5.3, beyond the seed spread)"
+        in text
+    )
+    assert (
+        "rises too (10.2 → 12.7), while the same sampler with the lower-order last step falls (36.1 → 13.9)"
+        in text
+    )
+    assert "best dode base" not in text  # it falls
+    # the lower-order form rising as well: no full-order explanation, the rise is the sampler's own
+    ds["fd_tuning"].loc[{"sampler": lowered}] = [[13.0, 14.0]]
+    text = readings.rising_reading(ds)
+    assert "full order" not in text and "the rise is the sampler's own" in text
+    # no tuning values: said, not guessed
+    text = readings.rising_reading(ds.drop_vars("fd_tuning"))
+    assert "holds no measurement that explains it" in text
+    # nothing rises: one sentence says so
+    ds["fd"].loc[{"sampler": full, "nfe": 4}] = [[3.0, 3.0, 3.0]]
+    assert readings.rising_reading(ds).startswith("No group's selected sampler scores worse")

@@ -381,6 +381,30 @@ def _option_label(key: str, value) -> str:
     return f"{short.get(key, key)} {value}"
 
 
+def lof_sibling(name: str) -> str | None:
+    """The same sampler with the lower-order last steps, where ``name`` takes its last step at full order:
+    a diffusers configuration with ``lower_order_final=false``, or a dode solver label with a twin in
+    :data:`dode.companion.experiments.SOLVER_LABELS` that lowers it (``deis2`` -> ``deis2_lof``,
+    ``unipc_bh2_full`` -> ``unipc_bh2``); else None."""
+    p = parse_sampler(name)
+    if p["family"] == "diffusers":
+        if p["options"].get("lower_order_final") is not False:
+            return None
+        return peer_config(p["peer"], **{k: v for k, v in p["options"].items() if k != "lower_order_final"})
+    solver, options = ex.solver_spec(p["solver"])
+    if options.get("lower_order_final"):
+        return None
+    plain = {k: v for k, v in options.items() if k != "lower_order_final"}
+    for label, (twin, twin_options) in ex.SOLVER_LABELS.items():
+        if (
+            label != p["solver"]
+            and twin == solver
+            and twin_options in (plain, {**plain, "lower_order_final": True})
+        ):
+            return f"dode:{label}:{p['grid']}:{p['method']}"
+    return None
+
+
 def sampler_label(name: str) -> str:
     """What a figure calls a sampler."""
     p = parse_sampler(name)

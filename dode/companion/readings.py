@@ -29,7 +29,7 @@ from dode.companion.claims import (
     paper_teacher,
 )
 from dode.companion.labels import SOLVER_NAMES, count, method_label
-from dode.companion.spread import side
+from dode.companion.spread import paired_gain, side
 
 __all__ = [
     "sweep_reading",
@@ -486,6 +486,105 @@ def peers_reading(ds) -> str:
             f"better beyond the spread at NFE <= 6) holds {goal}."
         )
     return "\n".join(lines)
+
+
+#: what page 13 calls the selected sampler of each group (dode.companion.peers.GROUPS)
+_GROUP_WORDS = {
+    "diffusers": "the tuned diffusers scheduler",
+    "base": "the best dode base",
+    "D": "the best D-solver",
+}
+
+
+def _on_tuning(every, tuning: str, name: str | None, n1, n2) -> tuple[float, float]:
+    """Sampler ``name``'s metric on page 13's tuning noise (variable ``tuning`` of one model's results
+    ``every``) at ``n1`` and ``n2``; NaN where it did not run."""
+    if name is None or tuning not in every or name not in every.coords["sampler"].values.tolist():
+        return float("nan"), float("nan")
+    a, b = (float(every[tuning].sel({"sampler": name, "nfe": n})) for n in (n1, n2))
+    return a, b
+
+
+def _why_it_rises(every, tuning: str, name: str, n1, n2) -> str:
+    """What page 13's tuning noise says about sampler ``name`` from NFE ``n1`` to ``n2``: its own curve there
+    and, for a full-order last step, the same sampler's with the lower-order last step."""
+    from dode.companion.peers import lof_sibling, sampler_label
+
+    own, lowered = (
+        _on_tuning(every, tuning, name, n1, n2),
+        _on_tuning(every, tuning, lof_sibling(name), n1, n2),
+    )
+    if not np.isfinite(own).all():
+        return "The results file holds no measurement that explains it."
+    curve = f"{_value(own[0])} → {_value(own[1])}"
+    if own[1] <= own[0]:
+        return f"On the tuning noise {sampler_label(name)} falls ({curve})."
+    if np.isfinite(lowered).all() and lowered[1] < lowered[0]:
+        return (
+            f"{sampler_label(name)} takes its last step at full order: on the tuning noise it rises too "
+            f"({curve}), while the same sampler with the lower-order last step falls "
+            f"({_value(lowered[0])} → {_value(lowered[1])}). The full-order last step extrapolates over the "
+            f"last interval: it pays at NFE {n1} and costs at NFE {n2}, the effect page 02 measures for "
+            "iPNDM and DEIS-3 against their lower-order-final forms."
+        )
+    return (
+        f"On the tuning noise {sampler_label(name)} rises too ({curve}): the rise is the sampler's own at "
+        "these NFEs, not the selection's; the results file does not say why."
+    )
+
+
+def rising_reading(ds) -> str:
+    """Page 13: where a group's selected sampler scores worse at an NFE than the group's pick at the next
+    smaller one (a curve that should fall rises), paired over the evaluation seeds and judged by the spread
+    rule, with what the results file says about why: the samplers' own curves on the tuning noise and, where
+    the sampler takes a full-order last step, the same sampler with the lower-order last step
+    (:func:`dode.companion.peers.lof_sibling`) on the same tuning noise."""
+    from dode.companion.peers import (
+        GROUPS,
+        _seed_values,
+        best_names,
+        model_results,
+        sampler_label,
+    )
+
+    var = metric_name(ds)
+    tuning = f"{var}_tuning"
+    models = ds.coords["model"].values.tolist() if "model" in ds.dims else [None]
+    lines = []
+    for model in models:
+        every = ds.sel({"model": model}) if model is not None else ds
+        cells = model_results(ds, model) if model is not None else ds
+        nfes = cells.coords["nfe"].values.tolist()
+
+        for group in GROUPS:
+            picks = [(n, best[group][0]) for n in nfes if group in (best := best_names(cells, var, n))]
+            for (n1, s1), (n2, s2) in zip(picks, picks[1:], strict=False):
+                row = paired_gain(_seed_values(cells, var, s1, n1), _seed_values(cells, var, s2, n2))
+                if not row["method"] > row["base"]:
+                    continue
+                where = f"`{model}`, " if model is not None else ""
+                beyond = "beyond the seed spread" if side(row) < 0 else "inside the seed spread"
+                text = (
+                    f"- {where}{_GROUP_WORDS[group]} scores worse at NFE {n2} than at NFE {n1} "
+                    f"({_value(row['base'])} → {_value(row['method'])}, {beyond}). "
+                )
+                if s1 == s2:
+                    text += f"Both are {sampler_label(s1)}. " + _why_it_rises(every, tuning, s1, n1, n2)
+                else:
+                    picked = _on_tuning(every, tuning, s2, n2, n2)[0]
+                    text += (
+                        f"The pick changed from {sampler_label(s1)} to {sampler_label(s2)}"
+                        + (f" (tuning noise at NFE {n2}: {_value(picked)})" if np.isfinite(picked) else "")
+                        + ". "
+                        + _why_it_rises(every, tuning, s1, n1, n2)
+                    )
+                lines.append(text)
+    if not lines:
+        return "No group's selected sampler scores worse at an NFE than the group's pick at the next smaller one."
+    return (
+        "A sampler's metric should fall as its NFE grows. Where a group's pick rises instead, paired over the "
+        "evaluation seeds:\n" + "\n".join(lines)
+    )
 
 
 def protocol_reading(ds, samples: str = "evaluation samples per cell") -> str:
