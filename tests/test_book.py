@@ -34,6 +34,14 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
         (book / "book" / "executed").mkdir(exist_ok=True)
         shutil.copy(notebook.source, book / "book" / "executed" / notebook.source.name)
     run_notebooks.record_run_times(book / "data" / "results" / run_notebooks.RUN_TIMES_FILE, [], [])
+    # a reading's Markdown output with a table (page 00's floors): rendered as a table, not as pipes
+    page00 = book / "book" / "executed" / "00_train_models.ipynb"
+    nb = json.loads(page00.read_text())
+    reading = "| model | floor |\n|---|---|\n| digits-eps | 1.38 ± 0.42 |\n"
+    output = {"output_type": "display_data", "data": {"text/markdown": reading}, "metadata": {}}
+    cell = {"cell_type": "code", "id": "table-reading", "metadata": {"tags": ["remove-input"]}}
+    nb["cells"].append({**cell, "execution_count": 1, "outputs": [output], "source": "Markdown(text)"})
+    page00.write_text(json.dumps(nb))
     # the introduction's figure, which notebook 11 draws when it runs
     import matplotlib.image
 
@@ -50,6 +58,10 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
     html = tmp_path / "out" / "_build" / "html"
     assert (html / build_book.MATHJAX_ENTRY).is_file()
     assert not list((html / "_static").rglob("tex-mml-chtml.js")), "MathJax must stay out of _static/"
+    page00 = (html / "book" / "executed" / "00_train_models.html").read_text()
+    assert re.search(r"<td>\s*(<p>)?digits-eps(</p>)?\s*</td>", page00) and "|---|" not in page00, (
+        "a reading's table"
+    )
     method = (html / "book" / "method.html").read_text()
     assert 'class="math' in method, "the method page should contain typeset math"
     script = re.search(r'<script[^>]*src="([^"]*tex-mml-chtml\.js)[^"]*"', method).group(1)
