@@ -392,12 +392,12 @@ PROTOCOLS: dict[str, dict[str, dict]] = {
     # D-solvers of the best bases, each chosen per NFE on tuning noise (seed 1000, never evaluated on), then the
     # winners (and the tuned peer's own configuration) evaluated on the book's noise, seeds 0, 1, 2. cpu cost
     # (peers.estimate_evaluations, an upper bound, ~0.8 ms per sample evaluation on one thread): in the cpu
-    # book of 2026-12-03 (1,096 s of wall time beside page 02) the stages took tuning 379 s (49 candidates x
-    # 128 samples x NFE 3-10, the 2 best bases' D-solvers fitted at each NFE), the other seeds' fits 185 s,
-    # GITS's fine-grid costs 107 s (once per model and seed), evaluation 297 s. Since: 64 tuning samples
-    # (the tuning's sampling halves; its FD is noisier, and a peer's own configuration is evaluated beside the
-    # tuned one, so a worse pick cannot favour dode) and GITS's costs once per model (GITS fits a model's grid
-    # once). d_top 1 would save ~70 s more, but the 2nd base's D-solver won one cell of that build.
+    # book of 2026-12-03 with 128 tuning samples, B = 100 and GITS's fine-grid costs once per model and seed
+    # (1,096 s of wall time beside page 02) the stages took tuning 379 s, the other seeds' fits 185 s, GITS
+    # 107 s, evaluation 297 s; with this table (64 tuning samples: its FD is noisier, and a peer's own
+    # configuration is evaluated beside the tuned one, so a worse pick cannot favour dode; B = 50; GITS's
+    # costs once per model, as GITS fits a model's grid once) tuning 205 s, fits 73 s, GITS 28 s, evaluation
+    # 290 s (755 s of wall time). d_top 1 would save a little more, but the 2nd base's D-solver won cells.
     # The noise floor at 500 samples is read from pages 02 and 03's cache where they ran first. No joint
     # fit here (tens of greedy fits each): pages 02 and 12 compare it
     "13_peers": {
