@@ -1,9 +1,11 @@
 """The last-step explanation of pages 02 and 13 (dode.companion.anomalies): plans, verdicts, rendering."""
 
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import dode
@@ -182,3 +184,127 @@ def test_peers_notes_explain_the_full_order_base_samplers_only():
     notes = anomalies.peers_spike_notes(cells, "fd", VP)
     assert notes.count("Why base iPNDM spikes") == 1 and "At NFE 8 it scores 40.20" in notes
     assert anomalies.peers_spike_notes(cells.sel(sampler=samplers[1:]), "fd", VP) == ""
+
+
+# ---- page 03: base Heun's error step by step (measure_heun_steps, heun_plateau_note) ----
+
+
+def _edm_den(fn):
+    return dode.Denoiser(fn, dode.EDMSchedule(), prediction="x0", dtype=torch.float64)
+
+
+def test_an_exact_heun_step_leaves_no_error_and_a_linear_ode_gives_the_scalar_heun_factors():
+    noise = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # a point mass at 0: x(sigma) = sigma z, which Euler and Heun follow exactly
+    exact = anomalies.heun_step_errors(_edm_den(lambda x, s: 0 * x), noise, [3, 5], K=2)
+    assert np.nanmax(exact["step_error"]) < 1e-12 and max(exact["distance"]) < 1e-12
+    # unit Gaussian data: dx/dsigma = x f(sigma), f = sigma / (1 + sigma^2); every run scales x by a number
+    r = anomalies.heun_step_errors(
+        _edm_den(lambda x, s: x / (1 + s.reshape(-1, 1, 1, 1) ** 2)), noise, [5, 7], 2
+    )
+
+    def f(s):
+        return s / (1 + s * s)
+
+    def heun(s, t):  # the factor of one step; Euler into sigma = 0
+        euler = 1 + (t - s) * f(s)
+        return euler if t == 0 else 1 + 0.5 * (t - s) * (f(s) + f(t) * euler)
+
+    def through(points, K):  # the reference's factor through the refined points
+        g = dode.grids.refine(
+            dode.EDMSchedule(), "edm", torch.tensor(points, dtype=torch.float64), K
+        ).tolist()
+        return math.prod(heun(a, b) for a, b in zip(g, g[1:]))
+
+    plans = {n: dode.make_plan(dode.EDMSchedule(), "edm", n).times.tolist() for n in (5, 7)}
+    union = sorted({t for times in plans.values() for t in times}, reverse=True)
+    size = float(noise.pow(2).mean(dim=(1, 2, 3)).sqrt().mean())  # the mean RMS of the noise
+    state = {u: 80 * through([v for v in union if u <= v], 2) if u < 80 else 80.0 for u in union}
+    final = state[0.0]
+    for i, times in enumerate(plans.values()):
+        for j, (s, t) in enumerate(zip(times, times[1:])):
+            carried = state[s] * heun(s, t) * (through([u for u in union if u <= t], 2) if t > 0 else 1)
+            assert r["step_error"][i, j] == pytest.approx(
+                abs(carried - final) * size, rel=1e-6, abs=1e-6
+            )  # rounding of states of size 80
+        plan = 80 * math.prod(heun(a, b) for a, b in zip(times, times[1:]))
+        assert r["distance"][i] == pytest.approx(abs(plan - final) * size, rel=1e-6)
+    assert r["reference_check"] == pytest.approx(abs(80 * through(union, 1) - final) * size, rel=1e-6)
+
+
+def _heun_file(fd: dict, distance: dict, steps: dict, check=0.01, seeds=(0, 1, 2)) -> xr.Dataset:
+    """A page-03-like results file of one model: base Heun ``fd[nfe]`` per seed, and the heun variables:
+    ``distance[nfe]`` and ``steps[nfe]`` = [(sigma from, sigma to, error), ...]."""
+    nfes = sorted(fd)
+    width = max(len(v) for v in steps.values())
+    values = np.array([fd[n] for n in nfes], float)[None, None, :, :, None]
+    step = np.full((1, len(nfes), width, 3), np.nan)
+    for i, n in enumerate(nfes):
+        step[0, i, : len(steps[n])] = steps[n]
+    ds = xr.Dataset(
+        {
+            "fd": (("model", "solver", "nfe", "seed", "method"), values),
+            "heun_distance": (("model", "heun_nfe"), [[distance[n] for n in nfes]]),
+            "heun_clipped": (("model", "heun_nfe"), [[min(distance[n], 1.0) for n in nfes]]),
+            "heun_step_from": (("model", "heun_nfe", "heun_step"), step[..., 0]),
+            "heun_step_to": (("model", "heun_nfe", "heun_step"), step[..., 1]),
+            "heun_step_error": (("model", "heun_nfe", "heun_step"), step[..., 2]),
+            "heun_check": (("model",), [check]),
+        },
+        coords={
+            "model": ["m"],
+            "solver": ["edm"],
+            "nfe": nfes,
+            "seed": list(seeds),
+            "method": ["base"],
+            "heun_nfe": nfes,
+            "heun_step": list(range(width)),
+        },
+    )
+    ds["heun_distance"].attrs["key"] = json.dumps({"m": {"n": 80, "K": 4, "seed": 0, "nfes": nfes}})
+    return ds
+
+
+STEPS = {
+    5: [(80, 2.52, 0.29), (2.52, 0.002, 1.59), (0.002, 0, 0.0)],
+    7: [(80, 9.72, 0.05), (9.72, 0.47, 1.89), (0.47, 0.002, 0.2), (0.002, 0, 0.0)],
+    9: [(80, 17.5, 0.01), (17.5, 2.52, 0.06), (2.52, 0.17, 0.76), (0.17, 0.002, 0.05), (0.002, 0, 0.0)],
+}
+FLAT = {5: [32.2, 34.0, 29.0], 7: [31.2, 28.5, 32.8], 9: [7.1, 8.5, 8.9]}  # 5 -> 7 crosses in one seed
+
+
+def test_a_flat_stretch_whose_largest_step_does_not_shrink_is_explained_by_that_step():
+    text = anomalies.heun_plateau_note(_heun_file(FLAT, {5: 2.67, 7: 1.98, 9: 0.78}, STEPS))
+    assert "| 7 | 30.83 | 1.98 | 1.00 | 9.72 → 0.47 | 1.89 | 0.20 |" in text
+    assert "**From NFE 5 to 7 the base FD does not fall beyond the spread over seeds**" in text
+    assert "NFE 9" not in text.split("**From NFE")[0].split("|---|")[0]  # the intro names no NFE
+    assert (
+        "σ 2.52 → 0.002 alone leaves the samples 1.59" in text and "which alone leaves 1.89, no less" in text
+    )
+    assert "At NFE 9 the largest step is σ 2.52 → 0.17, which leaves 0.76." in text
+    assert "falls by 26% from NFE 5 to 7 (2.67 → 1.98), against 61% from 7 to 9" in text
+    assert "the flat stretch is in the samples themselves, and the FD, which falls by 3%, flattens it" in text
+    assert text.count("**From NFE") == 1  # 7 -> 9 falls in every seed by more than the spread
+
+
+def test_a_flat_stretch_is_left_to_the_metric_or_unexplained_when_the_numbers_say_so():
+    shrinks = {**STEPS, 7: [(80, 9.72, 0.05), (9.72, 0.47, 1.2), (0.47, 0.002, 0.2), (0.002, 0, 0.0)]}
+    text = anomalies.heun_plateau_note(_heun_file(FLAT, {5: 2.67, 7: 1.2, 9: 0.78}, shrinks))
+    assert "which alone leaves 1.20, less: the largest step shrinks" in text and "no less" not in text
+    # the samples fall by 55% from 5 to 7 and by 35% from 7 to 9: the flat stretch is the metric's
+    assert (
+        "not the smallest fall of the curve, so the samples do improve here and the flat stretch is the FD's"
+        in text
+    )
+    # a reference that moves by more than the two steps differ resolves neither
+    coarse = anomalies.heun_plateau_note(_heun_file(FLAT, {5: 2.67, 7: 1.98, 9: 0.78}, STEPS, check=0.5))
+    assert "a difference the reference cannot resolve (it moves by 0.50 itself" in coarse
+    assert "no less" not in coarse and "less: the largest" not in coarse
+
+
+def test_a_curve_that_falls_everywhere_has_no_flat_stretch_and_a_file_without_the_numbers_says_nothing():
+    falling = {5: [32.2, 34.0, 29.0], 7: [20.1, 21.0, 19.5], 9: [7.1, 8.5, 8.9]}
+    text = anomalies.heun_plateau_note(_heun_file(falling, {5: 2.67, 7: 1.98, 9: 0.78}, STEPS))
+    assert "falls beyond the spread over seeds between every two neighbouring NFEs measured (5, 7, 9)" in text
+    assert "**From NFE" not in text
+    assert anomalies.heun_plateau_note(_sweep(_cells(4, 10.0, 9.0, 8.0, 8.0))) == ""

@@ -1,4 +1,4 @@
-"""Why some base curves spike at small NFE: the last step of the plan, computed, beside the results.
+"""Why some base curves spike at small NFE, or stay flat: the steps of the plan, computed, beside the results.
 
 A multistep solver's full-order last step (iPNDM, DEIS-3; book/method.md, first and last steps) combines
 its last outputs with extrapolation weights over the last interval of the grid, which on the time-uniform
@@ -6,13 +6,21 @@ grid carries a large share of the fall of the noise level; singlestep DPM-Solver
 with a second-order step over the last two intervals where ``NFE mod 3 = 2``. Everything here is either
 computed from the plan (:func:`dode.make_plan`: no sampling) or read from a results file; the pages show the
 Markdown these functions return, so that no number or verdict of the explanation is typed by hand.
+
+Page 03's base EDM Heun curve can stay flat between two NFEs: :func:`measure_heun_steps` measures, without the
+metric, which step of each plan leaves the samples' error, and stores it in the page's results file, from
+which :func:`heun_plateau_note` renders the explanation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from dode.companion.labels import count
 from dode.companion.spread import paired_gain, side
@@ -28,6 +36,11 @@ __all__ = [
     "explain_dpm_solver_pattern",
     "spike_note",
     "peers_spike_notes",
+    "HEUN_VARS",
+    "heun_step_errors",
+    "measure_heun_steps",
+    "heun_rows",
+    "heun_plateau_note",
 ]
 
 #: full-order solver label -> its lower-order-final variant (``experiments.SOLVER_LABELS``)
@@ -449,3 +462,319 @@ def peers_spike_notes(cells, metric: str, schedule) -> str:
         values = dict(zip(series.coords["nfe"].values.tolist(), map(float, series.values), strict=True))
         notes.append(spike_note(values, parts[0], schedule, grid=parts[1]))
     return "\n\n".join(n for n in notes if n)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Page 03: why base EDM Heun's curve can be flat between two NFEs. The rho = 7 grid (method chapter, base
+# solvers) moves its points as the NFE grows, and one Heun step may cross the whole range of sigma where the
+# samples form at one NFE and still at the next. Measured without the metric: every step of every plan taken
+# alone from the state of one fine reference solution, then carried to sigma = 0 by that reference; the
+# samples' distance from the reference on the same noise beside it.
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per sample: the root mean square over pixels of ``a - b``."""
+    return (a - b).reshape(a.shape[0], -1).pow(2).mean(1).sqrt()
+
+
+def heun_step_errors(den, noise: torch.Tensor, nfes, K: int) -> dict:
+    """Base EDM Heun at each of ``nfes`` on ``noise``, against a reference solution of the same noise.
+
+    The reference is Heun on the union of the plans' sigmas, each interval cut into ``K`` pieces
+    (:func:`dode.grids.refine`), so it passes through every state a plan starts a step from. For each step
+    ``s -> t`` of each plan, one Heun step (Euler into sigma = 0) from the reference state at ``s``, carried on
+    to sigma = 0 by the same refined grid: its distance from the reference's final sample is the error that
+    step alone leaves in the samples (zero for an exact step). Returns ``nfe``, ``distance`` and ``clipped``
+    (mean over samples of the RMS over pixels from the reference's final sample; ``clipped``: both clipped to
+    the pixel range [-1, 1], as the metrics see images), ``step_from``, ``step_to`` and ``step_error``
+    (``nfe x step``, NaN-padded), and ``reference_check``: how far the reference moves with half its pieces
+    (``K // 2``, at least 1)."""
+    from dode.grids import refine
+    from dode.sampling import run
+
+    schedule = den.schedule
+    nfes = sorted(int(n) for n in nfes)
+    plans = {n: make_plan(schedule, "edm", n) for n in nfes}
+    union = sorted({float(t) for p in plans.values() for t in p.times}, reverse=True)
+    noise = noise.to(torch.float64)
+
+    def solve(x, pts, pieces, record=None):  # Heun from state x at pts[0] through the refined pts
+        grid = refine(schedule, "edm", torch.tensor(pts, dtype=torch.float64), pieces)
+        return run(den, x / pts[0], make_plan(schedule, "edm", grid=grid), record_at=record)
+
+    ref = solve(noise * union[0], union, K, record=set(union))
+    states = {union[0]: noise * union[0], **ref.recorded, 0.0: ref.x}
+    check = float(_rms(solve(noise * union[0], union, max(K // 2, 1)).x, ref.x).mean())
+
+    width = max(len(p.steps) for p in plans.values())
+    out = {
+        "nfe": nfes,
+        "distance": np.full(len(nfes), np.nan),
+        "clipped": np.full(len(nfes), np.nan),
+        **{k: np.full((len(nfes), width), np.nan) for k in ("step_from", "step_to", "step_error")},
+        "reference_check": check,
+    }
+    for i, plan in enumerate(plans.values()):
+        x = run(den, noise, plan).x
+        out["distance"][i] = float(_rms(x, ref.x).mean())
+        out["clipped"][i] = float(_rms(x.clamp(-1, 1), ref.x.clamp(-1, 1)).mean())
+        for j, st in enumerate(plan.steps):
+            s, t = st.s.t, st.t.t
+            one = make_plan(schedule, "edm", grid=torch.tensor([s, t, 0.0] if t > 0 else [s, t]))
+            if t > 0:  # a Heun plan's last step is Euler (into sigma = 0): keep the first, a full Heun step
+                one = dataclasses.replace(one, nfe=2, steps=one.steps[:1], times=one.times[:2])
+            y = run(den, states[s] / s, one).x
+            below = [u for u in union if u <= t]
+            final = solve(y, below, K).x if len(below) > 1 else y
+            out["step_from"][i, j], out["step_to"][i, j] = s, t
+            out["step_error"][i, j] = float(_rms(final, ref.x).mean())
+    return out
+
+
+#: the variables :func:`measure_heun_steps` adds to page 03's results file (the first one's ``key`` attribute
+#: holds, per model, the settings they were measured with, as JSON)
+HEUN_VARS = (
+    "heun_distance",
+    "heun_clipped",
+    "heun_step_from",
+    "heun_step_to",
+    "heun_step_error",
+    "heun_check",
+)
+
+
+def _heun_nfes(ds, model: str, max_nfe) -> list[int]:
+    """The Heun NFEs whose base cell the file holds for ``model`` (up to ``max_nfe``)."""
+    if "edm" not in ds.coords["solver"].values.tolist() or "base" not in ds.coords["method"].values.tolist():
+        return []
+    fd = ds[_metric(ds)].sel({"model": model, "solver": "edm", "method": "base"})
+    return [
+        int(n)
+        for n in ds.coords["nfe"].values.tolist()
+        if np.isfinite(np.asarray(fd.sel({"nfe": n}).values, float)).any()
+        and (max_nfe is None or n <= max_nfe)
+    ]
+
+
+def measure_heun_steps(results, cfg: dict, settings: dict | None = None) -> Path:
+    """Page 03: :func:`heun_step_errors` of every model of the results file ``results`` at its base Heun NFEs,
+    on the first ``n`` evaluation noises of the sweep's first seed (those its first FD cell samples), with the
+    settings of ``protocols.HEUN_STEPS`` for ``cfg``'s profile (or ``settings``). Stored beside the sweep in
+    the same file (written atomically), over ``model x heun_nfe (x heun_step)``; a model whose stored settings
+    and NFEs match is not computed again. Returns the file."""
+    import xarray as xr
+
+    from dode.companion import experiments as ex
+    from dode.companion.protocols import HEUN_STEPS
+    from dode.companion.results import write_netcdf
+
+    settings = dict(settings or HEUN_STEPS[cfg["profile"]])
+    path = Path(results)
+    with xr.open_dataset(path, engine="h5netcdf") as f:
+        ds = f.load().drop_encoding()
+    models = ds.coords["model"].values.tolist()
+    stored = json.loads(ds["heun_distance"].attrs.get("key", "{}")) if "heun_distance" in ds else {}
+    seed = int(cfg["seeds"][0])
+    keys, measured = {}, {}
+    for model in models:
+        nfes = _heun_nfes(ds, model, settings.get("max_nfe"))
+        keys[model] = {"n": int(settings["n"]), "K": int(settings["K"]), "seed": seed, "nfes": nfes}
+        if len(nfes) < 2 or stored.get(model) == keys[model]:
+            continue
+        den = ex.load_model(model, device=cfg["device"], model_options=cfg.get("model_options"))
+        noise = ex.noise(seed, "eval", keys[model]["n"], ex.sample_shape(den), device=cfg["device"])
+        den = ex.conditioned(den, seed, "eval", keys[model]["n"])
+        measured[model] = heun_step_errors(den, noise, nfes, keys[model]["K"])
+    if not measured:
+        return path
+    # every model's rows, measured now or kept from the file where their settings still hold
+    kept = {m: k for m, k in keys.items() if m not in measured and stored.get(m) == k}
+    old = ds[list(HEUN_VARS)] if "heun_distance" in ds else None
+    nfe_axis = sorted({n for m in [*measured, *kept] for n in keys[m]["nfes"]})
+    width = max(
+        [r["step_error"].shape[1] for r in measured.values()] + ([old.sizes["heun_step"]] if kept else [])
+    )
+    grid = {"model": models, "heun_nfe": nfe_axis, "heun_step": list(range(width))}
+    new = xr.Dataset(
+        {
+            "heun_distance": (("model", "heun_nfe"), np.full((len(models), len(nfe_axis)), np.nan)),
+            "heun_clipped": (("model", "heun_nfe"), np.full((len(models), len(nfe_axis)), np.nan)),
+            **{
+                f"heun_{v}": (
+                    ("model", "heun_nfe", "heun_step"),
+                    np.full((len(models), len(nfe_axis), width), np.nan),
+                )
+                for v in ("step_from", "step_to", "step_error")
+            },
+            "heun_check": (("model",), np.full(len(models), np.nan)),
+        },
+        coords=grid,
+    )
+    for m in kept:
+        for v in HEUN_VARS:
+            row = old[v].sel({"model": m})
+            new[v].loc[{"model": m}] = row.reindex({d: grid[d] for d in row.dims}).values
+    for m, r in measured.items():
+        at = {"model": m, "heun_nfe": r["nfe"]}
+        new["heun_distance"].loc[at] = r["distance"]
+        new["heun_clipped"].loc[at] = r["clipped"]
+        for v in ("step_from", "step_to", "step_error"):
+            new[f"heun_{v}"].loc[{**at, "heun_step": list(range(r[v].shape[1]))}] = r[v]
+        new["heun_check"].loc[{"model": m}] = r["reference_check"]
+    new["heun_distance"].attrs.update(
+        key=json.dumps({m: keys[m] for m in [*measured, *kept]}, sort_keys=True),
+        description="mean over fixed noises of the RMS over pixels from a reference solution of the same "
+        "noise (anomalies.heun_step_errors); heun_clipped: both clipped to [-1, 1]",
+    )
+    new["heun_step_error"].attrs["description"] = (
+        "the samples' distance from the reference left by one step alone, taken from the reference state"
+    )
+    new["heun_check"].attrs["description"] = "how far the reference's final samples move with half its pieces"
+    ds = ds.drop_vars([v for v in (*HEUN_VARS, "heun_nfe", "heun_step") if v in ds]).merge(new)
+    write_netcdf(ds, path)
+    return path
+
+
+def heun_rows(ds, model: str) -> list[dict]:
+    """Per Heun NFE measured for ``model`` (:func:`measure_heun_steps`): the base metric per seed and its mean,
+    the samples' distances from the reference, and the largest and next largest single-step errors."""
+    if "heun_distance" not in ds or model not in ds["heun_distance"].coords["model"].values.tolist():
+        return []
+    h = ds[list(HEUN_VARS)].sel({"model": model})
+    rows = []
+    for n in h.coords["heun_nfe"].values.tolist():
+        distance = float(h["heun_distance"].sel({"heun_nfe": n}))
+        if not math.isfinite(distance):
+            continue
+        err = np.asarray(h["heun_step_error"].sel({"heun_nfe": n}).values, float)
+        steps = [
+            (float(a), float(b), float(e))
+            for a, b, e in zip(
+                h["heun_step_from"].sel({"heun_nfe": n}).values,
+                h["heun_step_to"].sel({"heun_nfe": n}).values,
+                err,
+                strict=True,
+            )
+            if math.isfinite(e)
+        ]
+        order = sorted(range(len(steps)), key=lambda i: -steps[i][2])
+        fd = _values(ds.sel({"model": model}), "edm", int(n), "base")
+        rows.append(
+            {
+                "nfe": int(n),
+                "fd": fd,
+                "fd_mean": _mean(fd),
+                "distance": distance,
+                "clipped": float(h["heun_clipped"].sel({"heun_nfe": n})),
+                "largest": steps[order[0]],
+                "next": steps[order[1]][2] if len(order) > 1 else math.nan,
+                "check": float(h["heun_check"]),
+            }
+        )
+    return rows
+
+
+def _sig(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _fall(a: float, b: float) -> float:
+    return 1 - b / a
+
+
+def heun_plateau_note(ds) -> str:
+    """Markdown for page 03: for each model with :func:`measure_heun_steps`'s numbers, a table of base Heun's
+    metric, the samples' distance from the reference and the largest single-step error per NFE, and, for
+    every two neighbouring NFEs between which the base metric does not fall beyond the spread over seeds
+    (:func:`dode.companion.spread.side`), whether the step that dominates the error shrinks there, and whether
+    the distance falls least there (the flat stretch in the samples) or not (in the metric). Empty when the file
+    holds no such numbers."""
+    if "heun_distance" not in ds:
+        return ""
+    var = _metric(ds).upper()
+    key = json.loads(ds["heun_distance"].attrs.get("key", "{}"))
+    parts = []
+    for model in ds["heun_distance"].coords["model"].values.tolist():
+        rows = heun_rows(ds, model)
+        if len(rows) < 2:
+            continue
+        k = key.get(model, {})
+        lines = [
+            f"On `{model}`, measured on the first {k.get('n', '?')} noises of seed {k.get('seed', '?')}'s "
+            f"evaluation set against a reference solution of the same noises: Heun with {k.get('K', '?')} "
+            "sub-steps in every interval between the plans' σ (halving them moves its samples by "
+            f"{rows[0]['check']:.3f} RMS). Each step of each plan is taken alone from the reference's state and "
+            "carried on to σ = 0 by the reference: its error is the distance it alone leaves in the samples.",
+            "",
+            f"| NFE | base {var} | distance to the reference | clipped to [-1, 1] | largest step (σ) "
+            "| its error | next largest |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            a, b, e = r["largest"]
+            lines.append(
+                f"| {r['nfe']} | {_cell(r['fd_mean'])} | {r['distance']:.2f} | {r['clipped']:.2f} "
+                f"| {_sig(a)} → {_sig(b)} | {e:.2f} | {_cell(r['next'])} |"
+            )
+        lines.append("")
+        pairs = list(zip(rows, rows[1:]))
+        falls = {(p["nfe"], q["nfe"]): _fall(p["distance"], q["distance"]) for p, q in pairs}
+        flat = [(p, q) for p, q in pairs if side(paired_gain(p["fd"], q["fd"])) <= 0]
+        if not flat:
+            lines.append(
+                f"The base {var} falls beyond the spread over seeds between every two neighbouring NFEs measured "
+                f"({', '.join(str(r['nfe']) for r in rows)}): the curve has no flat stretch to explain here."
+            )
+        for p, q in flat:
+            (a1, b1, e1), (a2, b2, e2) = p["largest"], q["largest"]
+            said = (
+                f"**From NFE {p['nfe']} to {q['nfe']} the base {var} does not fall beyond the spread over seeds** "
+                f"({p['fd_mean']:.2f} → {q['fd_mean']:.2f}). At NFE {p['nfe']} the step σ {_sig(a1)} → {_sig(b1)} "
+                f"alone leaves the samples {e1:.2f} from the reference; at NFE {q['nfe']} the grid takes "
+                f"σ {_sig(a2)} → {_sig(b2)} in one step, which alone leaves {e2:.2f}"
+            )
+            if p["check"] >= abs(e2 - e1):
+                said += (
+                    f", a difference the reference cannot resolve (it moves by {p['check']:.2f} itself with "
+                    "half its sub-steps)."
+                )
+            elif e2 >= e1:
+                said += (
+                    f", no less: the evaluations NFE {q['nfe']} adds shrink its other steps, not the one that "
+                    "dominates the error."
+                )
+            else:
+                said += ", less: the largest step shrinks, and does not by itself explain the flat stretch."
+            later = [r for r in rows if r["nfe"] > q["nfe"]]
+            if later:
+                a3, b3, e3 = later[0]["largest"]
+                said += (
+                    f" At NFE {later[0]['nfe']} the largest step is σ {_sig(a3)} → {_sig(b3)}, which leaves "
+                    f"{e3:.2f}."
+                )
+            fall = falls[p["nfe"], q["nfe"]]
+            others = {k: v for k, v in falls.items() if k != (p["nfe"], q["nfe"])}
+            said += (
+                f" Without the metric, the samples' distance from the reference falls by {_pct(fall)} from NFE "
+                f"{p['nfe']} to {q['nfe']} ({p['distance']:.2f} → {q['distance']:.2f})"
+            )
+            if others:
+                said += ", against " + ", ".join(f"{_pct(v)} from {a} to {b}" for (a, b), v in others.items())
+                fd_fall = _fall(p["fd_mean"], q["fd_mean"])
+                if fall < min(others.values()):
+                    said += (
+                        ": the smallest fall of the curve, so the flat stretch is in the samples themselves"
+                    )
+                    if fd_fall < fall:
+                        said += f", and the {var}, which falls by {_pct(fd_fall)}, flattens it further"
+                    said += "."
+                else:
+                    said += (
+                        ": not the smallest fall of the curve, so the samples do improve here and the flat "
+                        f"stretch is the {var}'s."
+                    )
+            else:
+                said += "."
+            lines.append(said)
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)

@@ -24,6 +24,7 @@ __all__ = [
     "network_evaluations",
     "metric_work",
     "FLOOR",
+    "HEUN_STEPS",
     "SCALE_KEYS",
     "LEAVE_OUT",
     "UNSCALED",
@@ -168,6 +169,17 @@ _EDM_BASES = [
 _TRAJ = dict(
     solvers=["ddim"], methods=["base", "d-ode", "d-ode-2", "sep", "all"], n_pixels=6, seed=0, device="cpu"
 )
+
+#: page 03's measurement of base Heun's error step by step (:func:`dode.companion.anomalies.measure_heun_steps`):
+#: ``n`` fixed evaluation noises of the first seed, a reference with ``K`` Heun sub-steps in each interval of
+#: the union of the plans' sigmas, at the file's Heun NFEs up to ``max_nfe`` (None: all). Each step's error is
+#: carried to sigma = 0 by the reference, about a full reference run per step: 80 noises cost ~45 s on the
+#: cpu profile; the paper's models stop at NFE 15 (the union of longer plans' sigmas grows every run)
+HEUN_STEPS = {
+    "smoke": {"n": 8, "K": 2, "max_nfe": None},
+    "cpu": {"n": 80, "K": 4, "max_nfe": None},
+    "paper": {"n": 64, "K": 4, "max_nfe": 15},
+}
 
 PROTOCOLS: dict[str, dict[str, dict]] = {
     # Fig. 3 / 10: noise prediction, FID (FD) vs NFE
