@@ -94,6 +94,8 @@ __all__ = [
     "FAMILY_PANELS",
     "peers_figure",
     "model_results",
+    "seed_values",
+    "lof_sibling",
 ]
 
 #: how a scheduler sees the network (module docstring) -> the models it drives
@@ -432,7 +434,7 @@ def sampler_group(name: str) -> str:
 GROUPS = ("diffusers", "base", "D")
 
 
-def _seed_values(ds, var: str, name: str, nfe) -> np.ndarray:
+def seed_values(ds, var: str, name: str, nfe) -> np.ndarray:
     """``var`` of sampler ``name`` at ``nfe`` over the seeds (one value where the file has no seeds)."""
     values = np.atleast_1d(np.asarray(ds[var].sel({"sampler": name, "nfe": nfe}).values, dtype=np.float64))
     return values
@@ -461,7 +463,7 @@ def best_names(ds, var: str, nfe) -> dict[str, tuple[str, float]]:
     for name in ds.coords["sampler"].values.tolist():
         if chosen is not None and name not in chosen:
             continue
-        value = _mean(_seed_values(ds, var, name, nfe))
+        value = _mean(seed_values(ds, var, name, nfe))
         if not np.isfinite(value):
             continue
         group = sampler_group(name)
@@ -477,7 +479,7 @@ _SAME = 1e-5
 def paired_row(ds, var: str, nfe, reference: str, method: str) -> dict:
     """The paired gain of sampler ``method`` over ``reference`` at ``nfe`` (``reference - method`` per seed,
     positive: ``method`` is better), in the shape of :func:`dode.companion.claims.paired_gains`' rows."""
-    r, m = _seed_values(ds, var, reference, nfe), _seed_values(ds, var, method, nfe)
+    r, m = seed_values(ds, var, reference, nfe), seed_values(ds, var, method, nfe)
     # the same numbers to float precision (one algorithm in two libraries, e.g. diffusers' EDM DPM-Solver++ on
     # exponential sigmas and dode's on the logSNR grid): no difference, rather than one beyond a zero spread
     m = np.where(np.abs(r - m) <= _SAME * np.abs(r), r, m)
@@ -509,7 +511,7 @@ def cell_verdicts(ds, var: str | None = None) -> list[dict]:
             row = {"model": model, "nfe": int(nfe)}
             for group in GROUPS:
                 if group in best:
-                    values = _seed_values(cells, var, best[group][0], nfe)
+                    values = seed_values(cells, var, best[group][0], nfe)
                     ok = values[np.isfinite(values)]
                     row[group] = best[group][0]
                     row[f"{group}_mean"] = float(ok.mean())
@@ -519,7 +521,7 @@ def cell_verdicts(ds, var: str | None = None) -> list[dict]:
             # the tuned configuration or the scheduler's own, whichever scores lower there
             peer = best["diffusers"][0]
             default = default_of(cells, nfe)
-            if default is not None and _mean(_seed_values(cells, var, default, nfe)) < best["diffusers"][1]:
+            if default is not None and _mean(seed_values(cells, var, default, nfe)) < best["diffusers"][1]:
                 peer = default
             pair = paired_row(cells, var, nfe, peer, best[dode][0])
             s = side(pair)
@@ -1017,7 +1019,7 @@ def best_figure(ds, metric: str):
                 )
                 if name is None:
                     continue
-                values = _seed_values(cells, metric, name, nfe)
+                values = seed_values(cells, metric, name, nfe)
                 values = values[np.isfinite(values)]
                 if not values.size:
                     continue
@@ -1059,7 +1061,7 @@ def best_figure(ds, metric: str):
 def _cell_text(ds, metric: str, name: str | None, nfe) -> str:
     if name is None:
         return ""
-    values = _seed_values(ds, metric, name, nfe)
+    values = seed_values(ds, metric, name, nfe)
     values = values[np.isfinite(values)]
     if not values.size:
         return sampler_label(name)

@@ -541,10 +541,10 @@ def rising_reading(ds) -> str:
     (:func:`dode.companion.peers.lof_sibling`) on the same tuning noise."""
     from dode.companion.peers import (
         GROUPS,
-        _seed_values,
         best_names,
         model_results,
         sampler_label,
+        seed_values,
     )
 
     var = metric_name(ds)
@@ -559,7 +559,7 @@ def rising_reading(ds) -> str:
         for group in GROUPS:
             picks = [(n, best[group][0]) for n in nfes if group in (best := best_names(cells, var, n))]
             for (n1, s1), (n2, s2) in zip(picks, picks[1:], strict=False):
-                row = paired_gain(_seed_values(cells, var, s1, n1), _seed_values(cells, var, s2, n2))
+                row = paired_gain(seed_values(cells, var, s1, n1), seed_values(cells, var, s2, n2))
                 if not row["method"] > row["base"]:
                     continue
                 where = f"`{model}`, " if model is not None else ""
