@@ -470,6 +470,13 @@ def test_a_rising_curve_is_named_with_what_the_tuning_noise_says_about_it():
         in text
     )
     assert "best dode base" not in text  # it falls
+    assert "noise floor" not in text  # no floor in this file
+    # a floor whose band holds both values: the rise is at the floor, and the page says so
+    at_floor = ds.assign(fd_floor=(("model", "seed"), [[5.0, 5.5, 6.0]]))
+    assert "Both lie within the noise floor's band (5.5 ± 0.5)" in readings.rising_reading(at_floor)
+    assert "noise floor" not in readings.rising_reading(
+        ds.assign(fd_floor=(("model", "seed"), [[1.0, 1.1, 1.2]]))
+    )
     # the lower-order form rising as well: no full-order explanation, the rise is the sampler's own
     ds["fd_tuning"].loc[{"sampler": lowered}] = [[13.0, 14.0]]
     text = readings.rising_reading(ds)
