@@ -19,6 +19,7 @@ __all__ = [
     "panel_grid",
     "caption",
     "floor_band",
+    "floor_stats",
     "nfe_axis",
     "log_axis",
     "integer_axis",
@@ -136,14 +137,12 @@ def caption(fig, text: str) -> None:
         fig.text(0.01, 0.0, text, ha="left", va="top", wrap=True, fontsize=FONT_PT["small"])
 
 
-def floor_band(ax, ds, var: str, model=None):
-    """The noise floor of ``var`` as a light grey band, mean ± std over seeds, when the results file has
-    ``f"{var}_floor"`` (dims ``(seed,)`` or ``(model, seed)``): what a converged sampler of the same network
-    scores at the figure's sample size, on the same evaluation noise, so no sampler can be expected below it.
-    Returns the caption text that names it, or ``""`` (nothing drawn) when the file has no floor."""
+def floor_stats(ds, var: str, model=None) -> tuple[float, float, int] | None:
+    """The noise floor of ``var`` in a results file (``f"{var}_floor"``, dims ``(seed,)`` or ``(model, seed)``):
+    ``(mean, std, seeds)`` over its finite seeds (std 0 for one seed), None where the file has none."""
     name = f"{var}_floor"
     if name not in ds:
-        return ""
+        return None
     da = ds[name]
     if "model" in da.dims:
         if model is None:
@@ -152,9 +151,20 @@ def floor_band(ax, ds, var: str, model=None):
     values = np.asarray(da.values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
+        return None
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0, int(values.size)
+
+
+def floor_band(ax, ds, var: str, model=None):
+    """The noise floor of ``var`` as a light grey band, mean ± std over seeds, when the results file has
+    ``f"{var}_floor"`` (dims ``(seed,)`` or ``(model, seed)``): what a converged sampler of the same network
+    scores at the figure's sample size, on the same evaluation noise, so no sampler can be expected below it.
+    Returns the caption text that names it, or ``""`` (nothing drawn) when the file has no floor."""
+    stats = floor_stats(ds, var, model)
+    if stats is None:
         return ""
-    mean = float(values.mean())
-    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    mean, std, seeds = stats
+    da = ds[f"{var}_floor"]
     low = mean - std
     if ax.get_yscale() == "log" and low <= 0:
         low = mean / 2  # a band reaching zero cannot be drawn on a log axis
@@ -166,8 +176,8 @@ def floor_band(ax, ds, var: str, model=None):
     return (
         f"Grey band: noise floor of {var.upper()}, "
         + (
-            f"{mean:.2f} ± {std:.2f} over {count(values.size, 'seed')}"
-            if values.size > 1
+            f"{mean:.2f} ± {std:.2f} over {count(seeds, 'seed')}"
+            if seeds > 1
             else f"{mean:.2f} (one seed: the band is its line; the sweeps' pages give its spread over seeds)"
         )
         + (f" ({what})" if what else "")

@@ -505,17 +505,6 @@ def _on_tuning(every, tuning: str, name: str | None, n1, n2) -> tuple[float, flo
     return a, b
 
 
-def _floor_band(every, var: str) -> tuple[float, float] | None:
-    """The noise floor of one model's results ``every`` (``<var>_floor`` over seeds): mean and std, or None."""
-    if f"{var}_floor" not in every:
-        return None
-    values = np.asarray(every[f"{var}_floor"].values, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def _why_it_rises(every, tuning: str, name: str, n1, n2) -> str:
     """What page 13's tuning noise says about sampler ``name`` from NFE ``n1`` to ``n2``: its own curve there
     and, for a full-order last step, the same sampler's with the lower-order last step."""
@@ -557,6 +546,7 @@ def rising_reading(ds) -> str:
         sampler_label,
         seed_values,
     )
+    from dode.companion.plots import floor_stats
 
     var = metric_name(ds)
     tuning = f"{var}_tuning"
@@ -579,7 +569,7 @@ def rising_reading(ds) -> str:
                     f"- {where}{_GROUP_WORDS[group]} scores worse at NFE {n2} than at NFE {n1} "
                     f"({_value(row['base'])} → {_value(row['method'])}, {beyond}). "
                 )
-                floor = _floor_band(every, var)
+                floor = floor_stats(ds, var, model)
                 if floor is not None and max(row["base"], row["method"]) <= floor[0] + floor[1]:
                     text += (
                         f"Both lie within the noise floor's band ({_value(floor[0])} ± {_value(floor[1])}), where a "
