@@ -552,6 +552,8 @@ def test_runner_executes_the_book_in_order_and_records_wall_times(tmp_path, caps
     assert run_notebooks.run(repo, "smoke", only=["02_plain"], results_dir=results_dir, progress=False) == 0
     rows = read_run_times(results_dir)
     assert rows[0] == first_row and rows[1]["notebook"] == "02_plain"
+    # each row names its run (a kernel's start alone takes over a second): the summary sums the latest only
+    assert rows[0]["run started (UTC)"] < rows[1]["run started (UTC)"]
 
 
 def test_a_failing_notebook_fails_the_run_naming_the_notebook(tmp_path, capsys):

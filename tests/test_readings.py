@@ -85,6 +85,28 @@ def test_timings_summary_adds_the_recorded_wall_times(tmp_path):
     assert "1038 s" in text and "02_noise_prediction (1032 s)" in text and "box" in text
 
 
+def test_timings_summary_sums_only_the_latest_run_after_a_partial_rerun(tmp_path):
+    folder = tmp_path / "data" / "results"
+    folder.mkdir(parents=True)
+    (folder / "run_times.csv").write_text(
+        "notebook,profile,wall time (s),finished (UTC),run started (UTC),machine\n"
+        "00_train_models,cpu,6.0,2026-12-01 10:00,2026-12-01 09:59:00,box\n"
+        "01_denoiser_correlation,cpu,50.0,2026-12-01 10:01,2026-12-01 09:59:00,box\n"
+        "02_noise_prediction,cpu,1032.4,2026-12-02 08:20,2026-12-02 08:00:00,box\n"
+    )
+    text = readings.timings_summary(tmp_path)
+    assert (
+        "2 runs" in text and "started 2026-12-02 08:00:00 UTC, ran 1 notebook (02_noise_prediction)" in text
+    )
+    assert "1032 s" in text and "1088" not in text, "a sum over two runs was given as one build's"
+    assert "other 2 rows" in text and "started 2026-12-01 09:59:00 UTC" in text
+    # a record written before runs were named: its rows are the earlier run
+    (folder / "run_times.csv").write_text(
+        "notebook,profile,wall time (s),finished (UTC),machine\n00_train_models,cpu,6.0,2026-12-01 10:00,box\n"
+    )
+    assert "This build: 1 notebook," in readings.timings_summary(tmp_path)
+
+
 def test_heun_reading_compares_both_formulations():
     fd = np.array([[[30.0, 31, 29], [15, 16, 14], [20, 21, 19]]])  # nfe 5: base, per-time, per-stage
     ds = xr.Dataset(

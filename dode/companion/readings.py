@@ -710,6 +710,10 @@ def versions_table(results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _notebooks(n: int) -> str:
+    return f"{n} notebook{'s' if n != 1 else ''}"
+
+
 def timings_summary(repo: str | Path) -> str:
     """book/timings.md's summary: this build's total and per-notebook wall times, profile and machine,
     read from ``data/results/run_times.csv`` (the runner's record)."""
@@ -723,13 +727,31 @@ def timings_summary(repo: str | Path) -> str:
         rows = [r for r in csv.DictReader(f) if (r.get("wall time (s)") or "").strip()]
     if not rows:
         return f"The notebooks have {NOT_RUN}: `data/results/run_times.csv` is empty."
-    times = [(r["notebook"], float(r["wall time (s)"])) for r in rows]
-    total = sum(t for _, t in times)
     profiles = _join(sorted({f"`{r['profile']}`" for r in rows}))
     machines = _join(sorted({r["machine"] for r in rows}))
+    # rows of one invocation of the runner; a partial rerun keeps earlier runs' rows (no start: a record
+    # written before the runner named its runs), and a sum over runs is no build's time
+    runs: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        run = r.get("run started (UTC)") or ""
+        runs.setdefault(run, []).append((r["notebook"], float(r["wall time (s)"])))
+    latest = max(runs)  # timestamps sort as text; an unrecorded start ("") is the earliest
+    times = runs[latest]
+    total = sum(t for _, t in times)
     longest = max(times, key=lambda x: x[1])
+    sums = (
+        f"Their wall times add up to **{total:.0f} s ({total / 60:.1f} min)**; where the runner ran notebooks "
+        f"side by side (`--jobs 2`) the build took less than this sum. The longest is {longest[0]} "
+        f"({longest[1]:.0f} s)"
+    )
+    if len(runs) == 1:
+        return f"This build: {_notebooks(len(times))}, profile {profiles}, on {machines}. {sums}; the table gives every notebook."
+    earlier = [r for r in runs if r != latest]
+    started = _join(f"started {r} UTC" if r else "whose start was not recorded" for r in sorted(earlier))
+    kept = sum(len(runs[r]) for r in earlier)
     return (
-        f"This build: {len(times)} notebooks, profile {profiles}, on {machines}. Their wall times add up to "
-        f"**{total:.0f} s ({total / 60:.1f} min)**; where the runner ran notebooks side by side (`--jobs 2`) "
-        f"the build took less than this sum. The longest is {longest[0]} ({longest[1]:.0f} s); the table gives every notebook."
+        f"This book's pages come from {len(runs)} runs of the runner, profile {profiles}, on {machines}. The "
+        f"latest, started {latest} UTC, ran {_notebooks(len(times))} ({_join(name for name, _ in times)}). {sums}. "
+        f"The other {kept} rows of the table are earlier runs' ({started}), which the latest did not rerun: "
+        "a sum over different runs is no build's time, so none is given."
     )

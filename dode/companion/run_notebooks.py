@@ -67,7 +67,9 @@ SOURCE_DIR = "notebooks"
 RESULTS_DIR = "data/results"
 RUN_TIMES_FILE = "run_times.csv"
 LOGS_DIR = "logs"  # under the results folder: one progress log per notebook
-RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "machine")
+#: ``run started (UTC)`` names the runner's invocation a row comes from: a partial rerun (``--only``) keeps the
+#: rows of the notebooks it did not run, and their times belong to an earlier run
+RUN_TIMES_COLUMNS = ("notebook", "profile", "wall time (s)", "finished (UTC)", "run started (UTC)", "machine")
 KERNEL_NAME = "python3"
 
 
@@ -660,6 +662,7 @@ def run(
     done: list[dict[str, str]] = []
     failures, not_run = [], []
     total_start = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
     def finished(index: int, notebook: BookNotebook, wall: float, error: Exception | None) -> bool:
         """Record one notebook's outcome; whether the run goes on."""
@@ -670,7 +673,7 @@ def run(
         print(f"[{index}/{len(notebooks)}] {notebook.name}: {wall:.1f} s", flush=True)
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         row = {"notebook": notebook.name, "profile": label, "wall time (s)": f"{wall:.1f}"}
-        done.append({**row, "finished (UTC)": when, "machine": machine})
+        done.append({**row, "finished (UTC)": when, "run started (UTC)": started, "machine": machine})
         return True
 
     def skipped(notebook: BookNotebook, needs: list[str]) -> None:
