@@ -43,6 +43,18 @@ def test_a_cell_worse_than_base_is_named_with_its_values():
     assert "every NFE" not in text
 
 
+def test_a_worse_cell_within_the_noise_floor_band_is_said_to_be_at_the_floor():
+    values = {("ddim", 5): ([10, 11, 12], [5, 6, 7]), ("ddim", 19): ([0.51, 0.50, 0.52], [0.55, 0.56, 0.57])}
+    ds = sweep(values)
+    ds["fd_floor"] = ("seed", [0.50, 0.58, 0.54])  # band 0.54 ± 0.04 holds both sides of NFE 19
+    text = readings.sweep_reading(ds)
+    assert "worse at NFE 19 (NFE 19: 0.51 → 0.56, both within the noise floor's band)" in text
+    assert "0.54 ± 0.04" in text and "no longer ranks" in text
+    ds["fd_floor"] = ("seed", [0.20, 0.24, 0.22])  # a floor far below: the worse cell is a real loss
+    text = readings.sweep_reading(ds)
+    assert "worse at NFE 19" in text and "floor" not in text
+
+
 def test_a_cell_inside_the_noise_is_not_called_better():
     ds = sweep({("ddim", 10): ([1.0, 1.2, 0.9], [0.9, 1.3, 0.85])})
     assert "inside the noise at NFE 10" in readings.sweep_reading(ds)

@@ -78,8 +78,15 @@ def _value(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
 
 
-def _gain_sentence(rows, var: str, what: str, against: str) -> str:
-    """One sentence: at which NFEs ``what`` is better / worse / inside the noise against ``against``."""
+def _at_floor(r, floor) -> bool:
+    """Whether both sides of a paired cell lie within the noise floor's band ``(mean, std, seeds)``."""
+    return floor is not None and max(r["base"], r["method"]) <= floor[0] + floor[1]
+
+
+def _gain_sentence(rows, var: str, what: str, against: str, floor=None) -> str:
+    """One sentence: at which NFEs ``what`` is better / worse / inside the noise against ``against``. A worse
+    cell whose two sides both lie within the noise floor's band (``floor``: :func:`dode.companion.plots.
+    floor_stats`) is said to be there: at the floor the metric no longer ranks samplers."""
     by_side = {s: [r for r in rows if side(r) == s] for s in (1, 0, -1)}
     parts = []
     for mark in (1, 0, -1):
@@ -90,11 +97,20 @@ def _gain_sentence(rows, var: str, what: str, against: str) -> str:
         if mark == -1:
             text += (
                 " ("
-                + "; ".join(f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}" for r in cells)
+                + "; ".join(
+                    f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}"
+                    + (", both within the noise floor's band" if _at_floor(r, floor) else "")
+                    for r in cells
+                )
                 + ")"
             )
         parts.append(text)
     sentence = f"**{what}** against {against}: {_join(parts)}."
+    if any(_at_floor(r, floor) for r in by_side[-1]):
+        sentence += (
+            f" The band ({_value(floor[0])} ± {_value(floor[1])}) is what a converged sampler scores at this "
+            "sample size: at the floor the metric no longer ranks samplers."
+        )
     better = by_side[1]
     if len(better) == 1:
         r = better[0]
@@ -119,14 +135,17 @@ def sweep_reading(ds, method: str = "d-ode", base: str = "base", solvers=None) -
     rows = [r for r in paired_gains(ds, method, base) if solvers is None or r["solver"] in solvers]
     if not rows:
         return f"No cell of this results file holds both {base} and {method} ({NOT_RUN})."
+    from dode.companion.plots import floor_stats
+
     lines = [_seed_note(rows)]
     for model in _models(rows):
+        floor = floor_stats(ds, var, model)
         for solver in dict.fromkeys(r["solver"] for r in rows):
             cells = [r for r in rows if r.get("model") == model and r["solver"] == solver]
             if not cells:
                 continue
             against = method_label(solver, base) + (f" on `{model}`" if model else "")
-            lines.append("- " + _gain_sentence(cells, var, method_label(solver, method), against))
+            lines.append("- " + _gain_sentence(cells, var, method_label(solver, method), against, floor))
     return "\n".join(lines)
 
 
@@ -570,7 +589,7 @@ def rising_reading(ds) -> str:
                     f"({_value(row['base'])} → {_value(row['method'])}, {beyond}). "
                 )
                 floor = floor_stats(ds, var, model)
-                if floor is not None and max(row["base"], row["method"]) <= floor[0] + floor[1]:
+                if _at_floor(row, floor):
                     text += (
                         f"Both lie within the noise floor's band ({_value(floor[0])} ± {_value(floor[1])}), where a "
                         "converged sampler scores: at the floor the metric no longer ranks samplers. "
