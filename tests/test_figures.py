@@ -311,6 +311,21 @@ def test_log_axes_have_plain_labels_that_do_not_overlap():
     plt.close(fig)
 
 
+def test_a_log_axis_without_a_positive_value_stays_linear_without_a_warning():
+    import warnings
+
+    plots.style()
+    fig, ax = plt.subplots(figsize=(3.4, 2.6))
+    ax.plot([0.0, 0.0], [0.5, 0.7])  # costs that rounded to 0: what a dry run's page 10 drew
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.log_axis(ax, "x")
+        plots.log_axis(ax, "y")
+        fig.canvas.draw()
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "log"
+    plt.close(fig)
+
+
 def _floor_bands(fig):
     return [p for ax in fig.axes for p in ax.patches if p.get_label() == "noise floor"]
 

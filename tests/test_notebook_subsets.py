@@ -8,11 +8,11 @@ traceback and without a warning in its outputs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import papermill
 import pytest
+from notebook_outputs import problems
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -63,21 +63,6 @@ CASES = {
 }
 
 
-def _problems(executed: Path) -> list[str]:
-    """Tracebacks and warnings among the outputs of an executed notebook."""
-    found = []
-    for i, cell in enumerate(json.loads(executed.read_text())["cells"]):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                found.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
-            # tqdm's TqdmWarning is printed when a library imports tqdm.auto without ipywidgets: not a drawing
-            elif out.get("name") == "stderr" and "Warning" in "".join(out.get("text", "")).replace(
-                "TqdmWarning", ""
-            ):
-                found.append(f"cell {i}: {''.join(out['text']).strip()[:300]}")
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_notebook_draws_a_subset_of_its_protocol(case, tmp_path):
@@ -92,4 +77,4 @@ def test_a_notebook_draws_a_subset_of_its_protocol(case, tmp_path):
             cwd=str(NOTEBOOKS),
             progress_bar=False,
         )
-        assert not _problems(executed), f"{case}, {stem}: {_problems(executed)}"
+        assert not problems(executed), f"{case}, {stem}: {problems(executed)}"

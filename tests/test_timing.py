@@ -55,15 +55,25 @@ def test_the_cost_table_charges_each_method_its_own_one_off_cost(results):
     assert table.loc[("PD (DDIM student)", 4), "total (s)"] == 104.0
 
 
+def test_the_cost_table_keeps_three_significant_digits_of_small_costs(results):
+    small = results.copy(deep=True)
+    small["sample_seconds"] = small["sample_seconds"] / 1000  # a dry run samples a handful of images
+    small["fit_seconds"] = small["fit_seconds"] / 1000
+    table = timing.cost_table(small).set_index(["method", "NFE"])
+    assert table.loc[("EDM (Heun)", 5), "sampling (s)"] == 0.005
+    assert table.loc[("D-EDM", 5), "total (s)"] == 0.035
+    assert (timing.cost_table(small)["total (s)"] > 0).all()
+
+
 def test_time_to_reach_picks_the_cheapest_configuration_that_reaches_the_target(results):
     reach = timing.time_to_reach(results, [13.0, 25.0, 35.0])
     assert reach.loc["PD (DDIM student)"].tolist() == [
-        "104.0 s (NFE 4)",
-        "104.0 s (NFE 4)",
-        "104.0 s (NFE 4)",
+        "104 s (NFE 4)",
+        "104 s (NFE 4)",
+        "104 s (NFE 4)",
     ]
-    assert reach.loc["D-DDIM"].tolist() == ["–", "–", "24.0 s (NFE 4)"]
-    assert reach.loc["D-EDM"].tolist() == ["–", "35.0 s (NFE 5)", "35.0 s (NFE 5)"]
+    assert reach.loc["D-DDIM"].tolist() == ["–", "–", "24 s (NFE 4)"]
+    assert reach.loc["D-EDM"].tolist() == ["–", "35 s (NFE 5)", "35 s (NFE 5)"]
     assert reach.loc["EDM (Heun)"].tolist() == ["–", "–", "–"]
 
 

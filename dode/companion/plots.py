@@ -235,6 +235,9 @@ def log_axis(ax, axis: str = "y") -> None:
     labels than fit. Call it once the panel's data are drawn."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+    drawn = ax.dataLim.intervalx if axis == "x" else ax.dataLim.intervaly
+    if not (np.isfinite(drawn).all() and drawn[1] > 0):
+        return  # no positive value drawn (an empty panel, or costs of 0): a log axis could not show it
     getattr(ax, f"set_{axis}scale")("log")
     lo, hi = getattr(ax, f"get_{axis}lim")()
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):

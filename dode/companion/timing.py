@@ -369,9 +369,12 @@ def cost_table(ds, metric: str = "fd"):
             sampling = _mean(ds, "sample_seconds", solver=solver, method=method, nfe=nfe)
             rows.append((label, nfe, quality, one_off, sampling, one_off + sampling))
     columns = ["method", "NFE", metric.upper(), "one-off cost (s)", "sampling (s)", "total (s)"]
-    return pd.DataFrame(rows, columns=columns).round(
-        {metric.upper(): 2, "one-off cost (s)": 1, "sampling (s)": 1, "total (s)": 1}
-    )
+    table = pd.DataFrame(rows, columns=columns).round({metric.upper(): 2})
+    # seconds to three significant digits: a small run's costs (a dry run samples a few images) are
+    # hundredths of a second, which one decimal would print, and plot on a log axis, as 0
+    for column in columns[3:]:
+        table[column] = table[column].map(lambda x: float(f"{x:.3g}"))
+    return table
 
 
 def time_to_reach(ds, targets, metric: str = "fd"):
@@ -392,7 +395,7 @@ def time_to_reach(ds, targets, metric: str = "fd"):
                 cells.append("–")
             else:
                 best = ok.loc[ok["total (s)"].idxmin()]
-                cells.append(f"{best['total (s)']:.1f} s (NFE {int(best['NFE'])})")
+                cells.append(f"{best['total (s)']:.3g} s (NFE {int(best['NFE'])})")
         out[label] = cells
     return pd.DataFrame.from_dict(
         out, orient="index", columns=[f"{quality} ≤ {t:.2f}" for t in targets]
