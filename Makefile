@@ -1,4 +1,4 @@
-# Thin entry points; the logic lives in scripts/bootstrap.py, dode/run_notebooks.py and dode/build_book.py.
+# Thin entry points; the logic lives in scripts/bootstrap.py, dode/companion/run_notebooks.py and dode/companion/build_book.py.
 #   make book [PROFILE=smoke|cpu|paper]   run every notebook of the book, then build book/_build/html
 #   make test                             ruff, then pytest
 PYTHON ?= python3

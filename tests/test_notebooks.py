@@ -1,6 +1,6 @@
 """Every notebook runs under the smoke profile; the runner finds, executes and times the book's notebooks.
 
-The notebook conventions, which every notebook in notebooks/ must follow (dode/run_notebooks.py relies on
+The notebook conventions, which every notebook in notebooks/ must follow (dode/companion/run_notebooks.py relies on
 them too):
 
 1. The notebook is committed clean: no outputs, no execution counts, kernel `python3`.
