@@ -28,6 +28,7 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
         shutil.copy(REPO / name, book / name)
     for page in (REPO / "book").glob("*.md"):
         shutil.copy(page, book / "book" / page.name)
+    shutil.copytree(REPO / "_static", book / "_static")
     for notebook in run_notebooks.book_notebooks(REPO):
         (book / "notebooks").mkdir(exist_ok=True)
         shutil.copy(notebook.source, book / "notebooks" / notebook.source.name)
@@ -61,6 +62,9 @@ def test_the_book_builds_offline_with_local_mathjax(tmp_path):
     page00 = (html / "book" / "executed" / "00_train_models.html").read_text()
     assert re.search(r"<td>\s*(<p>)?digits-eps(</p>)?\s*</td>", page00) and "|---|" not in page00, (
         "a reading's table"
+    )
+    assert re.search(r'<link[^>]*href="[^"]*_static/dode\.css', page00), (
+        "the book's table styles reach every page"
     )
     method = (html / "book" / "method.html").read_text()
     assert 'class="math' in method, "the method page should contain typeset math"
