@@ -178,7 +178,8 @@ def similarity_results():
     return xr.Dataset(
         {
             "similarity": (("model", "i", "j"), np.stack([S, S**2])),
-            "eval_time": (("model", "i"), np.stack([np.linspace(1, 0.001, n), np.geomspace(80, 0.002, n)])),
+            # the times a 1000-step run's labels show: training indices (VP), sigma (EDM)
+            "eval_time": (("model", "i"), np.stack([np.linspace(999, 0.999, n), np.geomspace(80, 0.002, n)])),
             "data_prediction": ("model", [0, 1]),
         },
         coords={"model": MODELS},
@@ -290,6 +291,29 @@ def test_nfe_ticks_are_the_integers_run_and_their_labels_do_not_overlap(drawn):
             assert not ax.xaxis.get_minorticklocs().size, name
             checked += 1
     assert checked >= 10
+
+
+def test_the_similarity_table_keeps_digits_of_a_mean_close_to_one():
+    ds = similarity_results()
+    ds["similarity"][:] = 1.0 - 4e-5 * np.abs(ds["i"] - ds["j"])  # neighbours at 0.99996
+    cells = plots.table(plots.similarity_summary(ds), digits=4).data
+    assert cells["cos(d_i, d_i+1) mean"].tolist() == ["1.0000", "1.0000"]
+
+
+def test_no_axis_tick_labels_overlap(drawn):
+    for name, fig in drawn.items():
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for labels, lo, hi in (
+                (ax.get_xticklabels(), "x0", "x1"),
+                (ax.get_yticklabels(), "y0", "y1"),
+            ):
+                boxes = sorted(
+                    (t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()),
+                    key=lambda b: getattr(b, lo),
+                )
+                for a, b in zip(boxes, boxes[1:], strict=False):
+                    assert getattr(a, hi) <= getattr(b, lo) + 0.5, (name, ax.get_title(), lo)
 
 
 def test_log_axes_have_plain_labels_that_do_not_overlap():
@@ -478,6 +502,20 @@ def test_table_words_for_missing_flags_and_dicts():
     )
     cells = plots.table(df).data.values.tolist()
     assert cells == [["1.23", "yes", "–", "3"], ["–", "no", "fd: 2.50", "4"]]
+
+
+def test_table_shows_each_outer_level_once_per_block():
+    index = pd.MultiIndex.from_tuples(
+        [("m1", "ddim", "base"), ("m1", "ddim", "d-ode"), ("m1", "ipndm", "base"), ("m2", "ipndm", "base")],
+        names=["model", "solver", "method"],
+    )
+    cells = plots.table(pd.DataFrame({"fd": [1.0, 2.0, 3.0, 4.0]}, index=index)).data.values.tolist()
+    assert [row[:3] for row in cells] == [
+        ["m1", "ddim", "base"],
+        ["", "", "d-ode"],
+        ["", "ipndm", "base"],
+        ["m2", "ipndm", "base"],  # a new model starts a new block of every inner level
+    ]
 
 
 def test_the_model_table_drops_an_empty_quality_column_and_renders_a_full_one():

@@ -388,10 +388,11 @@ def table(df, digits: int = 2):
         if values is not None and np.all(np.mod(values.dropna(), 1) == 0):  # counts stored as floats
             out.iloc[:, j] = [int(v) if np.isfinite(v) else None for v in values]
     out = out.map(lambda v: _cell_words(v, digits))
-    for j in range(n_levels - 1):  # the outer levels' repeated values, once per block
-        column = out.iloc[:, j]
-        block = (out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1)
-        out.iloc[:, j] = column.where(block, "")
+    # the outer levels' repeated values, once per block: a block starts where any level up to j changes,
+    # judged on the labels before any of them is blanked
+    starts = [(out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1) for j in range(n_levels - 1)]
+    for j, start in enumerate(starts):
+        out.iloc[:, j] = out.iloc[:, j].where(start, "")
     styler = out.style.hide(axis="index")
     if n_levels and out.columns.is_unique:  # the former index: labels, read left to right
         styler = styler.set_properties(
@@ -813,6 +814,12 @@ def _prediction_name(ds, model: str) -> str:
     )
 
 
+def _evaluation_ticks(times, symbol: str, count: int, sep: str):
+    """``count`` evenly spaced evaluation indices and their labels: the index and the model time."""
+    ticks = np.unique(np.linspace(0, len(times) - 1, count).round().astype(int))
+    return ticks, [f"{i}{sep}{symbol}={times[i]:.3g}" for i in ticks]
+
+
 def similarity_heatmaps(ds, cmap: str = "viridis"):
     """Fig. 2: one heatmap per model of the cosine similarity between all denoising outputs of one run.
 
@@ -831,11 +838,10 @@ def similarity_heatmaps(ds, cmap: str = "viridis"):
         low = np.floor(float(np.nanmin(S)) * 20) / 20
         image = ax.imshow(S, cmap=cmap, vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
         n = len(S)
-        ticks = np.unique(np.linspace(0, n - 1, 4).round().astype(int))  # four labels fit half the page
         symbol = "σ" if variables.get(model) == "sigma" else "t"
-        labels = [f"{i}\n{symbol}={times[i]:.3g}" for i in ticks]
-        ax.set_xticks(ticks, labels)
-        ax.set_yticks(ticks, [lb.replace("\n", " ") for lb in labels])
+        # a half-page panel holds four labels down its side but only three side by side ("t=0.999")
+        ax.set_xticks(*_evaluation_ticks(times, symbol, 3, "\n"))
+        ax.set_yticks(*_evaluation_ticks(times, symbol, 4, " "))
         ax.set_xlabel("evaluation j (noise → data)")
         ax.set_ylabel("evaluation i")
         ax.grid(False)
@@ -888,7 +894,7 @@ def similarity_summary(ds):
                 "share of pairs > 0.9": float(np.mean(S > 0.9)),
             }
         )
-    return pd.DataFrame(rows).round(4)
+    return pd.DataFrame(rows)  # not rounded here: a mean of 0.99996 is not the whole number 1
 
 
 def _traj_label(solver: str, method: str, nfe: int) -> str:
