@@ -504,6 +504,11 @@ def test_table_words_for_missing_flags_and_dicts():
     assert cells == [["1.23", "yes", "–", "3"], ["–", "no", "fd: 2.50", "4"]]
 
 
+def test_table_keeps_a_mean_and_its_spread_together():
+    cells = plots.table(pd.DataFrame({"fd": ["36.64 ± 1.68 (3/3)"]})).data.values.tolist()
+    assert cells == [["36.64\u00a0± 1.68 (3/3)"]]
+
+
 def test_table_shows_each_outer_level_once_per_block():
     index = pd.MultiIndex.from_tuples(
         [("m1", "ddim", "base"), ("m1", "ddim", "d-ode"), ("m1", "ipndm", "base"), ("m2", "ipndm", "base")],

@@ -50,6 +50,10 @@ def test_a_worse_cell_within_the_noise_floor_band_is_said_to_be_at_the_floor():
     text = readings.sweep_reading(ds)
     assert "worse at NFE 19 (NFE 19: 0.51 → 0.56, both within the noise floor's band)" in text
     assert "0.54 ± 0.04" in text and "no longer ranks" in text
+    ds["fd_floor"] = ("seed", [0.48, 0.52, 0.50])  # band 0.50 ± 0.02 holds the base only
+    text = readings.sweep_reading(ds)
+    assert "worse at NFE 19 (NFE 19: 0.51 → 0.56, the base within the noise floor's band)" in text
+    assert "no error to remove" in text and "both within" not in text
     ds["fd_floor"] = ("seed", [0.20, 0.24, 0.22])  # a floor far below: the worse cell is a real loss
     text = readings.sweep_reading(ds)
     assert "worse at NFE 19" in text and "floor" not in text

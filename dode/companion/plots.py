@@ -387,7 +387,8 @@ def table(df, digits: int = 2):
         values = pd.to_numeric(column, errors="coerce") if column.dtype.kind == "f" else None
         if values is not None and np.all(np.mod(values.dropna(), 1) == 0):  # counts stored as floats
             out.iloc[:, j] = [int(v) if np.isfinite(v) else None for v in values]
-    out = out.map(lambda v: _cell_words(v, digits))
+    # a narrow column breaks "36.64 ± 1.68" after the ± only, never between a number and its ±
+    out = out.map(lambda v: _cell_words(v, digits).replace(" ± ", "\u00a0± "))
     # the outer levels' repeated values, once per block: a block starts where any level up to j changes,
     # judged on the labels before any of them is blanked
     starts = [(out.iloc[:, : j + 1] != out.iloc[:, : j + 1].shift()).any(axis=1) for j in range(n_levels - 1)]

@@ -78,9 +78,20 @@ def _value(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
 
 
-def _at_floor(r, floor) -> bool:
-    """Whether both sides of a paired cell lie within the noise floor's band ``(mean, std, seeds)``."""
-    return floor is not None and max(r["base"], r["method"]) <= floor[0] + floor[1]
+def _at_floor(r, floor, key: str | None = None) -> bool:
+    """Whether both sides of a paired cell (or only its side ``key``) lie within the noise floor's band
+    ``(mean, std, seeds)``."""
+    values = [r[key]] if key else [r["base"], r["method"]]
+    return floor is not None and max(values) <= floor[0] + floor[1]
+
+
+def _floor_words(r, floor) -> str:
+    """Where a worse cell stands against the noise floor's band: both sides in it, only the base, or ''."""
+    if _at_floor(r, floor):
+        return ", both within the noise floor's band"
+    if _at_floor(r, floor, "base"):
+        return ", the base within the noise floor's band"
+    return ""
 
 
 def _gain_sentence(rows, var: str, what: str, against: str, floor=None) -> str:
@@ -98,19 +109,24 @@ def _gain_sentence(rows, var: str, what: str, against: str, floor=None) -> str:
             text += (
                 " ("
                 + "; ".join(
-                    f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}"
-                    + (", both within the noise floor's band" if _at_floor(r, floor) else "")
+                    f"NFE {r['nfe']}: {_value(r['base'])} → {_value(r['method'])}" + _floor_words(r, floor)
                     for r in cells
                 )
                 + ")"
             )
         parts.append(text)
     sentence = f"**{what}** against {against}: {_join(parts)}."
-    if any(_at_floor(r, floor) for r in by_side[-1]):
+    if any(_floor_words(r, floor) for r in by_side[-1]):
         sentence += (
             f" The band ({_value(floor[0])} ± {_value(floor[1])}) is what a converged sampler scores at this "
-            "sample size: at the floor the metric no longer ranks samplers."
+            "sample size: at the floor the metric no longer ranks samplers"
         )
+        if any(_floor_words(r, floor) and not _at_floor(r, floor) for r in by_side[-1]):
+            sentence += (
+                ", and a base solver inside it leaves its D-solver no error to remove, only the error of "
+                "λs fitted on one batch of noise against its teacher to add"
+            )
+        sentence += "."
     better = by_side[1]
     if len(better) == 1:
         r = better[0]
