@@ -348,9 +348,8 @@ def test_best_constant_picks_the_grid_point_with_the_lowest_value_on_the_tuning_
     np.testing.assert_array_equal(reduced["fd"].sel({"method": "fixed"}).values.ravel(), [4.0, 4.5])
     np.testing.assert_array_equal(reduced["fd"].sel({"method": "lookahead"}).values.ravel(), [6.0, 6.0])
     np.testing.assert_array_equal(reduced["fd"].sel({"method": "base"}).values.ravel(), [5.0, 5.0])
-    assert plots.paired_difference(reduced, "fd", "fixed", "base", nfe=10) == (
-        "fixed − base: -0.75 ± 0.35 (2/2 seeds lower)"
-    )
+    gain = plots.paired_gain(reduced, "fd", method="fixed", base="base")  # base − fixed, paired by seed
+    assert gain.iloc[0].tolist() == ["+0.75 ± 0.35 (2/2)"]
 
 
 def test_network_evaluations_count_joint_fits_only_at_the_sweeps_joint_nfes(monkeypatch):

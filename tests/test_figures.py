@@ -504,6 +504,32 @@ def test_table_words_for_missing_flags_and_dicts():
     assert cells == [["1.23", "yes", "–", "3"], ["–", "no", "fd: 2.50", "4"]]
 
 
+def _column_styles(styler) -> dict[int, set[str]]:
+    """The CSS declarations each column's cells get in a Styler's HTML, by column number."""
+    import re
+
+    html = styler.to_html()
+    found: dict[int, set[str]] = {}
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", html[: html.index("</style>")]):
+        for col in set(re.findall(r"_col(\d+)", selectors)):
+            found.setdefault(int(col), set()).update(d.strip() for d in body.split(";") if d.strip())
+    return found
+
+
+def test_table_aligns_words_left_numbers_right_and_lets_long_labels_wrap():
+    index = pd.Index(["ddim", "diffusers DPM-Solver++(2M) (full-order last step, order 3, Karras sigmas)"])
+    df = pd.DataFrame(
+        {"fd": ["2.97 ± 0.51", "–"], "verdict": ["inside the noise", "dode better"], "n": [3, 4]},
+        index=index.rename("sampler"),
+    )
+    styles = _column_styles(plots.table(df))
+    assert "text-align: left" in styles[0] and "white-space: nowrap" not in styles[0]  # a long label wraps
+    assert "text-align: left" in styles[2]  # words
+    assert 1 not in styles and 3 not in styles  # numbers keep the right alignment of the stylesheet
+    short = _column_styles(plots.table(df.iloc[:1]))
+    assert {"text-align: left", "white-space: nowrap"} <= short[0]
+
+
 def test_table_keeps_a_mean_and_its_spread_together():
     cells = plots.table(pd.DataFrame({"fd": ["36.64 ± 1.68 (3/3)"]})).data.values.tolist()
     assert cells == [["36.64\u00a0± 1.68 (3/3)"]]

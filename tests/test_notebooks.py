@@ -625,3 +625,21 @@ def test_no_executed_page_prints_a_warning_or_a_log_to_stderr(smoke_book):
         if hits:
             noisy[path.name] = hits
     assert not noisy, f"cells with stderr output: {noisy}"
+
+
+def test_no_page_shows_printed_text_in_a_visible_cell(smoke_book):
+    """A page states its results as tables, figures and sentences, not as printed log lines: only the folded
+    set-up cells (hide-cell) or removed outputs may print (page 07 once printed its paired differences)."""
+    hidden = {"hide-cell", "remove-cell", "hide-output", "remove-output"}
+    printed = {}
+    for path in sorted((smoke_book.repo / "book" / "executed").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        hits = [
+            i
+            for i, cell in enumerate(cells)
+            if not hidden & set(cell.get("metadata", {}).get("tags", []))
+            and any(out.get("output_type") == "stream" for out in cell.get("outputs", []))
+        ]
+        if hits:
+            printed[path.name] = hits
+    assert not printed, f"visible cells with printed output: {printed}"

@@ -165,6 +165,11 @@ def test_ablation_reading_names_a_worse_point():
     text = readings.ablation_reading(ds)
     assert "K = 5: worse" in text and "B = 50: inside the noise" in text
     assert "other sweeps" not in text  # a file without a profile names no other page's B
+    assert "floor" not in text  # a file without a noise floor
+    ds["fd_floor"] = ("seed", [2.0, 2.4, 2.2])  # band 2.2 ± 0.2 holds every point
+    assert "Every point lies within the noise floor's band (2.2 ± 0.2)" in readings.ablation_reading(ds)
+    ds["fd_floor"] = ("seed", [0.5, 0.6, 0.7])  # K = 5 lies above it
+    assert "floor" not in readings.ablation_reading(ds)
 
 
 @pytest.mark.parametrize(("profile", "said"), [("cpu", True), ("smoke", False)])
@@ -229,3 +234,29 @@ def test_the_protocol_line_has_no_tex_the_book_would_print_raw():
     ds = xr.Dataset(attrs={"profile": "cpu", "parameters": json.dumps({"K": 10, "B": 100, "seeds": [0, 1]})})
     line = readings.protocol_reading(ds)
     assert "$" not in line and "*K* = 10, *B* = 100" in line
+
+
+def test_lookahead_reading_grades_against_the_evaluation_seeds_floor():
+    # D-DDIM, Fixed-D-DDIM at two constants; evaluation seeds 0-2, tuning seed 3 (which picks λ = 0.6)
+    fd = np.full((1, 3, 1, 4, 2), np.nan)  # solver, method, nfe, seed, lambda_value
+    fd[0, 0, 0] = [[2.0, 2.0]] * 4  # base
+    fd[0, 1, 0] = [[1.30, 1.30], [1.32, 1.32], [1.31, 1.31], [9.0, 9.0]]  # d-ode: no lambda dependence
+    fd[0, 2, 0] = [[1.0, 1.20], [1.0, 1.22], [1.0, 1.21], [5.0, 0.5]]  # fixed
+    ds = xr.Dataset(
+        {
+            "fd": (("solver", "method", "nfe", "seed", "lambda_value"), fd),
+            "fd_floor": ("seed", [1.3, 1.4, 1.5, 9.0]),  # the tuning seed's floor is no part of the band
+        },
+        coords={
+            "solver": ["ddim"],
+            "method": ["base", "d-ode", "fixed"],
+            "nfe": [10],
+            "seed": [0, 1, 2, 3],
+            "lambda_value": [0.3, 0.6],
+        },
+        attrs={"parameters": json.dumps({"seeds": [0, 1, 2], "tuning_seed": 3})},
+    )
+    text = readings.lookahead_reading(ds)
+    assert "best constant λ = 0.6" in text
+    assert "worse at NFE 10 (NFE 10: 1.21 → 1.31, both within the noise floor's band)" in text
+    assert "(1.4 ± 0.1)" in text

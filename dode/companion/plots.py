@@ -7,6 +7,7 @@ and also a keyword of xarray's ``sel``.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -56,7 +57,6 @@ __all__ = [
     "ablation",
     "ablation_figure",
     "lambda_search",
-    "paired_difference",
 ]
 
 METHOD_STYLE = {
@@ -365,6 +365,9 @@ def _cell_words(value, digits: int) -> str:
     return str(value)
 
 
+_NUMBER = re.compile(r"[+\-−]?\.?\d")  # a cell that starts as a number: "2.97 ± 0.51", "-0.44", "25.3 s"
+
+
 def table(df, digits: int = 2):
     """A DataFrame as the book shows it: the index levels become ordinary columns (a level's repeated values
     shown once per block, as a reader expects), no index column, every cell through :func:`_cell_words`
@@ -395,10 +398,18 @@ def table(df, digits: int = 2):
     for j, start in enumerate(starts):
         out.iloc[:, j] = out.iloc[:, j].where(start, "")
     styler = out.style.hide(axis="index")
-    if n_levels and out.columns.is_unique:  # the former index: labels, read left to right
-        styler = styler.set_properties(
-            subset=list(out.columns[:n_levels]), **{"text-align": "left", "white-space": "nowrap"}
-        )
+    if not out.columns.is_unique:
+        return styler
+    # labels read left to right, numbers line up on the right; a short label stays on one line, a long one
+    # (a sampler's full configuration) wraps so that the table fits the text column
+    for j, name in enumerate(out.columns):
+        cells = [str(v) for v in out.iloc[:, j] if str(v) not in ("", "–")]
+        if j >= n_levels and all(_NUMBER.match(v) for v in cells):
+            continue
+        style = {"text-align": "left"}
+        if j < n_levels and max(map(len, cells), default=0) <= 30:
+            style["white-space"] = "nowrap"
+        styler = styler.set_properties(subset=[name], **style)
     return styler
 
 
@@ -1317,18 +1328,6 @@ def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookah
     fig.tight_layout()
     caption(fig, " ".join(dict.fromkeys(f for f in floors if f)))
     return fig
-
-
-def paired_difference(ds, var: str, method: str, reference: str, **selection) -> str:
-    """``method − reference`` of the same seeds (same evaluation noise) as a sentence: mean ± std over seeds
-    and in how many seeds ``method`` is lower (better for FD/FID)."""
-    da = ds[var].sel(selection)
-    diff = (da.sel({"method": method}) - da.sel({"method": reference})).values.ravel()
-    diff = diff[np.isfinite(diff)]
-    if diff.size == 0:
-        return f"{method} − {reference}: no paired cells"
-    spread = f" ± {np.std(diff, ddof=1):.2f}" if diff.size > 1 else ""
-    return f"{method} − {reference}: {np.mean(diff):+.2f}{spread} ({int(np.sum(diff < 0))}/{diff.size} seeds lower)"
 
 
 # ---------------------------------------------------------------------------------------------------------
