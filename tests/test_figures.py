@@ -615,3 +615,20 @@ def test_a_method_without_cells_gets_a_note_instead_of_a_table():
     empty["fd"].loc[{"method": "d-ode-joint"}] = np.nan
     assert plots.no_cells_note(empty, "fd", "d-ode-joint") is not None
     assert plots.present(without, ["d-ode-joint", "d-ode", "base"]) == ["d-ode", "base"]
+
+
+def test_an_images_distance_sits_nearer_its_own_image_than_the_image_above():
+    plots.style()
+    images = np.zeros((4, 1, 8, 8))
+    rows = [("reference", images), ("DDIM\nNFE 5", images + 0.1), ("D-DDIM\nNFE 5", images + 0.2)]
+    fig = plots._closeups(rows, images, "digits-eps: DDIM vs D-DDIM")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    grid = np.asarray(fig.axes).reshape(len(rows), -1)
+    for r in (1, 2):
+        ax, above = grid[r, 1], grid[r - 1, 1]
+        title = ax.title.get_window_extent(renderer)
+        to_own = title.y0 - ax.get_window_extent(renderer).y1  # display units: y grows upwards
+        to_above = above.get_window_extent(renderer).y0 - title.y1
+        assert ax.title.get_text() and to_own < to_above / 2, (r, to_own, to_above)
+    plt.close(fig)

@@ -1057,7 +1057,7 @@ def _closeups(rows, reference, title: str, pixels=None):
     ncol = len(rows[0][1])
     # a table of images rather than panels: one column per image, as many as fit the page's width
     size = min(1.55, PAGE_WIDTH_IN / (ncol + 1))
-    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(size * (ncol + 1), 1.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(size * (ncol + 1), 1.8 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         axes[r, 0].axis("off")
         axes[r, 0].text(1.0, 0.5, label, ha="right", va="center", fontsize=9, transform=axes[r, 0].transAxes)
@@ -1075,7 +1075,9 @@ def _closeups(rows, reference, title: str, pixels=None):
     fig.suptitle(
         title + (" (titles: L2 distance to the reference)" if reference is not None else ""), fontsize=10
     )
-    fig.tight_layout()
+    # a row's titles sit close above its own images and far below the row above, so that a reader does not
+    # take a distance for the label of the image over it
+    fig.tight_layout(h_pad=2.0)
     return fig
 
 
