@@ -260,3 +260,35 @@ def test_lookahead_reading_grades_against_the_evaluation_seeds_floor():
     assert "best constant λ = 0.6" in text
     assert "worse at NFE 10 (NFE 10: 1.21 → 1.31, both within the noise floor's band)" in text
     assert "(1.4 ± 0.1)" in text
+
+
+def _trajectories(final: dict) -> xr.Dataset:
+    """A page-05 results file: two states per run, each method's per-sample distance at the last state."""
+    methods = list(final)
+    distance = np.stack([np.stack([np.zeros(3), np.asarray(final[m], float)]) for m in methods])
+    return xr.Dataset(
+        {
+            "state_time": (
+                ("solver", "nfe", "method", "state"),
+                np.tile([1.0, 0.0], (1, 1, len(methods), 1)),
+            ),
+            "distance": (("solver", "nfe", "method", "state", "sample"), distance[None, None]),
+        },
+        coords={"solver": ["ddim"], "nfe": [10], "method": methods},
+    )
+
+
+def test_trajectories_reading_says_whether_sep_and_all_drift_away_at_the_end():
+    ds = _trajectories(
+        {"base": [0.8] * 3, "d-ode": [0.4, 0.5, 0.45], "sep": [0.3, 0.6, 0.3], "all": [0.3] * 3}
+    )
+    text = readings.trajectories_reading(ds)
+    assert (
+        "D-DDIM-Sep-10 ends closer to the reference than D-DDIM-10 (0.40 against 0.45; farther in 1 of 3"
+        in text
+    )
+    assert "does not appear here" in text
+    ds = _trajectories({"base": [0.8] * 3, "d-ode": [0.4] * 3, "sep": [0.9] * 3, "all": [1.0] * 3})
+    assert "appears here too" in readings.trajectories_reading(ds)
+    ds = _trajectories({"base": [0.8] * 3, "d-ode": [0.4] * 3})
+    assert "Fig. 7" not in readings.trajectories_reading(ds)  # neither variant was run

@@ -208,16 +208,51 @@ def correlation_reading(ds) -> str:
     return "\n".join(lines)
 
 
-def _final_distance(ds, solver, nfe, method):
-    """Mean and std over samples of the distance to the reference at the run's last state, or None."""
+def _final_distances(ds, solver, nfe, method):
+    """Each sample's distance to the reference at the run's last state, or None where the run is absent."""
     t = ds["state_time"].sel({"solver": solver, "nfe": nfe, "method": method}).values
     if not np.isfinite(t).any():
         return None
     last = int(np.flatnonzero(np.isfinite(t))[-1])
-    d = np.asarray(
+    return np.asarray(
         ds["distance"].sel({"solver": solver, "nfe": nfe, "method": method}).isel(state=last).values, float
     )
+
+
+def _final_distance(ds, solver, nfe, method):
+    """Mean and std over samples of the distance to the reference at the run's last state, or None."""
+    d = _final_distances(ds, solver, nfe, method)
+    if d is None:
+        return None
     return float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else float("nan")
+
+
+def _drift_sentence(ds, solver, nfe) -> str | None:
+    """The paper's Fig. 7: D-DDIM-Sep and -All drift away from the target at the end. Where each of them ends
+    against D-DDIM, paired over the same samples; None where the file holds neither or no D-DDIM."""
+    ref = _final_distances(ds, solver, nfe, "d-ode")
+    parts, drifts = [], []
+    for m in ("sep", "all"):
+        d = _final_distances(ds, solver, nfe, m) if m in ds.coords["method"].values else None
+        if d is None or ref is None:
+            continue
+        diff = d - ref
+        drifts.append(diff.mean() > 0)
+        parts.append(
+            f"{method_label(solver, m)}-{nfe} ends {'farther from' if drifts[-1] else 'closer to'} the reference "
+            f"than {method_label(solver, 'd-ode')}-{nfe} ({d.mean():.2f} against {ref.mean():.2f}; farther in "
+            f"{int((diff > 0).sum())} of {diff.size} samples)"
+        )
+    if not parts:
+        return None
+    verdict = (
+        "the drift at the end that the paper's Fig. 7 shows appears here too"
+        if all(drifts)
+        else "the drift at the end that the paper's Fig. 7 shows does not appear here"
+        if not any(drifts)
+        else "the paper's Fig. 7 drift appears for one of them only"
+    )
+    return "- " + "; ".join(parts) + f": {verdict}."
 
 
 def trajectories_reading(ds) -> str:
@@ -255,6 +290,9 @@ def trajectories_reading(ds) -> str:
                         else "; along the run it is not closer at every state."
                     )
                 )
+            drift = _drift_sentence(ds, solver, nfe)
+            if drift:
+                lines.append(drift)
     if not lines:
         return f"The results file holds no base run ({NOT_RUN})."
     return "\n".join(lines)
