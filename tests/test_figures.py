@@ -526,6 +526,10 @@ def test_table_aligns_words_left_numbers_right_and_lets_long_labels_wrap():
     assert "text-align: left" in styles[0] and "white-space: nowrap" not in styles[0]  # a long label wraps
     assert "text-align: left" in styles[2]  # words
     assert 1 not in styles and 3 not in styles  # numbers keep the right alignment of the stylesheet
+    html = plots.table(df).to_html()
+    assert (
+        "th.col_heading.col0 {\n  text-align: left;" in html and "th.col_heading.col1" not in html
+    )  # headers
     short = _column_styles(plots.table(df.iloc[:1]))
     assert {"text-align: left", "white-space: nowrap"} <= short[0]
 

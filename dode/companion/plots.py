@@ -409,7 +409,9 @@ def table(df, digits: int = 2):
         style = {"text-align": "left"}
         if j < n_levels and max(map(len, cells), default=0) <= 30:
             style["white-space"] = "nowrap"
-        styler = styler.set_properties(subset=[name], **style)
+        styler = styler.set_properties(subset=[name], **style).set_table_styles(
+            {name: [{"selector": "th.col_heading", "props": "text-align: left"}]}, overwrite=False
+        )  # its header too
     return styler
 
 
