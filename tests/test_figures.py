@@ -636,3 +636,10 @@ def test_an_images_distance_sits_nearer_its_own_image_than_the_image_above():
         to_above = above.get_window_extent(renderer).y0 - title.y1
         assert ax.title.get_text() and to_own < to_above / 2, (r, to_own, to_above)
     plt.close(fig)
+
+
+def test_the_grid_search_figure_has_one_legend_above_its_panels(drawn):
+    fig = drawn["lambda_search"]
+    assert all(ax.get_legend() is None for ax in fig.axes)  # a legend inside a panel hid a curve on page 09
+    (legend,) = fig.legends
+    assert {"DDIM", "D-DDIM", "LA-DDIM", "Fixed-D-DDIM"} <= {t.get_text() for t in legend.get_texts()}

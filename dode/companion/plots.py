@@ -1327,9 +1327,9 @@ def lambda_search(ds, var: str, nfe: int, solver: str = "ddim", methods=("lookah
         ax.set_xlabel(r"constant $\lambda$")
         log_axis(ax, "y")
         ax.set_title(f"{method_label(solver, method)}, NFE {nfe}")
-        ax.legend()
     axes[0].set_ylabel(var.upper())
     fig.tight_layout()
+    _shared_legend(fig, axes)  # above the panels, where it hides no curve
     caption(fig, " ".join(dict.fromkeys(f for f in floors if f)))
     return fig
 
