@@ -166,8 +166,12 @@ def timing_results():
     rng = np.random.default_rng(4)
     shape = (len(solvers), len(methods), len(nfes), len(SEEDS))
     return xr.Dataset(
-        {"fd": (("solver", "method", "nfe", "seed"), rng.uniform(1, 50, shape))},
+        {
+            "fd": (("solver", "method", "nfe", "seed"), rng.uniform(1, 50, shape)),
+            "fd_floor": ("seed", rng.uniform(0.8, 1.2, len(SEEDS))),  # drawn as a band, named in a caption
+        },
         coords={"solver": solvers, "method": methods, "nfe": nfes, "seed": SEEDS},
+        attrs={"floor_sampler": "ddim:50", "floor_n_samples": 500},
     )
 
 
@@ -213,6 +217,7 @@ def figures(with_floor=False):
         "lambda_search": plots.lambda_search(lambda_search_results(with_floor), "fd", 3),
         "testbed_figure": testbed.testbed_figure(exact_testbed_results(), "vp"),
         "fd_vs_nfe": timing.fd_vs_nfe(timing_results(), "fd").figure,
+        "fd_vs_cost": timing.fd_vs_cost(timing_results(), "fd").figure,
         "similarity_heatmaps": plots.similarity_heatmaps(similarity_results()),
         "similarity_profiles": plots.similarity_profiles(similarity_results()),
         "plot_loss_curves": model_report.plot_loss_curves(model_report_results()).figure,
@@ -643,3 +648,26 @@ def test_the_grid_search_figure_has_one_legend_above_its_panels(drawn):
     assert all(ax.get_legend() is None for ax in fig.axes)  # a legend inside a panel hid a curve on page 09
     (legend,) = fig.legends
     assert {"DDIM", "D-DDIM", "LA-DDIM", "Fixed-D-DDIM"} <= {t.get_text() for t in legend.get_texts()}
+
+
+def test_no_legend_lies_over_its_panel_in_the_cost_figures():
+    for name, draw in (("fd_vs_nfe", timing.fd_vs_nfe), ("fd_vs_cost", timing.fd_vs_cost)):
+        fig = draw(timing_results(), "fd").figure
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        box, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= box.x1, name  # beside the panel (page 10's legend hid curves and labels)
+        plt.close(fig)
+
+
+def test_a_caption_starts_below_the_axis_label():
+    for name, fig in figures(with_floor=True).items():  # drawn afresh: earlier tests close every figure
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        captions = [t for t in fig.texts if t.get_position()[1] == 0.0 and t.get_text()]
+        labels = [ax.xaxis.label for ax in fig.axes if ax.get_xlabel()]
+        for caption in captions:
+            top = caption.get_window_extent(renderer).y1
+            assert all(label.get_window_extent(renderer).y0 >= top - 1 for label in labels), name
+    plt.close("all")
