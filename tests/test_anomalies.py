@@ -153,12 +153,34 @@ def test_the_dpm_solver_pattern_names_the_second_order_last_steps():
     assert "The greedy D-solver is worse than its base DPM-Solver-3 at NFE 5 of this run" in text
 
 
-def test_spike_note_links_page_02_and_is_empty_without_a_spike():
-    note = anomalies.spike_note({5: 3.1, 8: 40.2, 10: 1.9, 12: 1.5}, "ipndm", VP)
-    assert "At NFE 8 it scores 40.20, against 3.10 at NFE 5 and 1.90 at NFE 10" in note
-    assert "combines 4 outputs" in note and "{ref}`the last step <anomaly-last-step>`" in note
-    assert anomalies.spike_note({5: 3.1, 8: 2.0, 10: 1.9}, "ipndm", VP) == ""
-    assert anomalies.spike_note({5: 3.1, 8: math.nan, 10: 1.9}, "ipndm", VP) == ""
+def test_the_introduction_names_each_rising_curve_with_what_explains_it():
+    values = {}
+    for nfe, base, lof, d in ((3, 9.0, 30.0, 8.0), (4, 70.0, 14.0, 5.0), (5, 8.0, 7.0, 3.0)):
+        values |= _cells(nfe, base, lof, d, d)
+    values[("ipndm", 7, "base")] = [10.0] * 3
+    values |= {("dpm_solver3", n, "d-ode"): [v] * 3 for n, v in ((4, 14.0), (5, 139.0), (7, 1.9))}
+    values |= {("dpm_solver3", n, "base"): [v] * 3 for n, v in ((4, 55.0), (5, 44.0), (7, 23.0))}
+    values |= {("ddim", n, "base"): [v] * 3 for n, v in ((3, 30.0), (4, 40.0), (5, 10.0))}
+    values[("ipndm", 10, "base")] = [6.0] * 3  # NFE 7 rises too, with no lower-order run beside it
+    text = anomalies.summary_spikes({"02_noise_prediction": _sweep(values)})
+    assert (
+        "iPNDM at NFE 4: the full-order last step (with the lower-order last step it does not rise) (" in text
+    )
+    assert "{ref}`page 02 <anomaly-last-step>`" in text
+    assert "iPNDM at NFE 7: no lower-order last step was run at that NFE" in text
+    assert (
+        "D-DPM-Solver-3 at NFE 5: DPM-Solver-3's order pattern ({ref}`page 02 <anomaly-dpm-solver-pattern>`)"
+        in text
+    )
+    assert "DDIM at NFE 4: no page explains it" in text
+    assert "iPNDM-LOF" not in text  # page 02's own curves, not the figure's
+    values[("ipndm_lof", 4, "base")] = [80.0] * 3  # the lower-order last step rises there as well
+    text = anomalies.summary_spikes({"02_noise_prediction": _sweep(values)})
+    assert "iPNDM at NFE 4: the lower-order last step rises there too" in text
+    falling = {("ddim", n, "base"): [v] * 3 for n, v in ((3, 30.0), (4, 20.0), (5, 10.0))}
+    assert (
+        anomalies.summary_spikes({"02_noise_prediction": _sweep(falling), "03_data_prediction": None}) == ""
+    )
 
 
 def test_page_02_runs_the_lower_order_final_variants_beside_the_full_order_ones():
@@ -175,15 +197,6 @@ def test_page_02_runs_the_lower_order_final_variants_beside_the_full_order_ones(
     )  # what pays for the new cells
     # the NFEs where the full-order last steps spike on digits (page 02's anomaly section compares them)
     assert all({3, 4, 5} <= set(cpu["nfes"][s]) for s in LOF_SOLVERS)
-
-
-def test_peers_notes_explain_the_full_order_base_samplers_only():
-    samplers = ["dode:ipndm:time_uniform:base", "dode:ipndm:time_uniform:d-ode", "diffusers:deis"]
-    fd = np.array([[3.1, 40.2, 1.9], [2.0, 50.0, 1.0], [5.0, 60.0, 1.0]])
-    cells = xr.Dataset({"fd": (("sampler", "nfe"), fd)}, coords={"sampler": samplers, "nfe": [5, 8, 10]})
-    notes = anomalies.peers_spike_notes(cells, "fd", VP)
-    assert notes.count("Why base iPNDM spikes") == 1 and "At NFE 8 it scores 40.20" in notes
-    assert anomalies.peers_spike_notes(cells.sel(sampler=samplers[1:]), "fd", VP) == ""
 
 
 # ---- page 03: base Heun's error step by step (measure_heun_steps, heun_plateau_note) ----

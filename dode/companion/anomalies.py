@@ -34,8 +34,7 @@ __all__ = [
     "explain_last_step",
     "lof_pair_note",
     "explain_dpm_solver_pattern",
-    "spike_note",
-    "peers_spike_notes",
+    "summary_spikes",
     "HEUN_VARS",
     "heun_step_errors",
     "measure_heun_steps",
@@ -417,51 +416,67 @@ def _spikes(by_nfe: dict[int, float]) -> list[int]:
     return [b for a, b, c in zip(nfes, nfes[1:], nfes[2:]) if by_nfe[b] > by_nfe[a] and by_nfe[b] > by_nfe[c]]
 
 
-def spike_note(
-    fd_by_nfe: dict[int, float], label: str, schedule, grid=None, anchor: str = "anomaly-last-step"
-) -> str:
-    """One paragraph for a page that shows a full-order multistep base curve (``fd_by_nfe``: NFE -> metric):
-    the NFEs where it is worse than at both neighbouring NFEs, with the last step of the plan there, and a
-    link to page 02's section ``anchor``; an empty string when the curve has no such spike."""
-    nfes = sorted(n for n, v in fd_by_nfe.items() if math.isfinite(v))
-    spikes = _spikes(fd_by_nfe)
-    if not spikes:
-        return ""
-    name = _name(label)
-    parts = []
-    for n in spikes:
-        i = nfes.index(n)
-        p = plan_rows(schedule, [label], [n], grid)[0]
-        parts.append(
-            f"at NFE {n} it scores {fd_by_nfe[n]:.2f}, against {fd_by_nfe[nfes[i - 1]]:.2f} at NFE {nfes[i - 1]} and "
-            f"{fd_by_nfe[nfes[i + 1]]:.2f} at NFE {nfes[i + 1]}: its last step combines {p['outputs']} outputs with "
-            f"weights {_fmt_weights(p['weights'])} over the last interval, which covers {_pct(p['sigma_share'])} of "
-            f"the fall of σ"
-        )
-    said = "; ".join(parts)
-    return (
-        f"**Why base {name} spikes.** "
-        + said[0].upper()
-        + said[1:]
-        + ". The full-order last step extrapolates its outputs "
-        f"over that interval; page 02 shows what a lower-order last step (`lower_order_final`) changes, and where "
-        f"a D-solver only repairs it ({{ref}}`the last step <{anchor}>`)."
-    )
+def _curve(da, solver: str, method: str) -> dict[int, float]:
+    """A results file's curve: NFE -> mean over seeds of one (solver, method); {} where it was not run."""
+    if solver not in da.coords["solver"].values or method not in da.coords["method"].values:
+        return {}
+    curve = da.sel({"solver": solver, "method": method}).mean("seed", skipna=True)
+    return dict(zip(curve.coords["nfe"].values.tolist(), map(float, curve.values), strict=True))
 
 
-def peers_spike_notes(cells, metric: str, schedule) -> str:
-    """:func:`spike_note` for every full-order iPNDM or DEIS-3 base sampler (``dode:<label>:<grid>:base``)
-    of one model's cells of a peers results file (``peers.model_results``), paragraphs joined."""
-    notes = []
-    for name in cells.coords["sampler"].values.tolist():
-        family, _, rest = name.partition(":")
-        parts = rest.split(":")
-        if family != "dode" or len(parts) != 3 or parts[0] not in LOF_PAIRS or parts[2] != "base":
+def _why_it_rises(da, solver: str, method: str, nfe: int) -> tuple[str, str]:
+    """The section of page 02 that explains a rise of a Fig. 1 curve at ``nfe`` and the reason in a few words,
+    or ``("", what is known)`` where no page explains it."""
+    if solver == "dpm_solver3":  # page 02 lays out the order pattern at every NFE of the run
+        return "anomaly-dpm-solver-pattern", "DPM-Solver-3's order pattern"
+    if solver in LOF_PAIRS and method == "base":
+        lof = _curve(da, LOF_PAIRS[solver], "base")
+        if not math.isfinite(lof.get(nfe, math.nan)):
+            return "", "no lower-order last step was run at that NFE to tell whether the last step causes it"
+        if nfe not in _spikes(lof):
+            return (
+                "anomaly-last-step",
+                "the full-order last step (with the lower-order last step it does not rise)",
+            )
+        return "", "the lower-order last step rises there too, so the last step alone does not explain it"
+    return "", "no page explains it"
+
+
+def summary_spikes(results: dict) -> str:
+    """Below the book's Fig. 1: every curve of it (pages 02, 04 and 03; per model and solver, base and
+    D-solver, mean over seeds) that is worse at an NFE than at both neighbouring NFEs, with the section of page
+    02 that explains it, or what is known where none does. ``results``: results files by notebook stem. An
+    empty string where no curve rises."""
+    from dode.companion.labels import method_label
+    from dode.companion.plots import SUMMARY_STEMS  # the files the figure is drawn from
+
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for stem in SUMMARY_STEMS:
+        ds = results.get(stem)
+        if ds is None:
             continue
-        series = cells[metric].sel({"sampler": name})
-        values = dict(zip(series.coords["nfe"].values.tolist(), map(float, series.values), strict=True))
-        notes.append(spike_note(values, parts[0], schedule, grid=parts[1]))
-    return "\n\n".join(n for n in notes if n)
+        var = "fid" if "fid" in ds else "fd"
+        for model in ds.coords["model"].values.tolist() if "model" in ds.dims else [None]:
+            da = ds[var].sel({"model": model}) if model is not None else ds[var]
+            where = f" on `{model}`" if model is not None else ""
+            for solver in da.coords["solver"].values.tolist():
+                if solver in LOF_PAIRS.values():  # drawn on page 02, not in Fig. 1
+                    continue
+                for method in ("base", "d-ode"):
+                    for nfe in _spikes(_curve(da, solver, method)):
+                        reasons.setdefault(_why_it_rises(da, solver, method, nfe), []).append(
+                            f"{method_label(solver, method)}{where} at NFE {nfe}"
+                        )
+    if not reasons:
+        return ""
+    parts = [
+        f"{', '.join(curves)}: {reason}" + (f" ({{ref}}`page 02 <{label}>`)" if label else "")
+        for (label, reason), curves in reasons.items()
+    ]
+    return (
+        "**Where a curve rises with NFE.** A sampler's error should fall as its NFE grows; where one of the "
+        "curves above rises instead: " + "; ".join(parts) + "."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ page's own depth.
 
 The static pages' numbers are rendered, not typed: :func:`render_generated` writes ``book/generated/``
 (git-ignored) from the results files before every build -- ``intro_findings.md`` (the verdict on every
-claim, :func:`dode.companion.readings.intro_findings`), ``timings_summary.md`` (this build's wall times,
+claim, :func:`dode.companion.readings.intro_findings`), ``intro_anomalies.md`` (where a curve of the
+introduction's figure rises with NFE and which section explains it, :func:`dode.companion.anomalies.
+summary_spikes`), ``timings_summary.md`` (this build's wall times,
 :func:`dode.companion.readings.timings_summary`) and ``versions.md`` (the package versions and device each
 results file was computed with, :func:`dode.companion.readings.versions_table`) -- which book/intro.md and
 book/timings.md include -- and ``api.md``, the API reference generated from the public API's docstrings
@@ -121,12 +123,16 @@ def built_profile(repo: Path) -> str:
 
 def render_generated(repo: Path) -> Path:
     """Write the static pages' generated includes into book/generated/ from this build's results."""
-    from dode.companion import api_reference, readings
+    from dode.companion import anomalies, api_reference, plots, readings
+    from dode.companion.claims import load_results
 
     out = repo / GENERATED
     out.mkdir(parents=True, exist_ok=True)
     results_dir = default_results_dir(repo, built_profile(repo))
     (out / "intro_findings.md").write_text(readings.intro_findings(results_dir) + "\n")
+    (out / "intro_anomalies.md").write_text(
+        anomalies.summary_spikes(load_results(results_dir, plots.SUMMARY_STEMS)) + "\n"
+    )
     (out / "timings_summary.md").write_text(readings.timings_summary(repo) + "\n")
     (out / "versions.md").write_text(readings.versions_table(results_dir) + "\n")
     (out / "api.md").write_text(api_reference.render())
