@@ -350,6 +350,16 @@ def test_best_constant_picks_the_grid_point_with_the_lowest_value_on_the_tuning_
     np.testing.assert_array_equal(reduced["fd"].sel({"method": "base"}).values.ravel(), [5.0, 5.0])
     gain = plots.paired_gain(reduced, "fd", method="fixed", base="base")  # base − fixed, paired by seed
     assert gain.iloc[0].tolist() == ["+0.75 ± 0.35 (2/2)"]
+    # page 11's Tab. 4: the chosen constants' evaluation-seed values beside the paper's
+    from dode.companion import paper
+
+    rows = {"DDIM": "base", "Fixed-D-DDIM (grid search)": "fixed", "LA-DDIM": "lookahead"}
+    table = plots.paper_comparison(
+        reduced, "fd", paper.TABLE4, {k: {"solver": "ddim", "method": v} for k, v in rows.items()}
+    )
+    assert table.loc["Fixed-D-DDIM (grid search)", ("NFE 10", "ours")] == "4.25 ± 0.35"
+    assert table.loc["LA-DDIM", ("NFE 10", "paper")] == f"{paper.TABLE4['LA-DDIM'][0]:.2f}"
+    assert table.loc["LA-DDIM", ("NFE 25", "ours")] == "–"  # an NFE this file did not run
 
 
 def test_network_evaluations_count_joint_fits_only_at_the_sweeps_joint_nfes(monkeypatch):
