@@ -424,7 +424,7 @@ def _curve(da, solver: str, method: str) -> dict[int, float]:
     return dict(zip(curve.coords["nfe"].values.tolist(), map(float, curve.values), strict=True))
 
 
-def _why_it_rises(da, solver: str, method: str, nfe: int) -> tuple[str, str]:
+def _explaining_section(da, solver: str, method: str, nfe: int) -> tuple[str, str]:
     """The section of page 02 that explains a rise of a Fig. 1 curve at ``nfe`` and the reason in a few words,
     or ``("", what is known)`` where no page explains it."""
     if solver == "dpm_solver3":  # page 02 lays out the order pattern at every NFE of the run
@@ -455,7 +455,7 @@ def summary_spikes(results: dict) -> str:
         ds = results.get(stem)
         if ds is None:
             continue
-        var = "fid" if "fid" in ds else "fd"
+        var = _metric(ds)
         for model in ds.coords["model"].values.tolist() if "model" in ds.dims else [None]:
             da = ds[var].sel({"model": model}) if model is not None else ds[var]
             where = f" on `{model}`" if model is not None else ""
@@ -464,7 +464,7 @@ def summary_spikes(results: dict) -> str:
                     continue
                 for method in ("base", "d-ode"):
                     for nfe in _spikes(_curve(da, solver, method)):
-                        reasons.setdefault(_why_it_rises(da, solver, method, nfe), []).append(
+                        reasons.setdefault(_explaining_section(da, solver, method, nfe), []).append(
                             f"{method_label(solver, method)}{where} at NFE {nfe}"
                         )
     if not reasons:

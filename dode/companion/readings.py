@@ -78,11 +78,14 @@ def _value(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
 
 
+def _in_band(value: float, floor) -> bool:
+    """Whether ``value`` lies within the noise floor's band ``(mean, std, seeds)`` (None: no floor)."""
+    return floor is not None and value <= floor[0] + floor[1]
+
+
 def _at_floor(r, floor, key: str | None = None) -> bool:
-    """Whether both sides of a paired cell (or only its side ``key``) lie within the noise floor's band
-    ``(mean, std, seeds)``."""
-    values = [r[key]] if key else [r["base"], r["method"]]
-    return floor is not None and max(values) <= floor[0] + floor[1]
+    """Whether both sides of a paired cell (or only its side ``key``) lie within the noise floor's band."""
+    return _in_band(r[key] if key else max(r["base"], r["method"]), floor)
 
 
 def _floor_words(r, floor) -> str:
@@ -413,7 +416,7 @@ def ablation_reading(ds) -> str:
 
     floor = floor_stats(ds, var)
     means = da.mean("seed", skipna=True).values
-    if floor is not None and np.isfinite(means).any() and np.nanmax(means) <= floor[0] + floor[1]:
+    if np.isfinite(means).any() and _in_band(np.nanmax(means), floor):
         lines.append(
             f"- Every point lies within the noise floor's band ({_value(floor[0])} ± {_value(floor[1])}), what a "
             "converged sampler scores at this sample size: the differences above are paired over seeds, but they "
@@ -427,12 +430,13 @@ def ablation_reading(ds) -> str:
 
 def lookahead_reading(ds) -> str:
     """Page 09: D-DDIM against Fixed-D-DDIM and LA-DDIM, each at the best constant of its grid."""
-    from dode.companion.plots import best_constant, floor_stats, present
+    from dode.companion.plots import best_constant, floor_stats, present, tuning_split
 
     var = metric_name(ds)
     reduced, best = best_constant(ds, var)
-    # the evaluation seeds' floor, as the page's figure draws it (the tuning seed's is left out)
-    floor = floor_stats(ds.sel({"seed": reduced.coords["seed"].values}), var)
+    floor = floor_stats(
+        tuning_split(ds)[0], var
+    )  # the evaluation seeds' floor, as the page's figure draws it
     lines = []
     for m in present(ds, ("fixed", "lookahead")):
         for nfe in ds.coords["nfe"].values.tolist():

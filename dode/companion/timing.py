@@ -411,7 +411,8 @@ def fd_vs_nfe(ds, metric: str = "fd", ax=None, logy: bool = True):
     exist only at the halving schedule's step counts)."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
+    own = ax is None  # a figure of its own, laid out here; a caller's axes are the caller's to lay out
+    if own:
         _, ax = plt.subplots(figsize=(plots.PAGE_WIDTH_IN * 0.8, 3.4))
     drawn = []
     for (solver, method), label in FAMILIES.items():
@@ -431,7 +432,8 @@ def fd_vs_nfe(ds, metric: str = "fd", ax=None, logy: bool = True):
         plots.log_axis(ax, "y")
     ax.legend(**_LEGEND_BESIDE)
     ax.set_title(f"{metric.upper()} vs NFE (Fig. 8a)")
-    ax.figure.tight_layout()  # the axis label inside the figure, above the caption
+    if own:
+        ax.figure.tight_layout()  # the axis label inside the figure, above the caption
     plots.caption(ax.figure, floor)
     return ax
 
