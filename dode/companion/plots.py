@@ -1127,18 +1127,21 @@ def _cell_text(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def paired_gains(ds, var: str, methods, base: str = "base", digits: int = 2):
-    """:func:`paired_gain` of several methods against ``base``, one row per (solver, method)."""
+def paired_gains(ds, var: str, methods, base="base", digits: int = 2):
+    """:func:`paired_gain` of several methods against ``base``, or against each of several bases (a list:
+    those the file holds), one row per (solver, base, method)."""
     import pandas as pd
 
     frames = []
-    for method in present(ds, methods):
-        table = paired_gain(ds, var, method=method, base=base, digits=digits)
-        solvers = ds.coords["solver"].values.tolist()
-        table.index = pd.Index(
-            [f"{method_label(s, base)} − {method_label(s, method)}" for s in solvers], name="difference"
-        )
-        frames.append(table)
+    for reference in [base] if isinstance(base, str) else present(ds, base):
+        for method in present(ds, methods):
+            table = paired_gain(ds, var, method=method, base=reference, digits=digits)
+            solvers = ds.coords["solver"].values.tolist()
+            table.index = pd.Index(
+                [f"{method_label(s, reference)} − {method_label(s, method)}" for s in solvers],
+                name="difference",
+            )
+            frames.append(table)
     return pd.concat(frames)
 
 
